@@ -1,0 +1,108 @@
+"""Experience without padding, and minibatch collation.
+
+Each completion is stored as its own token lists (seed 004, tip 9: keep pad tokens out of the
+buffer); padding is added only when a minibatch is built, to that minibatch's own longest prompt
+and completion, so short batches cost short forwards.
+
+Layout of a collated minibatch (prompts left-padded, completions right-padded):
+
+    input_ids  [N, P + C]   pad pad p p p | c c c c pad
+    attention  [N, P + C]    0   0  1 1 1 | 1 1 1 1  0
+    completion_mask [N, C]                  1 1 1 1  0
+
+so the last C positions are the completions of every row and `logits_to_keep = C`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Rollout:
+    """One sampled completion and what the update needs to learn from it."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    old_logprobs: list[float]
+    """log-probs of completion_ids under the sampling policy (at the sampling temperature)"""
+    advantage: float
+    truncated: bool
+    """the completion hit max_completion_length without stopping"""
+    group: int = 0
+    """index of its group (prompt) within the step"""
+
+
+@dataclass
+class Minibatch:
+    input_ids: torch.Tensor  # [N, P+C]
+    attention_mask: torch.Tensor  # [N, P+C]
+    completion_mask: torch.Tensor  # [N, C] float
+    old_logprobs: torch.Tensor  # [N, C]
+    advantages: torch.Tensor  # [N]
+    truncated: torch.Tensor  # [N] bool
+
+    @property
+    def logits_to_keep(self) -> int:
+        return self.completion_mask.shape[1]
+
+    def to(self, device) -> "Minibatch":
+        return Minibatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.completion_mask,
+                                                    self.old_logprobs, self.advantages, self.truncated)))
+
+
+def collate(rollouts: list[Rollout], pad_token_id: int) -> Minibatch:
+    """Pad a list of rollouts into one minibatch (see the module docstring for the layout)."""
+    n = len(rollouts)
+    p = max(len(r.prompt_ids) for r in rollouts)
+    c = max(max(len(r.completion_ids) for r in rollouts), 1)
+    input_ids = torch.full((n, p + c), pad_token_id, dtype=torch.long)  # [N, P+C]
+    attention = torch.zeros((n, p + c), dtype=torch.long)  # [N, P+C]
+    completion_mask = torch.zeros((n, c))  # [N, C]
+    old = torch.zeros((n, c))  # [N, C]
+    for i, r in enumerate(rollouts):
+        lp, lc = len(r.prompt_ids), len(r.completion_ids)
+        input_ids[i, p - lp:p] = torch.tensor(r.prompt_ids)
+        attention[i, p - lp:p + lc] = 1
+        if lc:
+            input_ids[i, p:p + lc] = torch.tensor(r.completion_ids)
+            completion_mask[i, :lc] = 1.0
+            old[i, :lc] = torch.tensor(r.old_logprobs[:lc])
+    advantages = torch.tensor([r.advantage for r in rollouts], dtype=torch.float32)  # [N]
+    truncated = torch.tensor([r.truncated for r in rollouts], dtype=torch.bool)  # [N]
+    return Minibatch(input_ids, attention, completion_mask, old, advantages, truncated)
+
+
+@dataclass
+class Buffer:
+    """The experience of one step: B groups x G completions."""
+
+    rollouts: list[Rollout] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rollouts)
+
+    def extend(self, rollouts: list[Rollout]) -> None:
+        self.rollouts.extend(rollouts)
+
+    def num_completion_tokens(self) -> int:
+        return sum(len(r.completion_ids) for r in self.rollouts)
+
+    def optimizer_batches(self, steps_per_generation: int, micro_batch_size: int,
+                          generator: torch.Generator) -> list[list[list[Rollout]]]:
+        """Shuffle, split into `steps_per_generation` optimizer batches, each into micro-batches.
+
+        Sizes need not divide evenly (TRL #2858, Open-R1 #249): the last parts are smaller and the
+        trainer weights each micro-batch by its share of the optimizer batch.
+        """
+        order = torch.randperm(len(self.rollouts), generator=generator).tolist()
+        shuffled = [self.rollouts[i] for i in order]
+        per_step = math.ceil(len(shuffled) / max(1, steps_per_generation))
+        batches = []
+        for s in range(0, len(shuffled), per_step):
+            part = shuffled[s:s + per_step]
+            batches.append([part[m:m + micro_batch_size] for m in range(0, len(part), micro_batch_size)])
+        return batches

@@ -1,0 +1,196 @@
+"""The `rlvr` command line: eval, sft, train, run (the pipeline), report, chat, tasks, config.
+
+Commands that train take `--config FILE.yaml` plus `section.option=value` overrides, e.g.
+`rlvr train --config configs/subtraction.yaml grpo.beta=0.04 sampling.temperature=0.8`.
+Errors print in one line; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Teach small language models to reason with RL from verifiable rewards (GRPO).")
+_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="log more")):
+    _state["debug"] = debug
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _config(config: Optional[Path], overrides: list[str], **shortcuts):
+    from rlvr.config import load_config
+
+    extra = [f"{k}={v}" for k, v in shortcuts.items() if v is not None]
+    return load_config(config, list(extra) + list(overrides))
+
+
+@app.command()
+def tasks():
+    """List the built-in tasks."""
+    from rlvr.tasks import list_tasks
+
+    for name, description in list_tasks():
+        typer.echo(f"{name:<22} {description}")
+
+
+@app.command("config")
+def show_config():
+    """Print every option with its default and documentation (YAML)."""
+    from rlvr.config import describe_options
+
+    typer.echo(describe_options())
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="model spec, run directory or path"),
+    task: str = typer.Option("subtraction", "--task", "-t", help="task spec (see `rlvr tasks`)"),
+    n: int = typer.Option(200, "--n", help="held-out examples"),
+    samples: int = typer.Option(1, "--samples", "-k", help="completions per example (1: greedy; k: pass@k, mean@k)"),
+    temperature: float = typer.Option(1.0, help="sampling temperature when --samples > 1"),
+    max_new_tokens: int = typer.Option(128, help="most tokens per completion"),
+    batch_size: int = typer.Option(64, help="prompts per generation batch"),
+    prefill: str = typer.Option("", help="assistant prefill, e.g. '<think>'"),
+    chat: Optional[bool] = typer.Option(None, "--chat/--plain", help="chat template or plain prompt (default: auto)"),
+    backend: str = typer.Option("fast", help="fast or hf"),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="where to write eval.jsonl (default runs/eval-...)"),
+    option: list[str] = typer.Option([], "--task-option", help="task option key=value (repeatable), e.g. high=100"),
+    seed: int = typer.Option(0, help="sampling seed"),
+):
+    """Evaluate a model on held-out examples of a task: accuracy, format rate, length."""
+    import json
+    import time
+
+    import torch
+
+    from rlvr.config import parse_override
+    from rlvr.evaluate import evaluate
+    from rlvr.models import load_model
+    from rlvr.rollout import PromptFormat
+    from rlvr.tasks import get_task
+    from rlvr.trainer import make_sampler
+
+    options = {}
+    for text in option:
+        keys, value = parse_override(text)
+        options[keys[-1]] = value
+    t = get_task(task, **options)
+    m, tok = load_model(model)
+    out = output_dir or Path("runs") / f"eval-{t.name.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    fmt = PromptFormat(chat=chat, prefill=prefill)
+    result = evaluate(make_sampler(backend, m, tok), tok, t, t.test_examples()[:n], fmt=fmt, max_new_tokens=max_new_tokens,
+                      samples=samples, temperature=temperature, batch_size=batch_size,
+                      generator=torch.Generator().manual_seed(seed), out_path=Path(out) / "eval.jsonl")
+    (Path(out) / "summary.json").write_text(json.dumps({"model": model, "task": task, **result.summary()}, indent=1))
+    k = f"mean@{samples} " if samples > 1 else ""
+    typer.echo(f"{t.name}: {k}accuracy {result.accuracy:.1%}" + (f"  pass@{samples} {result.pass_at_k:.1%}" if samples > 1 else "")
+               + f"  format {result.format_rate:.1%}  mean length {result.mean_length:.1f} tokens"
+               f"  truncated {result.truncated_frac:.1%}  ({result.n} examples, {result.seconds:.0f}s, "
+               f"{result.tokens_per_s:.0f} tok/s)  -> {out}/eval.jsonl")
+
+
+@app.command(context_settings=_EXTRA)
+def train(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="shortcut for model.name"),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="shortcut for task.name"),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="shortcut for run.output_dir"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in the run directory"),
+):
+    """GRPO training. Extra arguments are overrides: section.option=value."""
+    from rlvr.trainer import train as run_train
+
+    cfg = _config(config, ctx.args, **{"model.name": model, "task.name": task, "run.output_dir": output_dir})
+    run_train(cfg, resume=resume)
+
+
+@app.command(context_settings=_EXTRA)
+def sft(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="shortcut for model.name"),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="shortcut for task.name"),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="shortcut for run.output_dir"),
+):
+    """Supervised warm-up on demonstrations. Extra arguments are overrides: section.option=value."""
+    from rlvr.sft import run_sft
+
+    cfg = _config(config, ctx.args, **{"model.name": model, "task.name": task, "run.output_dir": output_dir})
+    result, _ = run_sft(cfg)
+    typer.echo(f"SFT: {result.num_demos} demonstrations, {result.steps} steps, {result.seconds:.0f}s, "
+               f"loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}; model in {cfg.run.output_dir}/final/merged")
+
+
+@app.command(context_settings=_EXTRA)
+def run(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)"),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="shortcut for run.output_dir"),
+    resume: bool = typer.Option(False, "--resume", help="skip finished stages, resume GRPO from its checkpoint"),
+):
+    """The pipeline: evaluate the base model, SFT, GRPO, and print the before/after table."""
+    from rlvr.pipeline import run_pipeline
+
+    cfg = _config(config, ctx.args, **{"run.output_dir": output_dir})
+    run_pipeline(cfg, resume=resume)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a run directory")):
+    """Write RUN_DIR/report.html (plots, before/after table, sample completions)."""
+    from rlvr.report import write_report
+
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    typer.echo(str(write_report(run_dir)))
+
+
+@app.command()
+def chat(
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="model spec or run directory"),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="use this task's system prompt"),
+    max_new_tokens: int = typer.Option(256, help="most tokens per answer"),
+    temperature: float = typer.Option(0.0, help="0: greedy"),
+):
+    """Talk to a base or trained model; shows the think and answer parts apart."""
+    from rlvr.chat import chat_loop
+
+    chat_loop(model, task=task, max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+def main() -> None:
+    """Entry point: run the app, printing errors in one line unless --debug."""
+    try:
+        app(standalone_mode=False)
+    except SystemExit as err:
+        sys.exit(err.code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - the one place errors become messages
+        import click
+
+        if isinstance(err, click.exceptions.Exit):
+            sys.exit(err.exit_code)
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {type(err).__name__}: {err}  (run with --debug for the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""Every option of rlvr, as one tree of dataclasses. The field docstrings are the documentation.
+
+A run is configured by a YAML file (presets in `configs/`) plus `section.field=value` overrides on the
+command line. An unknown or mistyped option is an error that names it and suggests the closest
+option. Derived values are set in one place (`Config.finalize`), and the resolved config is saved
+into the run directory, so a run can always be reproduced and resumed.
+
+Option names follow TRL's `GRPOConfig` where it has one (`num_generations`, `epsilon`, `beta`,
+`loss_type`, `scale_rewards`, `max_completion_length`, ...), so TRL users recognise them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the offending option."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m"
+    """model spec: `smollm2-135m` (bundled), a Hub id, a local HF directory, a run directory or a .gguf file"""
+    device: str = "auto"
+    """auto (cuda, then mps, then cpu), or cpu / cuda / cuda:1 / mps"""
+    dtype: str = "auto"
+    """auto (fp32 on CPU, bf16 on a GPU that supports it), fp32, bf16, fp16"""
+    use_peft: bool = True
+    """train a LoRA adapter (True) or all weights (False)"""
+    lora_r: int = 16
+    """LoRA rank"""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)"""
+    lora_dropout: float = 0.0
+    """dropout on the LoRA input"""
+    lora_target_modules: Any = "all-linear"
+    """modules that get an adapter: "all-linear" or a list such as [q_proj, v_proj]"""
+    gradient_checkpointing: bool = False
+    """recompute layer activations in the backward pass: less memory, ~30% more time"""
+    load_in_4bit: bool = False
+    """load the base model in 4 bits (bitsandbytes, CUDA only; seed 001)"""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "subtraction"
+    """task spec: subtraction, countdown, gsm8k, rg:<reasoning-gym name>, jsonl:PATH, csv:PATH, hf:ID, file.py[:Class]"""
+    options: dict = field(default_factory=dict)
+    """task-specific options, e.g. {high: 100, order: first_minus_second} for subtraction"""
+    system_prompt: Any = None
+    """override the system prompt (None: the task's default, asking for <think> then <answer>)"""
+    chat: Any = None
+    """use the tokenizer's chat template (True), a plain text template (False), or auto (None)"""
+    prefill: str = ""
+    """text that starts the assistant's turn, e.g. "<think>" (seed 002, seed 001's reasoning prefix)"""
+    rewards: dict = field(default_factory=lambda: {"accuracy": 0.85, "format": 0.15})
+    """reward functions and their weights: built-in names (accuracy, format, format_strict, length) or file.py:function"""
+    reward_timeout: float = 10.0
+    """seconds a reward function may run on one batch before it is stopped and its completions get 0"""
+
+
+@dataclass
+class SamplingConfig:
+    backend: str = "fast"
+    """generation backend: fast (rlvr's sampler) or hf (transformers' generate, the reference)"""
+    temperature: float = 1.0
+    """sampling temperature; log-probs for the update are computed at the same temperature"""
+    top_p: float = 1.0
+    """nucleus sampling"""
+    top_k: int = 0
+    """top-k sampling (0: off)"""
+    max_completion_length: int = 128
+    """most tokens generated per completion; longer ones are truncated (and counted)"""
+    stop_at_answer: bool = True
+    """stop a completion right after `</answer>` (as well as at EOS)"""
+
+
+@dataclass
+class GRPOConfig:
+    max_steps: int = 20
+    """GRPO steps (one step = one batch of prompts sampled, scored and learned from)"""
+    prompts_per_step: int = 8
+    """prompts (groups) sampled per step; the step's batch is prompts_per_step x num_generations completions"""
+    num_generations: int = 8
+    """completions sampled per prompt (the group size G)"""
+    num_iterations: int = 1
+    """passes over each batch (PPO epochs, TRL's num_iterations); 1 makes the ratio exactly 1"""
+    steps_per_generation: int = 1
+    """optimizer steps per batch per pass (the batch is split into this many parts)"""
+    per_device_train_batch_size: int = 16
+    """completions per forward/backward micro-batch (memory knob; gradients are accumulated)"""
+    learning_rate: float = 1e-5
+    """AdamW peak learning rate"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    adam_beta1: float = 0.9
+    """AdamW beta1"""
+    adam_beta2: float = 0.99
+    """AdamW beta2"""
+    warmup_ratio: float = 0.0
+    """fraction of optimizer steps with a linear learning-rate warm-up"""
+    lr_scheduler_type: str = "constant"
+    """constant, linear or cosine decay after warm-up"""
+    max_grad_norm: float = 1.0
+    """gradient clipping (global L2 norm)"""
+    epsilon: float = 0.2
+    """PPO ratio clip: ratios outside [1 - epsilon, 1 + epsilon_high] get no gradient"""
+    epsilon_high: Any = None
+    """upper clip (DAPO's clip-higher, e.g. 0.28); None: same as epsilon"""
+    beta: float = 0.0
+    """KL coefficient to the reference model (k3 estimator); 0 turns the KL term off (DAPO, Dr. GRPO)"""
+    loss_type: str = "grpo"
+    """grpo (per-sequence mean), dr_grpo (sum / constant length), dapo (token mean over the batch), bnpo (token mean per micro-batch)"""
+    scale_rewards: str = "group"
+    """advantage scaling: group (divide by the group's std, GRPO), batch, or none (Dr. GRPO)"""
+    importance_sampling_level: str = "token"
+    """token (GRPO) or sequence (GSPO) importance ratio"""
+    mask_truncated_completions: bool = False
+    """exclude completions that hit max_completion_length from the loss (DAPO)"""
+    dynamic_sampling: bool = False
+    """drop groups whose rewards are all equal and sample more prompts to refill the batch (DAPO)"""
+    max_resample_rounds: int = 3
+    """with dynamic_sampling: the most extra sampling rounds per step"""
+    logprob_chunk_size: int = 1024
+    """rows of logits computed at once in the update (memory knob; results do not depend on it)"""
+
+
+@dataclass
+class SFTConfig:
+    enabled: bool = True
+    """run the SFT warm-up stage in `rlvr run`"""
+    source: str = "procedural"
+    """demonstrations: procedural (the task writes worked solutions), teacher (an OpenAI-compatible API) or a .jsonl path"""
+    num_examples: int = 400
+    """demonstrations to train on"""
+    epochs: int = 1
+    """passes over the demonstrations"""
+    learning_rate: float = 2e-4
+    """AdamW peak learning rate (LoRA likes a higher rate than full fine-tuning)"""
+    batch_size: int = 8
+    """demonstrations per optimizer step"""
+    warmup_ratio: float = 0.05
+    """fraction of steps with a linear warm-up; then cosine decay"""
+    max_grad_norm: float = 1.0
+    """gradient clipping"""
+    teacher_base_url: str = "https://api.openai.com/v1"
+    """teacher endpoint (OpenAI-compatible) when source is teacher"""
+    teacher_model: str = "gpt-4.1-mini"
+    """teacher model name when source is teacher"""
+    teacher_api_key_env: str = "OPENAI_API_KEY"
+    """environment variable holding the teacher's API key (never stored in the run directory)"""
+
+
+@dataclass
+class EvalConfig:
+    n: int = 200
+    """held-out test examples evaluated (always the same ones: the first n of the test split)"""
+    on_start: bool = True
+    """evaluate before training"""
+    every: int = 0
+    """evaluate every N steps during training (0: only at start and end)"""
+    samples: int = 1
+    """completions per example: 1 is greedy; k > 1 samples at the training temperature for pass@k / mean@k"""
+    batch_size: int = 64
+    """prompts per generation batch"""
+    max_new_tokens: Any = None
+    """None: the sampling config's max_completion_length"""
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/latest"
+    """run directory: config, metrics, checkpoints, plots, report"""
+    seed: int = 0
+    """seed for every random choice (data order, sampling, LoRA init)"""
+    save_steps: int = 10
+    """write a checkpoint every N steps (and at the end, and on Ctrl-C)"""
+    keep_checkpoints: int = 2
+    """how many recent checkpoints to keep"""
+    log_samples_every: int = 5
+    """write a few sample completions to samples.jsonl every N steps"""
+    report_to: list = field(default_factory=list)
+    """extra trackers: wandb, trackio, mlflow (JSONL and TensorBoard are always written)"""
+    quiet: bool = False
+    """no progress bars or per-step lines (errors and the final table still print)"""
+    max_bad_steps: int = 3
+    """stop after this many consecutive steps with a NaN/inf loss or gradient"""
+    threads: int = 0
+    """torch CPU threads (0: torch's default)"""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def finalize(self) -> "Config":
+        """Check values and derive the ones that depend on others (the only place that does)."""
+        g = self.grpo
+        checks = [
+            (g.num_generations >= 2, "grpo.num_generations must be >= 2 (a group of one has no relative advantage)"),
+            (g.prompts_per_step >= 1, "grpo.prompts_per_step must be >= 1"),
+            (g.per_device_train_batch_size >= 1, "grpo.per_device_train_batch_size must be >= 1"),
+            (g.loss_type in ("grpo", "dr_grpo", "dapo", "bnpo"), f"grpo.loss_type '{g.loss_type}' is not one of grpo, dr_grpo, dapo, bnpo"),
+            (g.scale_rewards in ("group", "batch", "none"), f"grpo.scale_rewards '{g.scale_rewards}' is not one of group, batch, none"),
+            (g.importance_sampling_level in ("token", "sequence"), "grpo.importance_sampling_level must be token or sequence"),
+            (g.lr_scheduler_type in ("constant", "linear", "cosine"), f"grpo.lr_scheduler_type '{g.lr_scheduler_type}' is not one of constant, linear, cosine"),
+            (self.sampling.backend in ("fast", "hf"), f"sampling.backend '{self.sampling.backend}' is not one of fast, hf"),
+            (self.sampling.max_completion_length >= 1, "sampling.max_completion_length must be >= 1"),
+            (self.sampling.temperature >= 0, "sampling.temperature must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if g.epsilon_high is None:
+            g.epsilon_high = g.epsilon
+        if self.eval.max_new_tokens is None:
+            self.eval.max_new_tokens = self.sampling.max_completion_length
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _unknown(name: str, where: str, options: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(name, options, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; options are: {', '.join(options)}"
+    return ConfigError(f"unknown option '{where}{name}'{hint}")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML/command-line value to the field's declared type, or fail naming the key."""
+    hint = {"int": int, "float": float, "bool": bool, "str": str, "dict": dict, "list": list}.get(annotation, None)
+    if hint is None or value is None:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"option '{key}' takes true or false, not {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"option '{key}' takes a number, not {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"option '{key}' takes a number, not {value!r}") from None
+        if hint is int:
+            if number != int(number):
+                raise ConfigError(f"option '{key}' takes a whole number, not {value!r}")
+            return int(number)
+        return number
+    if hint is str:
+        return str(value)
+    if hint is dict and not isinstance(value, dict):
+        raise ConfigError(f"option '{key}' takes a mapping, not {value!r}")
+    if hint is list and not isinstance(value, list):
+        return [value] if value not in ("", None) else []
+    return value
+
+
+def _apply(obj: Any, data: dict, where: str = "") -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"section '{where.rstrip('.') or 'config'}' must be a mapping, not {data!r}")
+    names = _field_names(type(obj))
+    types_ = {f.name: f.type for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown(str(key), where, names)
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value or {}, f"{where}{key}.")
+        else:
+            setattr(obj, key, _coerce(value, types_[key], f"{where}{key}"))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`grpo.beta=0.04` -> (["grpo", "beta"], 0.04). Values are parsed as YAML (numbers, lists, true)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.option=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Defaults <- YAML file <- overrides, checked and finalised."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
+        _apply(config, data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        _apply(config, nested)
+    return config.finalize()
+
+
+def describe_options() -> str:
+    """All options with defaults and docs, as YAML comments (used by `rlvr config`)."""
+    import ast
+    import inspect
+    import textwrap
+
+    lines: list[str] = []
+    for section in dataclasses.fields(Config):
+        cls = section.default_factory  # type: ignore[misc]
+        docs = _field_docs(cls, ast, inspect, textwrap)
+        lines.append(f"{section.name}:")
+        for f in dataclasses.fields(cls):
+            default = getattr(cls(), f.name)
+            lines.append(f"  {f.name}: {yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}  # {docs.get(f.name, '')}")
+    return "\n".join(lines)
+
+
+def _field_docs(cls, ast, inspect, textwrap) -> dict[str, str]:
+    """Field docstrings (the string literal right after each field), read from the source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+            docs[a.target.id] = " ".join(str(b.value.value).split())  # type: ignore[attr-defined]
+    return docs
+

@@ -1,0 +1,130 @@
+"""Held-out evaluation: accuracy, format rate, length, pass@k / mean@k, and before/after tables.
+
+Evaluation scores answers with the task's own `verify`, the same function the accuracy reward
+calls during training, so the number that training pushes up is the number reported here.
+The held-out examples are always the first `n` of the task's test split, so every stage of a run
+(base, after SFT, after GRPO) is measured on the same problems.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlvr import prompts as prompt_lib
+from rlvr import rewards as reward_lib
+from rlvr.rollout import PromptFormat, sampling_params
+from rlvr.tasks.base import Example, Task
+
+
+@dataclass
+class EvalResult:
+    accuracy: float
+    """mean over examples of the mean correctness of its k samples (mean@k; greedy accuracy for k=1)"""
+    pass_at_k: float
+    """fraction of examples with at least one correct sample among k"""
+    format_rate: float
+    mean_length: float
+    truncated_frac: float
+    n: int
+    k: int
+    seconds: float
+    tokens_per_s: float
+    records: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "records"}
+
+
+def evaluate(sampler, tokenizer, task: Task, examples: list[Example], *, fmt: PromptFormat,
+             max_new_tokens: int, samples: int = 1, temperature: float = 0.0, top_p: float = 1.0,
+             batch_size: int = 64, generator: torch.Generator | None = None, progress: bool = True,
+             out_path: str | Path | None = None, stop_at_answer: bool = True) -> EvalResult:
+    """Evaluate on `examples`: greedy when samples == 1, else k samples at `temperature`."""
+    from tqdm.auto import tqdm
+
+    k = max(1, samples)
+    temp = 0.0 if k == 1 else (temperature or 1.0)
+    params = sampling_params(tokenizer, max_new_tokens=max_new_tokens, temperature=temp, top_p=top_p,
+                             stop_at_answer=stop_at_answer)
+    per_batch = max(1, batch_size // k)
+    records: list[dict] = []
+    t0 = time.perf_counter()
+    tokens = 0
+    bar = tqdm(total=len(examples), desc="eval", unit="ex", disable=not progress, leave=False)
+    for start in range(0, len(examples), per_batch):
+        batch = examples[start:start + per_batch]
+        ids = fmt.encode(tokenizer, task, batch)
+        outs = sampler.generate(ids, params, num_samples=k, generator=generator)
+        for o in outs:
+            tokens += len(o.token_ids)
+            ex = batch[o.prompt_index]
+            text = tokenizer.decode(o.token_ids, skip_special_tokens=True)
+            full = fmt.prefill + text
+            answer = prompt_lib.extract_answer(full)
+            correct = float(task.verify(answer, ex))
+            records.append({
+                "index": start + o.prompt_index, "prompt": fmt.text(tokenizer, task, ex), "completion": text,
+                "answer": answer, "ground_truth": ex.answer, "correct": correct,
+                "format": float(reward_lib.format_reward([full])[0]), "length": len(o.token_ids),
+                "truncated": o.finish_reason == "length",
+            })
+        bar.update(len(batch))
+    bar.close()
+    seconds = time.perf_counter() - t0
+    result = _aggregate(records, k, seconds, tokens)
+    if out_path is not None:
+        write_jsonl(out_path, records)
+    return result
+
+
+def _aggregate(records: list[dict], k: int, seconds: float, tokens: int) -> EvalResult:
+    by_example: dict[int, list[dict]] = {}
+    for r in records:
+        by_example.setdefault(r["index"], []).append(r)
+    n = len(by_example)
+    mean = lambda xs: sum(xs) / max(1, len(xs))  # noqa: E731
+    return EvalResult(
+        accuracy=mean([mean([r["correct"] for r in rs]) for rs in by_example.values()]),
+        pass_at_k=mean([float(any(r["correct"] > 0 for r in rs)) for rs in by_example.values()]),
+        format_rate=mean([r["format"] for r in records]),
+        mean_length=mean([r["length"] for r in records]),
+        truncated_frac=mean([float(r["truncated"]) for r in records]),
+        n=n, k=k, seconds=seconds, tokens_per_s=tokens / max(seconds, 1e-9), records=records,
+    )
+
+
+def write_jsonl(path: str | Path, records: list[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for r in records:
+            f.write(json.dumps(r, default=str) + "\n")
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain before/after table: one row per stage, with the change from the first row."""
+    if not rows:
+        return ""
+    base = rows[0]["accuracy"]
+    lines = [f"{'stage':<10} {'accuracy':>9} {'change':>8} {'format':>7} {'length':>7} {'n':>5}"]
+    for r in rows:
+        delta = (r["accuracy"] - base) * 100
+        lines.append(f"{r['stage']:<10} {r['accuracy'] * 100:8.1f}% {delta:+7.1f} {r['format_rate'] * 100:6.1f}%"
+                     f" {r['mean_length']:7.1f} {r['n']:5d}")
+    return "\n".join(lines)
+
+
+def verdict(rows: list[dict]) -> str:
+    """One plain sentence: did the model improve from the first stage to the last?"""
+    if len(rows) < 2:
+        return ""
+    a, b = rows[0], rows[-1]
+    delta = (b["accuracy"] - a["accuracy"]) * 100
+    word = "improved" if delta > 0 else ("did not change" if delta == 0 else "got worse")
+    return (f"Held-out accuracy {word}: {a['accuracy'] * 100:.1f}% ({a['stage']}) -> "
+            f"{b['accuracy'] * 100:.1f}% ({b['stage']}), {delta:+.1f} points on the same {b['n']} examples.")

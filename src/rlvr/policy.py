@@ -1,0 +1,141 @@
+"""From a Hugging Face causal LM to per-token log-probs of completions: the lean way and the naive one.
+
+Input layout (as the sampler and the buffer produce it): each row is [prompt | completion], prompts
+left-padded, completions right-padded, so the completion occupies the last K = `logits_to_keep`
+columns of `input_ids` (K = padded completion length). The log-prob of completion token t comes
+from the logits at the position before it, so we need positions [-K-1, -1).
+
+Lean path (`completion_logprobs`): run the backbone only (the decoder, i.e. `model.model` of a
+LlamaForCausalLM, found through a peft PeftModel too), take the final hidden states at those K
+positions, and hand them with the lm_head weight to `chunked_token_logprobs`, which never holds
+more than one chunk of [chunk_size, V] logits. The naive path (`naive_completion_logprobs`) calls
+the full model, gets [N, T, V] logits and takes a full log-softmax: the reference the lean path is
+tested against, and the baseline of bench/bench_update.py.
+
+Position ids are computed from the attention mask (cumsum - 1), as `generate` does; with the
+default arange positions a left-padded prompt would be scored at different positions than it was
+sampled at, a silent sampler/trainer log-prob mismatch (TRL #4159, #6789).
+
+Gradient checkpointing of the layers is switched on by the trainer
+(`model.gradient_checkpointing_enable()`); both paths work with it and with LoRA (peft) models.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rlvr.algorithms.logprobs import chunked_head_logprobs, chunked_token_logprobs
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions that skip left padding, as `generate` computes them: [N, T] int64, 0 on padding."""
+    positions = attention_mask.long().cumsum(-1) - 1  # [N, T]
+    return positions.masked_fill(attention_mask == 0, 0)  # [N, T]
+
+
+def _base_model(model):
+    """The transformers model inside a peft PeftModel (LoRA layers stay injected), or the model."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def decoder_and_head(model):
+    """(backbone, output head) of a causal LM: e.g. (LlamaModel, lm_head) of a LlamaForCausalLM.
+
+    Works on a peft PeftModel (the LoRA layers live inside both modules, so their deltas apply).
+    """
+    base = _base_model(model)
+    head = base.get_output_embeddings()
+    decoder = base.get_decoder()
+    if head is None or decoder is base:
+        raise TypeError(f"{type(base).__name__} has no separate decoder and output head; use naive_completion_logprobs")
+    return decoder, head
+
+
+def completion_hidden_states(model, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int) -> Tensor:
+    """Final hidden states at the K positions that predict input_ids[:, -K:]: [N, K, H]."""
+    decoder, _ = decoder_and_head(model)
+    out = decoder(
+        input_ids=input_ids,  # [N, T]
+        attention_mask=attention_mask,  # [N, T]
+        position_ids=position_ids_from_mask(attention_mask),  # [N, T]
+        use_cache=False,
+    )
+    hidden = out.last_hidden_state  # [N, T, H]
+    return hidden[:, -logits_to_keep - 1:-1]  # [N, K, H]
+
+
+def _head_fn(model, head):
+    """The logits function: the plain lm_head matmul when possible, else the module itself
+    (e.g. a LoRA-wrapped lm_head), with the model's final-logit soft-capping when it has one."""
+    cap = getattr(getattr(_base_model(model), "config", None), "final_logit_softcapping", None)
+    if type(head) is torch.nn.Linear and not cap:
+        return None
+    if not cap:
+        return head
+
+    def capped(h: Tensor) -> Tensor:
+        return torch.tanh(head(h) / cap) * cap  # [C, V]
+
+    return capped
+
+
+def completion_logprobs(
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    logits_to_keep: int,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 512,
+    with_entropy: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Log-probs of the completion tokens input_ids[:, -K:] under softmax(logits / temperature), lean.
+
+    input_ids, attention_mask: [N, T] (left-padded prompt + right-padded completion); K =
+    logits_to_keep. Returns logp [N, K] fp32 (and the entropy [N, K], no grad, when with_entropy).
+    Padding positions get a log-prob too; the loss masks them out.
+    Peak extra memory: chunk_size x V floats for the logits, instead of N x T x V.
+    """
+    hidden = completion_hidden_states(model, input_ids, attention_mask, logits_to_keep)  # [N, K, H]
+    targets = input_ids[:, -logits_to_keep:]  # [N, K]
+    _, head = decoder_and_head(model)
+    head_fn = _head_fn(model, head)
+    kwargs = dict(temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy)
+    if head_fn is None:
+        return chunked_token_logprobs(hidden, head.weight, targets, bias=head.bias, **kwargs)
+    return chunked_head_logprobs(hidden, head_fn, targets, **kwargs)
+
+
+def naive_completion_logprobs(
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    logits_to_keep: int,
+    *,
+    temperature: float = 1.0,
+) -> Tensor:
+    """The textbook reference: full-sequence logits [N, T, V], full log-softmax, gather. [N, K].
+
+    Same positions and temperature as `completion_logprobs`; memory grows as N x T x V.
+    """
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).logits  # [N, T, V]
+    logits = logits[:, -logits_to_keep - 1:-1].float() / temperature  # [N, K, V]
+    logp_all = torch.log_softmax(logits, dim=-1)  # [N, K, V]
+    targets = input_ids[:, -logits_to_keep:]  # [N, K]
+    return logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N, K]
+
+
+__all__ = [
+    "completion_hidden_states",
+    "completion_logprobs",
+    "decoder_and_head",
+    "naive_completion_logprobs",
+    "position_ids_from_mask",
+]

@@ -1,0 +1,230 @@
+"""Experience collection: examples -> prompts -> sampled completions -> rewards -> advantages.
+
+The first half of a GRPO step (seed 004, "Experience collection", steps 1-5). For B examples it
+samples G completions each, scores them with the weighted reward functions, normalises the rewards
+within each group into advantages, and returns `Rollout`s ready for the buffer, plus the step's
+metrics. Groups whose rewards are all equal carry no signal (TRL #3857): they are counted, and with
+`dynamic_sampling` dropped and replaced by fresh prompts (DAPO).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+from rlvr import prompts as prompt_lib
+from rlvr import rewards as reward_lib
+from rlvr.algorithms.advantages import group_advantages, zero_signal_groups
+from rlvr.buffer import Rollout
+from rlvr.sampling.base import Completion, SamplingParams
+from rlvr.tasks.base import Example, Task
+
+
+@dataclass
+class PromptFormat:
+    """How examples become prompt text: chat template or plain, system prompt, assistant prefill."""
+
+    chat: bool | None = None
+    system_prompt: str | None = None
+    prefill: str = ""
+
+    def text(self, tokenizer, task: Task, example: Example) -> str:
+        return prompt_lib.build_prompt(tokenizer, task, example, chat=self.chat,
+                                       system_prompt=self.system_prompt, prefill=self.prefill)
+
+    def encode(self, tokenizer, task: Task, examples: list[Example]) -> list[list[int]]:
+        """Token ids of each example's prompt (the chat template already holds the special tokens)."""
+        texts = [self.text(tokenizer, task, ex) for ex in examples]
+        return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def sampling_params(tokenizer, *, max_new_tokens: int, temperature: float, top_p: float = 1.0,
+                    top_k: int = 0, stop_at_answer: bool = True) -> SamplingParams:
+    """Sampling settings with the tokenizer's end-of-turn tokens and, optionally, `</answer>` as stops."""
+    stop_ids = {tokenizer.eos_token_id}
+    for token in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None and tid >= 0:
+            stop_ids.add(tid)
+    stop_ids.discard(None)
+    return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                          stop_token_ids=tuple(sorted(stop_ids)),
+                          stop_strings=("</answer>",) if stop_at_answer else ())
+
+
+@dataclass
+class RewardFn:
+    name: str
+    fn: Callable
+    weight: float
+    builtin: bool
+    """built-in functions see prefill + completion text; a user's function sees TRL's completions"""
+
+
+def build_reward_fns(task: Task, weights: dict[str, float]) -> list[RewardFn]:
+    """Reward functions by name (accuracy, format, format_strict, length) or `file.py:function`."""
+    fns = []
+    for name, weight in weights.items():
+        fn, builtin = reward_lib.resolve_reward(name, task)
+        fns.append(RewardFn(name=reward_lib.reward_name(name), fn=fn, weight=float(weight), builtin=builtin))
+    return fns
+
+
+def score_texts(reward_fns: list[RewardFn], task: Task, examples: list[Example], completions: list[str],
+                fmt: PromptFormat, timeout_s: float, conversational: bool) -> reward_lib.RewardResult:
+    """Score completions (one per entry of `examples`) with every reward function; never raises.
+
+    Built-in rewards see the prefill plus the completion (so `<think>` prefilled by the prompt
+    counts); a user's function sees exactly what TRL would pass it: the completion alone, as a
+    string, or as `[{"role": "assistant", "content": ...}]` for chat models.
+    """
+    columns: dict[str, list] = {}
+    for ex in examples:
+        for key, value in ex.columns().items():
+            columns.setdefault(key, []).append(value)
+    columns["_example"] = list(examples)
+    builtin = [(r.name, r.fn, r.weight) for r in reward_fns if r.builtin]
+    user = [(r.name, r.fn, r.weight) for r in reward_fns if not r.builtin]
+    full = [fmt.prefill + c for c in completions]
+    result = reward_lib.score(builtin, full, columns, timeout_s=timeout_s)
+    if user:
+        trl_style = [[{"role": "assistant", "content": c}] for c in completions] if conversational else completions
+        more = reward_lib.score(user, trl_style, columns, timeout_s=timeout_s)
+        result = reward_lib.RewardResult(total=[a + b for a, b in zip(result.total, more.total)],
+                                         parts={**result.parts, **more.parts},
+                                         errors={**result.errors, **more.errors})
+    return result
+
+
+@dataclass
+class Experience:
+    rollouts: list[Rollout]
+    examples: list[Example]
+    """one per completion (each group's example repeated G times)"""
+    completions: list[str]
+    rewards: reward_lib.RewardResult
+    correct: list[float]
+    formatted: list[float]
+    metrics: dict = field(default_factory=dict)
+
+
+def collect_experience(sampler, tokenizer, task: Task, examples: Iterator[Example], *, batch_size: int,
+                       num_generations: int, params: SamplingParams, fmt: PromptFormat,
+                       reward_fns: list[RewardFn], scale_rewards: str, dynamic_sampling: bool,
+                       max_resample_rounds: int, reward_timeout: float, generator: torch.Generator,
+                       progress: Callable[[int], None] | None = None) -> Experience:
+    """Sample, score and normalise one step's experience (B groups of G completions)."""
+    g = num_generations
+    parts: list[Experience] = []
+    kept_groups, seen_groups, zero_groups = 0, 0, 0
+    t0 = time.perf_counter()
+    gen_tokens = 0
+    for round_ in range(1 + (max_resample_rounds if dynamic_sampling else 0)):
+        need = batch_size - kept_groups
+        if need <= 0:
+            break
+        batch = [next(examples) for _ in range(need)]
+        part = _sample_and_score(sampler, tokenizer, task, batch, g, params, fmt, reward_fns,
+                                 scale_rewards, reward_timeout, generator, progress)
+        gen_tokens += sum(len(r.completion_ids) for r in part.rollouts)
+        zero = part.metrics.pop("_zero_mask")  # [need] bool
+        seen_groups += need
+        zero_groups += int(zero.sum())
+        if dynamic_sampling and round_ < max_resample_rounds:
+            part = _keep_groups(part, ~zero, g)
+        kept_groups += len(part.rollouts) // g
+        parts.append(part)
+        if not dynamic_sampling:
+            break
+    exp = _concat(parts)
+    exp.metrics.update(_experience_metrics(exp, reward_fns, g))
+    exp.metrics["signal/zero_std_groups"] = zero_groups / max(1, seen_groups)
+    exp.metrics["time/generate_s"] = time.perf_counter() - t0
+    exp.metrics["throughput/generate_tok_s"] = gen_tokens / max(1e-9, exp.metrics["time/generate_s"])
+    return exp
+
+
+def _sample_and_score(sampler, tokenizer, task, batch, g, params, fmt, reward_fns, scale_rewards,
+                      reward_timeout, generator, progress) -> Experience:
+    prompt_ids = fmt.encode(tokenizer, task, batch)
+    outs: list[Completion] = sampler.generate(prompt_ids, params, num_samples=g, generator=generator,
+                                              progress=progress)
+    texts = [tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outs]
+    examples = [batch[o.prompt_index] for o in outs]
+    result = score_texts(reward_fns, task, examples, texts, fmt, reward_timeout,
+                         conversational=_is_chat(tokenizer, fmt))
+    total = torch.tensor(result.total, dtype=torch.float32)  # [B*G]
+    adv = group_advantages(total, g, scale_rewards=scale_rewards)  # [B*G]
+    zero = zero_signal_groups(total, g)  # [B]
+    rollouts = [
+        Rollout(prompt_ids=prompt_ids[o.prompt_index], completion_ids=list(o.token_ids),
+                old_logprobs=list(o.logprobs), advantage=float(a), truncated=o.finish_reason == "length",
+                group=o.prompt_index)
+        for o, a in zip(outs, adv.tolist())
+    ]
+    full = [fmt.prefill + t for t in texts]
+    correct = [float(task.verify(prompt_lib.extract_answer(t), ex)) for t, ex in zip(full, examples)]
+    formatted = reward_lib.format_reward(full)
+    return Experience(rollouts, examples, texts, result, correct, list(formatted), {"_zero_mask": zero})
+
+
+def _is_chat(tokenizer, fmt: PromptFormat) -> bool:
+    return fmt.chat if fmt.chat is not None else bool(getattr(tokenizer, "chat_template", None))
+
+
+def _keep_groups(exp: Experience, keep: torch.Tensor, g: int) -> Experience:
+    """Keep only the groups where `keep` is true (keep: [B] bool)."""
+    idx = [i for i in range(len(exp.rollouts)) if bool(keep[i // g])]
+    sel = lambda xs: [xs[i] for i in idx]  # noqa: E731
+    res = exp.rewards
+    rewards = reward_lib.RewardResult(total=sel(res.total), parts={k: sel(v) for k, v in res.parts.items()},
+                                      errors=dict(res.errors))
+    return Experience(sel(exp.rollouts), sel(exp.examples), sel(exp.completions), rewards,
+                      sel(exp.correct), sel(exp.formatted), exp.metrics)
+
+
+def _concat(parts: list[Experience]) -> Experience:
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    cat = lambda attr: [x for p in parts for x in getattr(p, attr)]  # noqa: E731
+    errors: dict[str, int] = {}
+    names = list(first.rewards.parts)
+    for p in parts:
+        for k, v in p.rewards.errors.items():
+            errors[k] = errors.get(k, 0) + v
+    rewards = reward_lib.RewardResult(total=[x for p in parts for x in p.rewards.total],
+                                      parts={k: [x for p in parts for x in p.rewards.parts[k]] for k in names},
+                                      errors=errors)
+    return Experience(cat("rollouts"), cat("examples"), cat("completions"), rewards, cat("correct"),
+                      cat("formatted"), {})
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    if not xs:
+        return 0.0, 0.0
+    t = torch.tensor(xs, dtype=torch.float64)
+    return float(t.mean()), float(t.std(unbiased=False))
+
+
+def _experience_metrics(exp: Experience, reward_fns: list[RewardFn], g: int) -> dict:
+    m: dict = {}
+    m["reward/total/mean"], m["reward/total/std"] = _mean_std(exp.rewards.total)
+    for name, values in exp.rewards.parts.items():
+        m[f"reward/{name}/mean"], m[f"reward/{name}/std"] = _mean_std(values)
+    for name, count in exp.rewards.errors.items():
+        if count:
+            m[f"reward/{name}/errors"] = count
+    lengths = [len(r.completion_ids) for r in exp.rollouts]
+    m["train/accuracy"] = _mean_std(exp.correct)[0]
+    m["train/format_rate"] = _mean_std(exp.formatted)[0]
+    groups = [exp.correct[i:i + g] for i in range(0, len(exp.correct), g)]
+    m["train/pass_at_group"] = sum(1.0 for grp in groups if max(grp, default=0) > 0) / max(1, len(groups))
+    m["completion/length_mean"] = sum(lengths) / max(1, len(lengths))
+    m["completion/length_max"] = max(lengths, default=0)
+    m["completion/truncated_frac"] = sum(r.truncated for r in exp.rollouts) / max(1, len(exp.rollouts))
+    m["train/groups"] = len(groups)
+    return m
