@@ -155,25 +155,41 @@ def resolve_model_path(spec: str) -> tuple[str, list[str]]:
     return spec, tried
 
 
-def load_model(spec: str, *, device: str = "auto", dtype: str = "auto"):
+def _quantization(load_in_4bit: bool, device: torch.device) -> dict:
+    """4-bit loading (seed 001) where CUDA and bitsandbytes are present; otherwise say so and skip."""
+    if not load_in_4bit:
+        return {}
+    if device.type != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
+        log.warning("model.load_in_4bit needs CUDA and the bitsandbytes package; loading unquantised")
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                      bnb_4bit_compute_dtype=torch.bfloat16)}
+
+
+def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", load_in_4bit: bool = False):
     """Load (model, tokenizer) from a model spec (see the module docstring). The model is in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path, tried = resolve_model_path(spec)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    quant = _quantization(load_in_4bit, dev)
     try:
         if (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "config.json").is_file():
             from peft import AutoPeftModelForCausalLM
 
             model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype).merge_and_unload()
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **quant)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise ModelNotFound(f"model '{spec}' could not be loaded; tried {'; '.join(tried)}: {err}") from err
     _fix_tokenizer(tokenizer, model)
-    return model.to(dev).eval(), tokenizer
+    if not quant:
+        model = model.to(dev)
+    return model.eval(), tokenizer
 
 
 def load_tokenizer(spec: str):

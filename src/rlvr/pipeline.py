@@ -51,7 +51,8 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> list[dict]:
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
     task = get_task(cfg.task.name, **cfg.task.options)
-    model, tokenizer = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
+    model, tokenizer = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
+                                      load_in_4bit=cfg.model.load_in_4bit)
     rows: list[dict] = []
 
     # 1. The base model, on the held-out examples.

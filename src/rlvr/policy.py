@@ -12,9 +12,11 @@ more than one chunk of [chunk_size, V] logits. The naive path (`naive_completion
 the full model, gets [N, T, V] logits and takes a full log-softmax: the reference the lean path is
 tested against, and the baseline of bench/bench_update.py.
 
-Position ids are computed from the attention mask (cumsum - 1), as `generate` does; with the
-default arange positions a left-padded prompt would be scored at different positions than it was
-sampled at, a silent sampler/trainer log-prob mismatch (TRL #4159, #6789).
+Position ids are computed from the attention mask (cumsum - 1), as `generate` does, so a row is
+scored at the positions it was sampled at. With rotary embeddings (Llama, SmolLM2, Qwen) a constant
+shift changes nothing but rounding; with absolute position embeddings (GPT-2, OPT) the default
+arange positions would score left-padded rows differently from how they were sampled (a silent
+sampler/trainer log-prob mismatch of the kind of TRL #4159, #6789).
 
 Gradient checkpointing of the layers is switched on by the trainer
 (`model.gradient_checkpointing_enable()`); both paths work with it and with LoRA (peft) models.

@@ -132,6 +132,7 @@ def parse_completion(text: str) -> Parsed:
     passed without it) means everything before it was thinking: earlier answers are dropped.
     """
     out = Parsed()
+    spans: list[tuple[int, int]] = []  # think blocks, sliced once at the end (stays linear)
     depth, think_start, pos = 0, 0, 0
     while (m := _TAG.search(text, pos)) is not None:
         tag, pos = m.group(), m.end()
@@ -141,11 +142,11 @@ def parse_completion(text: str) -> Parsed:
             depth += 1
         elif tag == THINK_CLOSE:
             if depth == 0:  # stray close: the text so far was a think block
-                out.thinks, out.answers = [text[: m.start()]], []
+                spans, out.answers = [(0, m.start())], []
             else:
                 depth -= 1
                 if depth == 0:
-                    out.thinks.append(text[think_start : m.start()])
+                    spans.append((think_start, m.start()))
             if depth == 0:
                 out.think_closes.append(m.start())
         elif tag == ANSWER_OPEN and depth == 0:
@@ -154,6 +155,7 @@ def parse_completion(text: str) -> Parsed:
                 break  # an unclosed answer (truncated) does not count
             out.answers.append((m.start(), text[m.end() : close]))
             pos = close + len(ANSWER_CLOSE)
+    out.thinks = [text[a:b] for a, b in spans]
     if depth > 0:
         out.open_think = text[think_start:]
     return out

@@ -30,7 +30,8 @@ import struct
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from rlvr.prompts import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, extract_answer, parse_completion
 from rlvr.tasks.base import Example, Task
@@ -114,7 +115,7 @@ def make_accuracy_reward(task: Task, *, prefill: str = "") -> RewardFn:
         examples = _example if _example is not None else examples_from_columns(columns, len(completions))
         return [
             float(task.verify(extract_answer(_with_prefill(completion_text(c), prefill)), ex))
-            for c, ex in zip(completions, examples)
+            for c, ex in zip(completions, examples, strict=True)
         ]
 
     return accuracy_reward
@@ -177,6 +178,16 @@ def get_reward(spec: str, *, task: Task | None = None, prefill: str = "", **opti
     raise ValueError(f"unknown reward {spec!r}; built-in: {', '.join(REWARDS)}; or path/file.py:function")
 
 
+def resolve_reward(spec: str, task: Task | None = None, *, prefill: str = "", **options: Any) -> tuple[RewardFn, bool]:
+    """(function, is_builtin) for a reward spec; see `get_reward`."""
+    return get_reward(spec, task=task, prefill=prefill, **options), spec in REWARDS
+
+
+def reward_name(spec: str) -> str:
+    """The name a reward is reported under: "accuracy", or "my_reward" for "dir/f.py:my_reward"."""
+    return spec.rpartition(":")[2] if ":" in spec else spec
+
+
 def load_reward(spec: str) -> RewardFn:
     """A user's reward function from "path/to/file.py:function_name" or "package.module:name"."""
     import importlib
@@ -198,3 +209,181 @@ def example_columns(examples: Sequence[Example]) -> dict[str, list]:
     rows = [ex.columns() for ex in examples]
     keys = list(dict.fromkeys(k for row in rows for k in row))
     return {"_example": list(examples), **{k: [row.get(k) for row in rows] for k in keys}}
+
+
+# --------------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class RewardResult:
+    total: list[float]
+    """weighted sum per completion (NaN parts, a function's "not applicable", count as 0)"""
+    parts: dict[str, list[float]]
+    """per reward-function name, unweighted"""
+    errors: dict[str, int]
+    """per name: completions whose call raised or timed out (scored 0)"""
+
+
+def score(
+    reward_funcs: list[tuple[str, RewardFn, float]],
+    completions: list,
+    columns: dict[str, Any],
+    *,
+    timeout_s: float = 10.0,
+) -> RewardResult:
+    """Score completions with (name, function, weight) triples.
+
+    `columns` values that are sequences as long as `completions` are per-completion columns;
+    anything else (TRL's `trainer_state`) is passed unchanged to every call. `timeout_s` bounds
+    each call of an untrusted function: the batch call, then each retried completion.
+    """
+    names = [name for name, _, _ in reward_funcs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"reward names must be unique, got {names}")
+    n, parts, errors = len(completions), {}, {}
+    for name, fn, _ in reward_funcs:
+        parts[name], errors[name] = _score_one(name, fn, completions, columns, timeout_s)
+    total = [
+        sum(w * parts[name][i] for name, _, w in reward_funcs if not math.isnan(parts[name][i]))
+        for i in range(n)
+    ]
+    return RewardResult(total=total, parts=parts, errors=errors)
+
+
+def _score_one(name, fn, completions, columns, timeout_s) -> tuple[list[float], int]:
+    """The batch call; if it fails, one call per completion (failures score 0)."""
+    n = len(completions)
+    if n == 0:
+        return [], 0
+    forked = not is_trusted(fn) and hasattr(os, "fork")
+    run = (lambda jobs: _run_forked(fn, completions, columns, jobs, timeout_s)) if forked else (
+        lambda jobs: _run_inline(fn, completions, columns, jobs))
+    status, payload = run([(0, n)])[0]
+    if status == "ok":
+        return payload, 0
+    outcomes = run([(i, i + 1) for i in range(n)])
+    values = [p[0] if s == "ok" else 0.0 for s, p in outcomes]
+    bad = [p for s, p in outcomes if s != "ok"]
+    logger.warning("reward %r failed on the batch (%s); per completion: %d of %d scored 0%s",
+                   name, payload, len(bad), n, f", first: {bad[0]}" if bad else "")
+    return values, len(bad)
+
+
+def _call(fn: RewardFn, completions: list, columns: dict[str, Any], start: int, stop: int) -> list[float]:
+    """fn on completions[start:stop] with the matching column slices; checked, as floats."""
+    n = len(completions)
+    sliced = {k: (v[start:stop] if _is_aligned(v, n) else v) for k, v in columns.items()}
+    out = fn(completions=completions[start:stop], **_accepted_kwargs(fn, sliced))
+    values = list(out)
+    if len(values) != stop - start:
+        raise ValueError(f"returned {len(values)} rewards for {stop - start} completions")
+    return [math.nan if v is None else float(v) for v in values]
+
+
+def _is_aligned(value: Any, n: int) -> bool:
+    return (not isinstance(value, (str, bytes, dict)) and hasattr(value, "__getitem__")
+            and hasattr(value, "__len__") and len(value) == n)
+
+
+def _accepted_kwargs(fn: RewardFn, columns: dict[str, Any]) -> dict[str, Any]:
+    """All columns for a function with **kwargs; only the ones it names otherwise."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return columns
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return columns
+    names = {p.name for p in params}
+    return {k: v for k, v in columns.items() if k in names}
+
+
+def _outcome(fn, completions, columns, job) -> tuple[str, Any]:
+    try:
+        return "ok", _call(fn, completions, columns, *job)
+    except BaseException as e:  # a user's function may raise anything, SystemExit included
+        return "error", f"{type(e).__name__}: {e}"[:300]
+
+
+def _run_inline(fn, completions, columns, jobs) -> list[tuple[str, Any]]:
+    return [_outcome(fn, completions, columns, job) for job in jobs]
+
+
+def _run_forked(fn, completions, columns, jobs, timeout_s) -> list[tuple[str, Any]]:
+    """Run the jobs in forked children; a job silent for `timeout_s` is killed and scored as a
+    time-out, and a new child resumes with the next job."""
+    outcomes: list[tuple[str, Any] | None] = [None] * len(jobs)
+    k = 0
+    while k < len(jobs):
+        k = _fork_from(fn, completions, columns, jobs, k, timeout_s, outcomes)
+    return outcomes
+
+
+def _fork_from(fn, completions, columns, jobs, k0, timeout_s, outcomes) -> int:
+    """One child runs jobs[k0:], streaming one frame per job; returns where to resume."""
+    read_fd, write_fd = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError as e:  # out of memory or processes: run here, without the time-out
+        os.close(read_fd), os.close(write_fd)
+        logger.warning("cannot fork for a reward function (%s); running it in-process", e)
+        outcomes[k0:] = _run_inline(fn, completions, columns, jobs[k0:])
+        return len(jobs)
+    if pid == 0:  # the child: never returns
+        os.close(read_fd)
+        try:
+            for k in range(k0, len(jobs)):
+                _write_frame(write_fd, (k, *_outcome(fn, completions, columns, jobs[k])))
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os._exit(0)
+    os.close(write_fd)
+    reader, k = _FrameReader(read_fd), k0
+    try:
+        while k < len(jobs):
+            frame = reader.read(timeout_s)
+            if frame is None:  # silent past the time-out, or the child died
+                outcomes[k] = ("timeout" if reader.alive else "error",
+                               f"no result after {timeout_s:g} s" if reader.alive else "the child process died")
+                return k + 1
+            k, status, payload = frame
+            outcomes[k] = (status, payload)
+            k += 1
+        return k
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+        os.close(read_fd)
+
+
+def _write_frame(fd: int, obj: Any) -> None:
+    data = pickle.dumps(obj)
+    data = struct.pack("<I", len(data)) + data
+    while data:
+        data = data[os.write(fd, data):]
+
+
+class _FrameReader:
+    """Length-prefixed pickles from a pipe, with a time-out per frame."""
+
+    def __init__(self, fd: int):
+        self.fd, self.buffer, self.alive = fd, b"", True
+
+    def read(self, timeout_s: float) -> Any | None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if len(self.buffer) >= 4:
+                size = struct.unpack("<I", self.buffer[:4])[0]
+                if len(self.buffer) >= 4 + size:
+                    frame, self.buffer = self.buffer[4 : 4 + size], self.buffer[4 + size :]
+                    return pickle.loads(frame)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                self.alive = False
+                return None
+            self.buffer += chunk

@@ -146,7 +146,8 @@ def run_sft(cfg: Config, *, model=None, tokenizer=None, task=None, resume: bool 
     run_dir = prepare_run_dir(cfg, resume=resume)
     torch.manual_seed(cfg.run.seed)
     if model is None:
-        model, tokenizer = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
+        model, tokenizer = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
+                                      load_in_4bit=cfg.model.load_in_4bit)
     task = task or get_task(cfg.task.name, **cfg.task.options)
     examples = task.train_examples()
     g = torch.Generator().manual_seed(cfg.run.seed)

@@ -354,13 +354,10 @@ def _pct(value: float) -> str:
 
 
 def format_step_line(metrics: Mapping[str, Any], step: int, total_steps: int) -> str:
-    """A compact one-line summary of a training step for the console; missing keys are left out.
+    """A compact one-line summary of a training step for the console; missing keys are left out:
 
-    >>> format_step_line({"reward/total/mean": 0.41, "reward/total/std": 0.3, "train/accuracy": 0.35,
-    ...                   "signal/zero_std_groups": 0.25, "completion/length_mean": 87.4,
-    ...                   "completion/length_max": 256, "completion/truncated_frac": 0.03,
-    ...                   "loss/kl": 0.00123, "throughput/generate_tok_s": 1234.5}, 12, 200)
-    'step  12/200 | reward 0.410±0.300 | acc 35% | zero-signal 25% | len 87 (max 256, trunc 3.0%) | kl 0.00123 | 1,234 tok/s'
+        step  12/200 | reward 0.410±0.300 | acc 35% | zero-signal 25% | len 87 (max 256, trunc 3.0%)
+        | kl 0.00123 | 1,234 tok/s                        (one line; `ALARM <names>` appended if any)
     """
     m = scalars(metrics)
     width = len(str(total_steps))

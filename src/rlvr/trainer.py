@@ -237,7 +237,8 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
         torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
     if model is None:
-        model, tokenizer = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
+        model, tokenizer = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
+                                      load_in_4bit=cfg.model.load_in_4bit)
     policy = prepare_policy(model, cfg.model)
     ref_model = None
     if cfg.grpo.beta > 0 and not cfg.model.use_peft:

@@ -3,12 +3,22 @@
 A task knows nothing of models or tensors. Its `verify` is the single source of truth for
 correctness: the accuracy reward during training and `rlvr eval` both call it, so training and
 evaluation cannot drift apart (as in nanochat's `chat_rl.py`).
+
+Below the protocol: helpers the task families share (number parsing, text normalisation, a
+seeded train/test split). Procedural tasks also offer `make_example(rng, level=None)` for
+adaptive-difficulty curricula (check with `hasattr`).
 """
 
 from __future__ import annotations
 
+import random
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from fractions import Fraction
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -35,6 +45,8 @@ class Task:
     """
 
     name: str = "task"
+    description: str = ""
+    """one line for `rlvr tasks`"""
     system_prompt: str | None = None  # None: prompts.DEFAULT_SYSTEM_PROMPT
 
     def train_examples(self) -> list[Example]:
@@ -54,3 +66,53 @@ class Task:
     def demonstration(self, example: Example) -> str | None:
         """A worked completion in the think/answer format, for the SFT warm-up (None: not available)."""
         return None
+
+
+# ------------------------------------------------------------ helpers shared by the task families
+
+MAX_ANSWER_CHARS = 10_000
+"""Verifiers give 0 to longer answers at once (a 1 MB answer must not cost a second)."""
+
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?")
+
+
+def parse_number(text: str | None, *, remove_comma: bool = True) -> Fraction | None:
+    """The exact value of a number written as text, or None.
+
+    Accepts "42", "-3.5", "1/3", "$1,234." (with remove_comma) and the unicode minus; "1,234"
+    is not a number when remove_comma=False (seed 001's `not_remove_comma`).
+    """
+    if text is None or len(text) > 100:
+        return None
+    s = text.strip().replace("\u2212", "-").replace("$", "").replace(" ", "")
+    if remove_comma:
+        s = s.replace(",", "")
+    s = s.removesuffix(".")
+    if not _NUMBER.fullmatch(s):
+        return None
+    try:
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def normalize_text(text: str) -> str:
+    """Case-folded, whitespace collapsed, surrounding quotes and a final period removed."""
+    s = " ".join(text.split()).casefold()
+    s = s.strip("\"'`")
+    return s[:-1].rstrip() if s.endswith(".") else s
+
+
+def split_train_test(
+    items: Sequence[T], *, test_fraction: float = 0.2, n_test: int | None = None, seed: int = 42
+) -> tuple[list[T], list[T]]:
+    """Shuffle with `seed`, then cut: the test set is `n_test` items, else `test_fraction` of them."""
+    if n_test is None:
+        if not 0.0 <= test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+        n_test = round(len(items) * test_fraction)
+    if not 0 <= n_test <= len(items):
+        raise ValueError(f"n_test={n_test} but only {len(items)} examples")
+    order = random.Random(seed).sample(range(len(items)), len(items))
+    shuffled = [items[i] for i in order]
+    return shuffled[n_test:], shuffled[:n_test]

@@ -1,0 +1,204 @@
+"""Benchmark one GRPO update step (forward + backward) of the bundled 135M model with LoRA: naive
+full-vocabulary log-softmax vs the lean path (backbone + chunked, checkpointed lm_head), with and
+without gradient checkpointing of the layers.
+
+Each variant runs in a fresh subprocess (so peak RSS is its own: read with os.wait4 on that child),
+variants alternate over rounds (so a noisy neighbour hurts all of them alike), and the parent also
+times a 2048x2048 fp32 matmul loop to express the update's throughput as a fraction of this
+machine's matmul ceiling.
+
+    .venv/bin/python bench/bench_update.py                 # ~3-5 minutes on 2 CPU cores
+    .venv/bin/python bench/bench_update.py --rounds 1 --variants naive,lean_gc
+
+Useful FLOPs of one step, LoRA on a frozen base (forward 2P + input-gradient backward 2P per token):
+    4 * (P_backbone * N * T  +  V * H * N * K)      (lm_head counted on the K completion positions)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+N_SEQ, PROMPT, COMPLETION = 32, 64, 64
+VARIANTS = {
+    "naive": "model(...).logits for all T positions, log_softmax over V, gather (seed 004 / textbook)",
+    "keep": "logits only at the K+1 completion positions (TRL's logits_to_keep) + selective log-softmax",
+    "lean": "backbone, then chunked + checkpointed lm_head with selective log-softmax",
+    "lean_gc": "lean + gradient checkpointing of every decoder layer",
+}
+
+
+def _rss_gb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024**2
+    return float("nan")
+
+
+def _batch(generator, n: int, vocab: int):
+    """[N, P+K] random token ids; left-padded prompts and right-padded completions of varied length."""
+    import torch
+
+    ids = torch.randint(3, vocab, (n, PROMPT + COMPLETION), generator=generator)
+    mask = torch.ones_like(ids)
+    for i in range(n):
+        mask[i, : i % 8] = 0  # up to 7 pad tokens before the prompt
+        mask[i, PROMPT + COMPLETION - (i % 5) * 4:] = 0  # completions end early by 0-16 tokens
+    return ids, mask
+
+
+def _logprobs(variant: str, model, ids, mask, chunk_size: int):
+    from rlvr.algorithms.logprobs import selective_log_softmax
+    from rlvr.policy import completion_logprobs, naive_completion_logprobs, position_ids_from_mask
+
+    if variant == "naive":
+        return naive_completion_logprobs(model, ids, mask, COMPLETION)
+    if variant == "keep":
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                       use_cache=False, logits_to_keep=COMPLETION + 1).logits[:, :-1]  # [N, K, V]
+        return selective_log_softmax(logits, ids[:, -COMPLETION:])  # [N, K]
+    return completion_logprobs(model, ids, mask, COMPLETION, chunk_size=chunk_size)
+
+
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process: less sensitive than wall time to neighbours."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _step(variant: str, model, ids, mask, chunk_size: int) -> dict:
+    """One forward + backward of the GRPO loss: wall seconds of each half and CPU seconds."""
+    import torch
+
+    from rlvr.algorithms.advantages import group_advantages
+    from rlvr.algorithms.losses import policy_loss
+
+    g = torch.Generator().manual_seed(1)
+    rewards = torch.randint(0, 2, (ids.shape[0],), generator=g).float()
+    adv = group_advantages(rewards, 8 if ids.shape[0] % 8 == 0 else 1)
+    cpu0, t0 = _cpu_s(), time.perf_counter()
+    logp = _logprobs(variant, model, ids, mask, chunk_size)
+    loss, _ = policy_loss(logp, logp.detach(), adv, mask[:, -COMPLETION:])
+    t1 = time.perf_counter()
+    loss.backward()
+    t2 = time.perf_counter()
+    model.zero_grad(set_to_none=True)
+    return {"forward_s": t1 - t0, "backward_s": t2 - t1, "cpu_s": _cpu_s() - cpu0}
+
+
+def worker(variant: str, chunk_size: int) -> None:
+    """Load the model, attach LoRA, run the step twice (warm-up, timed); print one JSON line."""
+    import torch
+
+    from rlvr.models import attach_lora, load_model
+
+    torch.manual_seed(0)
+    model, _ = load_model("smollm2-135m", device="cpu", dtype="fp32")
+    model = attach_lora(model, r=16, alpha=32, target_modules="all-linear")
+    model.train()
+    if variant.endswith("_gc"):
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
+    base = model.get_base_model()
+    vocab, hidden = base.config.vocab_size, base.config.hidden_size
+    backbone = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n and "embed_tokens" not in n)
+    ids, mask = _batch(torch.Generator().manual_seed(0), N_SEQ, vocab)
+    rss_loaded = _rss_gb()
+    first = _step(variant, model, ids, mask, chunk_size)  # warm-up: kernels, allocator, page faults
+    timed = _step(variant, model, ids, mask, chunk_size)  # steady state, as in a training loop
+    print(json.dumps({"variant": variant, **timed, "first_step_s": first["forward_s"] + first["backward_s"],
+                      "rss_loaded_gb": rss_loaded, "backbone_params": backbone, "vocab": vocab, "hidden": hidden}))
+
+
+def matmul_gflops(n: int = 2048, seconds: float = 3.0) -> float:
+    """fp32 matmul ceiling of this process's threads: best of repeated n x n x n products."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def run_variant(variant: str, chunk_size: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", variant, "--chunk-size", str(chunk_size)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.stdout.read(), proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{variant} failed:\n{err[-3000:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_rss_gb"] = usage.ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variants", default="naive,keep,lean,lean_gc")
+    parser.add_argument("--chunk-size", type=int, default=512)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.chunk_size)
+
+    import torch
+
+    variants = args.variants.split(",")
+    print(f"batch {N_SEQ} x ({PROMPT} prompt + {COMPLETION} completion) tokens, LoRA r=16 all-linear, "
+          f"fp32, {torch.get_num_threads()} threads, lm_head chunk {args.chunk_size} rows")
+    ceilings = [matmul_gflops()]
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    for r in range(args.rounds):
+        order = variants[r % len(variants):] + variants[: r % len(variants)]  # rotate: alternate
+        for v in order:
+            results[v].append(run_variant(v, args.chunk_size))
+            print(f"  round {r + 1} {v}: {results[v][-1]['forward_s'] + results[v][-1]['backward_s']:.1f} s",
+                  flush=True)
+    ceilings.append(matmul_gflops())
+    report(results, max(ceilings))
+
+
+def report(results: dict[str, list[dict]], ceiling: float) -> None:
+    """One row per variant (its least-disturbed run), then the ratios against naive."""
+    tokens = N_SEQ * (PROMPT + COMPLETION)
+    print(f"\nfp32 matmul ceiling (2048^3, best of two measurements): {ceiling:.0f} GFLOP/s")
+    print(f"{'variant':<8} {'peak RSS GB':>11} {'loaded GB':>9} {'fwd s':>6} {'bwd s':>6} {'step s':>6} "
+          f"{'CPU s':>6} {'1st step s':>10} {'tokens/s':>8} {'% ceiling':>9}")
+    summary = {}
+    for v, runs in results.items():
+        best = min(runs, key=lambda x: x["forward_s"] + x["backward_s"])  # least disturbed run
+        seconds = best["forward_s"] + best["backward_s"]
+        flops = 4 * (best["backbone_params"] * tokens + best["vocab"] * best["hidden"] * N_SEQ * COMPLETION)
+        peak = max(x["peak_rss_gb"] for x in runs)
+        summary[v] = (peak, seconds, min(x["cpu_s"] for x in runs))
+        print(f"{v:<8} {peak:>11.2f} {best['rss_loaded_gb']:>9.2f} {best['forward_s']:>6.1f} "
+              f"{best['backward_s']:>6.1f} {seconds:>6.1f} {best['cpu_s']:>6.1f} {best['first_step_s']:>10.1f} "
+              f"{tokens / seconds:>8.0f} {100 * flops / seconds / 1e9 / ceiling:>8.1f}%")
+    print(f"(tokens/s counts all {tokens} prompt + completion tokens of the step; % ceiling = 4 x params FLOPs "
+          "per token / step time / matmul ceiling)")
+    if "naive" in summary:
+        base_peak, base_s, base_cpu = summary["naive"]
+        for v, (peak, seconds, cpu) in summary.items():
+            if v != "naive":
+                print(f"{v} vs naive: peak RSS x{peak / base_peak:.2f}, tokens/s x{base_s / seconds:.2f} "
+                      f"(CPU seconds x{cpu / base_cpu:.2f})")
+    for v, text in VARIANTS.items():
+        if v in results:
+            print(f"  {v}: {text}")
+
+
+if __name__ == "__main__":
+    main()

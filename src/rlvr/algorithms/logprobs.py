@@ -1,0 +1,140 @@
+"""Per-token log-probs (and entropies) of chosen tokens, without a full-vocabulary log-softmax.
+
+The policy-gradient loss needs log pi(o_t | q, o_<t) only for the token that was sampled, one number
+per position. The textbook route, `log_softmax(logits).gather(...)`, materialises a [N, T, V] float
+tensor twice (logits, log-softmax) and keeps them alive for the backward pass: with V = 49,152 and
+32 x 64 completion tokens that is 400 MB each, more than the 135M model itself.
+
+Two tricks here, the "lean log-probs":
+  1. `selective_log_softmax`: log p(y) = z_y - logsumexp(z), with z = logits / T. Only the gathered
+     logit and one logsumexp per row are kept, never the log-softmax.
+  2. `chunked_token_logprobs`: start from the last hidden states instead of the logits; project to
+     the vocabulary a chunk of rows at a time, each chunk under `torch.utils.checkpoint`, so the
+     backward recomputes that chunk's logits instead of storing [N, T, V]. Peak extra memory is
+     one chunk's logits (chunk_size x V floats) whatever the batch. (Liger-Kernel's fused linear
+     cross-entropy is the same idea done in one kernel.)
+
+Temperature: the sampler draws from softmax(logits / T), so the log-probs of the PPO ratio must be
+taken under logits / T too (TRL #4159 was a mismatch from forgetting this).
+
+Letters: N sequences, T positions, H hidden size, V vocabulary size, R = N*T flattened rows, C rows
+in one chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+Head = Callable[[Tensor], Tensor]
+"""hidden states [C, H] -> logits [C, V] (an lm_head, possibly wrapped: LoRA, soft-capping)"""
+
+
+def _scaled(logits: Tensor, temperature: float) -> Tensor:
+    """Logits in fp32, divided by the temperature (no copy when fp32 and T == 1)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z = logits.float()
+    return z if temperature == 1.0 else z / temperature
+
+
+def selective_log_softmax(logits: Tensor, index: Tensor, temperature: float = 1.0) -> Tensor:
+    """log softmax(logits / T)[index], without materialising the log-softmax.
+
+    log p(y) = z_y - logsumexp_v z_v,  z = logits / T.
+    logits: [..., V]; index: [...] (int64 token ids). Returns [...] in fp32.
+    """
+    z = _scaled(logits, temperature)  # [..., V]
+    picked = z.gather(-1, index.unsqueeze(-1)).squeeze(-1)  # [...]
+    return picked - torch.logsumexp(z, dim=-1)  # [...]
+
+
+def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Entropy of softmax(logits / T) per row: H = logsumexp(z) - sum_v p_v z_v.
+
+    logits: [..., V]. Returns [...] in fp32. Used for logging (the policy's uncertainty; collapsing
+    entropy is an early sign of mode collapse), so callers run it without grad.
+    """
+    z = _scaled(logits, temperature)  # [..., V]
+    p = torch.softmax(z, dim=-1)  # [..., V]
+    return torch.logsumexp(z, dim=-1) - (p * z).sum(dim=-1)  # [...]
+
+
+def _chunk(head: Head, hidden: Tensor, targets: Tensor, temperature: float, with_entropy: bool):
+    """One chunk: project, then selective log-softmax (and entropy, no grad). [C, H] -> ([C], [C])."""
+    logits = head(hidden)  # [C, V]
+    logp = selective_log_softmax(logits, targets, temperature)  # [C]
+    if not with_entropy:
+        return logp, logp.new_empty(0)
+    with torch.no_grad():
+        entropy = entropy_from_logits(logits.detach(), temperature)  # [C]
+    return logp, entropy
+
+
+def chunked_head_logprobs(
+    hidden: Tensor,
+    head: Head,
+    targets: Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 512,
+    with_entropy: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Log-probs of `targets` under softmax(head(hidden) / T), `chunk_size` rows at a time.
+
+    hidden: [N, T, H] (the final hidden states at the positions that predict the targets);
+    head: [C, H] -> [C, V]; targets: [N, T] int64. Returns logp [N, T] fp32, and the entropy
+    [N, T] (fp32, no grad) when `with_entropy`.
+    When grad is enabled each chunk runs under `torch.utils.checkpoint` (non-reentrant), so only
+    the chunk's inputs are saved and its logits are recomputed in the backward pass.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    n, t = targets.shape
+    rows = hidden.reshape(n * t, hidden.shape[-1])  # [R, H]
+    flat_targets = targets.reshape(n * t)  # [R]
+    use_checkpoint = torch.is_grad_enabled()
+    logps, entropies = [], []
+    for start in range(0, n * t, chunk_size):
+        h, y = rows[start:start + chunk_size], flat_targets[start:start + chunk_size]  # [C, H], [C]
+        if use_checkpoint:
+            logp, entropy = checkpoint(_chunk, head, h, y, temperature, with_entropy, use_reentrant=False)
+        else:
+            logp, entropy = _chunk(head, h, y, temperature, with_entropy)
+        logps.append(logp)
+        entropies.append(entropy)
+    logp = torch.cat(logps).view(n, t)  # [N, T]
+    if not with_entropy:
+        return logp
+    return logp, torch.cat(entropies).view(n, t)  # [N, T], [N, T]
+
+
+def chunked_token_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 512,
+    bias: Tensor | None = None,
+    with_entropy: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Log-probs of `targets` under softmax((hidden @ weight.T + bias) / T), chunk by chunk.
+
+    The lean replacement for `log_softmax(lm_head(hidden)).gather(targets)`: never more than one
+    chunk of logits ([chunk_size, V]) alive, in the forward or the backward pass.
+    hidden: [N, T, H]; weight: [V, H] (the lm_head / tied embedding); targets: [N, T] int64;
+    bias: [V] or None. Returns logp [N, T] (and entropy [N, T], no grad, when `with_entropy`).
+    """
+
+    def linear_head(h: Tensor) -> Tensor:
+        return F.linear(h, weight, bias)  # [C, V]
+
+    return chunked_head_logprobs(
+        hidden, linear_head, targets, temperature=temperature, chunk_size=chunk_size,
+        with_entropy=with_entropy,
+    )

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny models and a toy task, so integration tests run in seconds on a CPU."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlvr.tasks.base import Example, Task
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def char_tokenizer():
+    """A character-level tokenizer of ~70 symbols (a tiny vocabulary: random models emit every symbol)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<unk>"]
+    chars = list(string.digits + string.ascii_lowercase + " \n:?.,<>/=-+*()")
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    fast.padding_side = "left"
+    return fast
+
+
+def char_model(seed: int = 0, hidden_size: int = 32):
+    """A tiny random Llama over the character vocabulary (~30k parameters)."""
+    from rlvr.models import tiny_random_model
+
+    return tiny_random_model(seed, hidden_size=hidden_size, num_layers=2, tokenizer=char_tokenizer())
+
+
+class DigitTask(Task):
+    """Toy verifiable task: answer with the digit asked for. Scored densely by `digit_reward`."""
+
+    name = "digit"
+    system_prompt = ""
+
+    def __init__(self, digit: str = "7", n: int = 64):
+        self.digit, self.n = digit, n
+
+    def _examples(self):
+        return [Example(question=f"say {self.digit}", answer=self.digit) for _ in range(self.n)]
+
+    def train_examples(self):
+        return self._examples()
+
+    def test_examples(self):
+        return self._examples()[:8]
+
+    def verify(self, answer, example):
+        return float(answer is not None and answer.strip() == example.answer)
+
+
+@pytest.fixture
+def tiny_char():
+    return char_model()
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    from rlvr.models import load_tokenizer
+
+    return load_tokenizer("smollm2-135m")
+
+
+@pytest.fixture
+def tiny_smol(smol_tokenizer):
+    """A tiny random Llama with the real SmolLM2 tokenizer (49k vocabulary)."""
+    from rlvr.models import tiny_random_model
+
+    return tiny_random_model(0, tokenizer=smol_tokenizer)
+
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

@@ -1,0 +1,16 @@
+"""A user's reward file, as `rlvr train` loads it (task.rewards: {tests/toy_rewards.py:digit_reward: 1.0})."""
+
+
+def digit_reward(completions, answer, **kwargs):
+    """Fraction of the completion's characters that are the asked-for digit (TRL signature)."""
+    out = []
+    for text, digit in zip(completions, answer):
+        text = text if isinstance(text, str) else text[0]["content"]
+        out.append(sum(ch == digit for ch in text) / max(1, len(text)))
+    return out
+
+
+def variety_reward(completions, **kwargs):
+    """Distinct characters / length: differs between random completions, so every group has signal."""
+    texts = [c if isinstance(c, str) else c[0]["content"] for c in completions]
+    return [len(set(t)) / max(1, len(t)) for t in texts]
