@@ -320,3 +320,22 @@ def test_python_file_make_task_and_errors(tmp_path):
     bad.write_text("def make_task():\n    return 3\n")
     with pytest.raises(TypeError, match="not a rlvr Task"):
         get_task(str(bad))
+
+
+def test_hf_task_from_a_local_dataset_dir(tmp_path):
+    """`hf:` goes through `datasets.load_dataset`, which also reads a local directory (offline)."""
+    data = tmp_path / "ds"
+    data.mkdir()
+    for split in ("train", "test"):
+        rows = [{"problem": f"{split} {i}", "solution": str(i)} for i in range(3)]
+        (data / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    code = (
+        "import sys; from rlvr.tasks import get_task\n"
+        f"t = get_task('hf:{data}', question_column='problem', answer_column='solution')\n"
+        "print(len(t.train_examples()), len(t.test_examples()), t.test_examples()[0].question)\n"
+        f"get_task('hf:{data}')\n"
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines()[0] == "3 3 test 0"
+    assert "column 'question' not found" in proc.stderr and "columns present: problem, solution" in proc.stderr

@@ -2,7 +2,7 @@
 
 All stages live in one run directory and each is resumable:
 
-    RUN/base/     held-out evaluation of the base model (eval.jsonl, summary.json)
+    RUN/eval/     held-out evaluation of the base model (base.jsonl per example, base_summary.json)
     RUN/sft/      the SFT warm-up (final/merged is the model GRPO starts from)
     RUN/grpo/     the GRPO run (its start-of-run evaluation is the "after SFT" row)
     RUN/summary.json, RUN/report.html
@@ -40,7 +40,7 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> list[dict]:
     from rlvr.rollout import PromptFormat
     from rlvr.sft import run_sft
     from rlvr.tasks import get_task
-    from rlvr.trainer import make_sampler, peak_rss_gb, train
+    from rlvr.trainer import make_sampler, peak_rss_gb, train, write_report_safely
 
     t0 = time.time()
     run_dir = Path(cfg.run.output_dir)
@@ -56,7 +56,7 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> list[dict]:
     rows: list[dict] = []
 
     # 1. The base model, on the held-out examples.
-    base_summary = run_dir / "base" / "summary.json"
+    base_summary = run_dir / "eval" / "base_summary.json"
     if resume and base_summary.exists():
         rows.append(json.loads(base_summary.read_text()))
     else:
@@ -64,7 +64,7 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> list[dict]:
         result = evaluate(make_sampler(cfg.sampling.backend, model, tokenizer), tokenizer, task,
                           task.test_examples()[:cfg.eval.n], fmt=fmt, max_new_tokens=cfg.eval.max_new_tokens,
                           batch_size=cfg.eval.batch_size, progress=not cfg.run.quiet,
-                          out_path=run_dir / "base" / "eval.jsonl", stop_at_answer=cfg.sampling.stop_at_answer)
+                          out_path=run_dir / "eval" / "base.jsonl", stop_at_answer=cfg.sampling.stop_at_answer)
         rows.append(_row("base", result.summary()))
         base_summary.write_text(json.dumps(rows[-1], indent=1))
         if not cfg.run.quiet:
@@ -84,7 +84,7 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> list[dict]:
     # 3. GRPO from the warmed-up model; its first evaluation is the after-SFT row.
     grpo_cfg = _stage_config(cfg, run_dir, "grpo")
     grpo_cfg.eval.on_start = True
-    result = train(grpo_cfg, resume=resume, model=model, tokenizer=tokenizer, task=task)
+    result = train(grpo_cfg, resume=resume, model=model, tokenizer=tokenizer, task=task, write_report=False)
     evals = {r["stage"]: r for r in result.eval_rows}
     if "before" in evals and cfg.sft.enabled:
         rows.append(_row("sft", evals["before"]))
@@ -93,18 +93,10 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> list[dict]:
     summary = {"model": cfg.model.name, "task": cfg.task.name, "before_after": rows,
                "wall_time_s": time.time() - t0, "peak_rss_gb": peak_rss_gb()}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    _write_report(run_dir)
+    write_report_safely(run_dir)
     if not cfg.run.quiet:
         print(format_table(rows))
         print(verdict(rows))
         print(f"wall time {summary['wall_time_s'] / 60:.1f} min, peak memory {summary['peak_rss_gb']:.2f} GB; "
               f"report: {run_dir / 'report.html'}")
     return rows
-
-
-def _write_report(run_dir: Path) -> None:
-    try:
-        from rlvr.report import write_report
-    except ImportError:  # the report module is optional at this layer
-        return
-    write_report(run_dir)

@@ -222,7 +222,7 @@ def _reference_logprobs(model, ref_model, mb, temperature, cfg):
 # ----------------------------------------------------------------------------------------------
 
 def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, task=None,
-          stage: str = "grpo") -> TrainResult:
+          stage: str = "grpo", write_report: bool = True) -> TrainResult:
     """Run GRPO as configured; returns the evaluation rows (start and end) and resource use."""
     from tqdm.auto import tqdm
 
@@ -262,7 +262,8 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
     train_examples = task.train_examples()
     test_examples = task.test_examples()[:cfg.eval.n]
     stream = ExampleStream(train_examples, cfg.run.seed, state["examples_seen"])
-    tracker = Tracker(run_dir, report_to=list(cfg.run.report_to), config=cfg.to_dict())
+    tracker = Tracker(run_dir, report_to=list(cfg.run.report_to), config=cfg.to_dict(),
+                      purge_step=state["step"] + 1 if ckpt is not None else None)
     say = (lambda *a: None) if cfg.run.quiet else (lambda msg: tqdm.write(msg))
 
     def run_eval(step: int, name: str) -> EvalResult:
@@ -328,6 +329,8 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
     tracker.close()
     result = TrainResult(run_dir, step, state["eval_rows"], time.time() - t_start, peak_rss_gb())
     write_summary(run_dir, result, cfg)
+    if write_report:
+        write_report_safely(run_dir)
     rows = _before_after(state["eval_rows"])
     if rows and not cfg.run.quiet:
         print(format_table(rows))
@@ -361,6 +364,17 @@ def save_final(policy, tokenizer, run_dir: Path) -> None:
 def _before_after(rows: list[dict]) -> list[dict]:
     keep = [r for r in rows if r["stage"] in ("before", "after")]
     return keep if len(keep) >= 1 else rows
+
+
+def write_report_safely(run_dir: Path) -> Path | None:
+    """The HTML report; a failure here is logged, never allowed to lose a finished run."""
+    from rlvr.report import write_report
+
+    try:
+        return write_report(run_dir)
+    except Exception as err:  # noqa: BLE001 - the report is a view of files already written
+        log.warning("could not write the report for %s: %s (run `rlvr report %s` to retry)", run_dir, err, run_dir)
+        return None
 
 
 def write_summary(run_dir: Path, result: TrainResult, cfg: Config) -> None:

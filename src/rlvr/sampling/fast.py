@@ -237,8 +237,8 @@ class _LeanLlama:
         self.w = weights
         self.device = device
         shape = (rows, weights["n_kv"], max_len, weights["head_dim"])
-        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in weights["layers"]]
-        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in weights["layers"]]
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in weights["layers"]]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in weights["layers"]]
 
     def _qkv(self, layer: dict, h: torch.Tensor, cos, sin):
         """Projections, q/k norms (Qwen3) and RoPE; h [..., D] -> q [..., H, hd], k, v [..., H_kv, hd]."""
@@ -393,8 +393,10 @@ class FastSampler:
         self.max_cache_bytes = max_cache_bytes
         self.lean = lean
         self.compile = compile
+        self.path = ""
+        """the forward used by the last call: "lean" or "hf" (the generic HF-forward fallback)"""
         self.unsupported: str | None = None
-        """why the lean path was not used in the last call (None: it was)"""
+        """why the lean forward cannot run this model (None: it can)"""
         self._weights: tuple | None = None  # (versions, weights)
         self._stops: dict = {}
 
@@ -418,6 +420,7 @@ class FastSampler:
         device = next(self.model.parameters()).device
         max_len = max(len(p) for p in prompts) + params.max_new_tokens
         weights = self._lean_weights() if self.lean else None
+        self.path = "hf" if weights is None else "lean"
         if weights is None:
             return _HFForward(self.model), min(n_seq, self.max_batch_size)
         dtype = weights["embed"].dtype
