@@ -1,0 +1,78 @@
+"""The command line in a subprocess, as a user runs it: help, eval, train, errors in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+RLVR = [sys.executable, "-m", "rlvr"]
+
+
+def run(*args, cwd=None, check=True):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([*RLVR, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rlvr {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, smol_tokenizer):
+    from rlvr.models import tiny_random_model
+
+    model, tok = tiny_random_model(0, tokenizer=smol_tokenizer)
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_help_lists_subcommands():
+    out = run("--help").stdout
+    for command in ("eval", "sft", "train", "run", "report", "chat", "tasks", "config"):
+        assert command in out
+
+
+def test_tasks_and_config_listing():
+    assert "subtraction" in run("tasks").stdout
+    out = run("config").stdout
+    assert "num_generations: 8" in out and "learning_rate" in out
+
+
+def test_eval_writes_records(tmp_path, tiny_dir):
+    out = run("eval", "--model", str(tiny_dir), "--task", "subtraction", "--n", "4", "--max-new-tokens", "6",
+              "-o", str(tmp_path / "ev")).stdout
+    assert "accuracy" in out
+    lines = (tmp_path / "ev" / "eval.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    record = json.loads(lines[0])
+    assert {"prompt", "completion", "answer", "ground_truth", "correct"} <= set(record)
+
+
+def test_train_then_eval_the_result(tmp_path, tiny_dir):
+    out_dir = tmp_path / "run"
+    run("train", "--model", str(tiny_dir), "--task", "subtraction", "-o", str(out_dir),
+        "task.options={n: 100, high: 10}", "grpo.max_steps=1", "grpo.prompts_per_step=2", "grpo.num_generations=2",
+        "sampling.max_completion_length=6", "eval.n=2", "run.quiet=true")
+    assert (out_dir / "final" / "merged" / "config.json").exists()
+    assert (out_dir / "report.html").exists()
+    # a run directory is a model spec too
+    run("eval", "--model", str(out_dir), "--task", "subtraction", "--n", "2", "--max-new-tokens", "4",
+        "-o", str(tmp_path / "ev"))
+
+
+def test_errors_print_in_one_line(tmp_path):
+    proc = run("train", "grpo.learnin_rate=1e-5", check=False)
+    assert proc.returncode == 1
+    assert "unknown option 'grpo.learnin_rate'; did you mean 'learning_rate'?" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run("eval", "--model", str(tmp_path / "missing-model-dir") + ".gguf", check=False)
+    assert proc.returncode == 1 and "no such GGUF file" in proc.stderr
+    proc = run("eval", "--task", "nosuchtask", check=False)
+    assert proc.returncode == 1 and "nosuchtask" in proc.stderr and "Traceback" not in proc.stderr
