@@ -1,14 +1,15 @@
-"""Benchmark one GRPO update step (forward + backward) of the bundled 135M model with LoRA: naive
-full-vocabulary log-softmax vs the lean path (backbone + chunked, checkpointed lm_head), with and
-without gradient checkpointing of the layers.
+"""Benchmark one GRPO update step (forward + backward) of the bundled 135M model with LoRA: the naive
+full-vocabulary log-softmax against the lean path (backbone + chunked, checkpointed lm_head), with
+and without gradient checkpointing of the layers and a glibc allocator setting.
 
-Each variant runs in a fresh subprocess (so peak RSS is its own: read with os.wait4 on that child),
-variants alternate over rounds (so a noisy neighbour hurts all of them alike), and the parent also
-times a 2048x2048 fp32 matmul loop to express the update's throughput as a fraction of this
-machine's matmul ceiling.
+Each variant runs in a fresh subprocess, so its peak RSS is its own (os.wait4 on that child); with
+--rounds >= 2 the variants' order rotates, so a noisy neighbour hurts all of them alike and the
+least-disturbed run of each is reported. Each worker warms up on a quarter batch, then times one
+full step. The parent times a 2048x2048 fp32 matmul loop (before and after) to express the update's
+throughput as a fraction of this machine's matmul ceiling.
 
-    .venv/bin/python bench/bench_update.py                 # ~3-5 minutes on 2 CPU cores
-    .venv/bin/python bench/bench_update.py --rounds 1 --variants naive,lean_gc
+    .venv/bin/python bench/bench_update.py                  # ~4-5 minutes on 2 idle CPU cores
+    .venv/bin/python bench/bench_update.py --rounds 2 --variants naive,lean+gc+mmap
 
 Useful FLOPs of one step, LoRA on a frozen base (forward 2P + input-gradient backward 2P per token):
     4 * (P_backbone * N * T  +  V * H * N * K)      (lm_head counted on the K completion positions)
@@ -22,15 +23,20 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 N_SEQ, PROMPT, COMPLETION = 32, 64, 64
-VARIANTS = {
-    "naive": "model(...).logits for all T positions, log_softmax over V, gather (seed 004 / textbook)",
+BASES = {
+    "naive": "model(...).logits at all T positions, log_softmax over V, gather (seed 004, the textbook)",
     "keep": "logits only at the K+1 completion positions (TRL's logits_to_keep) + selective log-softmax",
-    "lean": "backbone, then chunked + checkpointed lm_head with selective log-softmax",
-    "lean_gc": "lean + gradient checkpointing of every decoder layer",
+    "lean": "backbone only, then the chunked + checkpointed lm_head (rlvr.policy.completion_logprobs)",
 }
+FLAGS = {
+    "gc": "gradient checkpointing of every decoder layer (model.activation_checkpointing_enable())",
+    "mmap": "MALLOC_MMAP_THRESHOLD_=1048576: glibc serves blocks >= 1 MB by mmap and unmaps them on free",
+}
+MMAP_THRESHOLD = 1 << 20
 
 
 def _rss_gb() -> float:
@@ -57,9 +63,10 @@ def _logprobs(variant: str, model, ids, mask, chunk_size: int):
     from rlvr.algorithms.logprobs import selective_log_softmax
     from rlvr.policy import completion_logprobs, naive_completion_logprobs, position_ids_from_mask
 
-    if variant == "naive":
+    base = variant.split("+")[0]
+    if base == "naive":
         return naive_completion_logprobs(model, ids, mask, COMPLETION)
-    if variant == "keep":
+    if base == "keep":
         logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
                        use_cache=False, logits_to_keep=COMPLETION + 1).logits[:, :-1]  # [N, K, V]
         return selective_log_softmax(logits, ids[:, -COMPLETION:])  # [N, K]
@@ -93,7 +100,7 @@ def _step(variant: str, model, ids, mask, chunk_size: int) -> dict:
 
 
 def worker(variant: str, chunk_size: int) -> None:
-    """Load the model, attach LoRA, run the step twice (warm-up, timed); print one JSON line."""
+    """Load the model, attach LoRA, warm up on a quarter batch, time one full step; print JSON."""
     import torch
 
     from rlvr.models import attach_lora, load_model
@@ -102,7 +109,7 @@ def worker(variant: str, chunk_size: int) -> None:
     model, _ = load_model("smollm2-135m", device="cpu", dtype="fp32")
     model = attach_lora(model, r=16, alpha=32, target_modules="all-linear")
     model.train()
-    if variant.endswith("_gc"):
+    if "+gc" in variant:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
     base = model.get_base_model()
@@ -110,9 +117,10 @@ def worker(variant: str, chunk_size: int) -> None:
     backbone = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n and "embed_tokens" not in n)
     ids, mask = _batch(torch.Generator().manual_seed(0), N_SEQ, vocab)
     rss_loaded = _rss_gb()
-    first = _step(variant, model, ids, mask, chunk_size)  # warm-up: kernels, allocator, page faults
-    timed = _step(variant, model, ids, mask, chunk_size)  # steady state, as in a training loop
-    print(json.dumps({"variant": variant, **timed, "first_step_s": first["forward_s"] + first["backward_s"],
+    quarter = N_SEQ // 4
+    _step(variant, model, ids[:quarter], mask[:quarter], chunk_size)  # warm-up: kernels, allocator
+    timed = _step(variant, model, ids, mask, chunk_size)
+    print(json.dumps({"variant": variant, **timed,
                       "rss_loaded_gb": rss_loaded, "backbone_params": backbone, "vocab": vocab, "hidden": hidden}))
 
 
@@ -132,13 +140,19 @@ def matmul_gflops(n: int = 2048, seconds: float = 3.0) -> float:
 
 
 def run_variant(variant: str, chunk_size: int) -> dict:
+    """Run one variant in a fresh process; its own peak RSS comes from os.wait4 on that child."""
+    env = dict(os.environ)
+    if "+mmap" in variant:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
     cmd = [sys.executable, __file__, "--worker", variant, "--chunk-size", str(chunk_size)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = proc.stdout.read(), proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{variant} failed:\n{err[-3000:]}")
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{variant} failed:\n{err.read()[-3000:]}")
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_gb"] = usage.ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
     return result
@@ -146,8 +160,9 @@ def run_variant(variant: str, chunk_size: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--variants", default="naive,keep,lean,lean_gc")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds >= 2 alternate the variants' order")
+    parser.add_argument("--variants", default="naive,lean,lean+gc,lean+gc+mmap",
+                        help="comma-separated base[+gc][+mmap], bases: " + ", ".join(BASES))
     parser.add_argument("--chunk-size", type=int, default=512)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -175,8 +190,8 @@ def report(results: dict[str, list[dict]], ceiling: float) -> None:
     """One row per variant (its least-disturbed run), then the ratios against naive."""
     tokens = N_SEQ * (PROMPT + COMPLETION)
     print(f"\nfp32 matmul ceiling (2048^3, best of two measurements): {ceiling:.0f} GFLOP/s")
-    print(f"{'variant':<8} {'peak RSS GB':>11} {'loaded GB':>9} {'fwd s':>6} {'bwd s':>6} {'step s':>6} "
-          f"{'CPU s':>6} {'1st step s':>10} {'tokens/s':>8} {'% ceiling':>9}")
+    print(f"{'variant':<13} {'peak RSS GB':>11} {'loaded GB':>9} {'fwd s':>6} {'bwd s':>6} {'step s':>6} "
+          f"{'CPU s':>6} {'tokens/s':>8} {'% ceiling':>9}")
     summary = {}
     for v, runs in results.items():
         best = min(runs, key=lambda x: x["forward_s"] + x["backward_s"])  # least disturbed run
@@ -184,8 +199,8 @@ def report(results: dict[str, list[dict]], ceiling: float) -> None:
         flops = 4 * (best["backbone_params"] * tokens + best["vocab"] * best["hidden"] * N_SEQ * COMPLETION)
         peak = max(x["peak_rss_gb"] for x in runs)
         summary[v] = (peak, seconds, min(x["cpu_s"] for x in runs))
-        print(f"{v:<8} {peak:>11.2f} {best['rss_loaded_gb']:>9.2f} {best['forward_s']:>6.1f} "
-              f"{best['backward_s']:>6.1f} {seconds:>6.1f} {best['cpu_s']:>6.1f} {best['first_step_s']:>10.1f} "
+        print(f"{v:<13} {peak:>11.2f} {best['rss_loaded_gb']:>9.2f} {best['forward_s']:>6.1f} "
+              f"{best['backward_s']:>6.1f} {seconds:>6.1f} {best['cpu_s']:>6.1f} "
               f"{tokens / seconds:>8.0f} {100 * flops / seconds / 1e9 / ceiling:>8.1f}%")
     print(f"(tokens/s counts all {tokens} prompt + completion tokens of the step; % ceiling = 4 x params FLOPs "
           "per token / step time / matmul ceiling)")
@@ -195,9 +210,8 @@ def report(results: dict[str, list[dict]], ceiling: float) -> None:
             if v != "naive":
                 print(f"{v} vs naive: peak RSS x{peak / base_peak:.2f}, tokens/s x{base_s / seconds:.2f} "
                       f"(CPU seconds x{cpu / base_cpu:.2f})")
-    for v, text in VARIANTS.items():
-        if v in results:
-            print(f"  {v}: {text}")
+    for name, text in {**BASES, **FLAGS}.items():
+        print(f"  {name}: {text}")
 
 
 if __name__ == "__main__":
