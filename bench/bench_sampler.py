@@ -82,7 +82,10 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--hf-sampler", action="store_true", help="also time HFSampler (generate + log-probs)")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one fast run")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model, tok = load_model("smollm2-135m")
     prompts = make_prompts(tok, args.prompts)

@@ -79,6 +79,11 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _sys_s() -> float:
+    """System CPU seconds: mostly page faults of freshly allocated memory."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 def _step(variant: str, model, ids, mask, chunk_size: int) -> dict:
     """One forward + backward of the GRPO loss: wall seconds of each half and CPU seconds."""
     import torch
@@ -89,14 +94,14 @@ def _step(variant: str, model, ids, mask, chunk_size: int) -> dict:
     g = torch.Generator().manual_seed(1)
     rewards = torch.randint(0, 2, (ids.shape[0],), generator=g).float()
     adv = group_advantages(rewards, 8 if ids.shape[0] % 8 == 0 else 1)
-    cpu0, t0 = _cpu_s(), time.perf_counter()
+    cpu0, sys0, t0 = _cpu_s(), _sys_s(), time.perf_counter()
     logp = _logprobs(variant, model, ids, mask, chunk_size)
     loss, _ = policy_loss(logp, logp.detach(), adv, mask[:, -COMPLETION:])
     t1 = time.perf_counter()
     loss.backward()
     t2 = time.perf_counter()
     model.zero_grad(set_to_none=True)
-    return {"forward_s": t1 - t0, "backward_s": t2 - t1, "cpu_s": _cpu_s() - cpu0}
+    return {"forward_s": t1 - t0, "backward_s": t2 - t1, "cpu_s": _cpu_s() - cpu0, "sys_s": _sys_s() - sys0}
 
 
 def worker(variant: str, chunk_size: int) -> None:
@@ -191,7 +196,7 @@ def report(results: dict[str, list[dict]], ceiling: float) -> None:
     tokens = N_SEQ * (PROMPT + COMPLETION)
     print(f"\nfp32 matmul ceiling (2048^3, best of two measurements): {ceiling:.0f} GFLOP/s")
     print(f"{'variant':<13} {'peak RSS GB':>11} {'loaded GB':>9} {'fwd s':>6} {'bwd s':>6} {'step s':>6} "
-          f"{'CPU s':>6} {'tokens/s':>8} {'% ceiling':>9}")
+          f"{'CPU s':>6} {'sys s':>6} {'tokens/s':>8} {'% ceiling':>9}")
     summary = {}
     for v, runs in results.items():
         best = min(runs, key=lambda x: x["forward_s"] + x["backward_s"])  # least disturbed run
@@ -200,16 +205,16 @@ def report(results: dict[str, list[dict]], ceiling: float) -> None:
         peak = max(x["peak_rss_gb"] for x in runs)
         summary[v] = (peak, seconds, min(x["cpu_s"] for x in runs))
         print(f"{v:<13} {peak:>11.2f} {best['rss_loaded_gb']:>9.2f} {best['forward_s']:>6.1f} "
-              f"{best['backward_s']:>6.1f} {seconds:>6.1f} {best['cpu_s']:>6.1f} "
+              f"{best['backward_s']:>6.1f} {seconds:>6.1f} {best['cpu_s']:>6.1f} {best['sys_s']:>6.1f} "
               f"{tokens / seconds:>8.0f} {100 * flops / seconds / 1e9 / ceiling:>8.1f}%")
     print(f"(tokens/s counts all {tokens} prompt + completion tokens of the step; % ceiling = 4 x params FLOPs "
           "per token / step time / matmul ceiling)")
-    if "naive" in summary:
-        base_peak, base_s, base_cpu = summary["naive"]
-        for v, (peak, seconds, cpu) in summary.items():
-            if v != "naive":
-                print(f"{v} vs naive: peak RSS x{peak / base_peak:.2f}, tokens/s x{base_s / seconds:.2f} "
-                      f"(CPU seconds x{cpu / base_cpu:.2f})")
+    first, *others = summary  # ratios against the first variant listed
+    base_peak, base_s, base_cpu = summary[first]
+    for v in others:
+        peak, seconds, cpu = summary[v]
+        print(f"{v} vs {first}: peak RSS x{peak / base_peak:.2f}, tokens/s x{base_s / seconds:.2f} "
+              f"(CPU seconds x{cpu / base_cpu:.2f})")
     for name, text in {**BASES, **FLAGS}.items():
         print(f"  {name}: {text}")
 

@@ -133,3 +133,11 @@ def test_lora_on_the_lm_head_is_used(tokenizer):
     _, grads_naive = _loss_and_lora_grads(model, naive, mask)
     for a, b in zip(grads_lean, grads_naive):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_logits_to_keep_must_leave_a_prompt_token(tokenizer):
+    model = _lora_model(tokenizer)
+    ids, mask = _batch()
+    for bad in (0, ids.shape[1]):
+        with pytest.raises(ValueError, match="logits_to_keep"):
+            completion_logprobs(model, ids, mask, bad)

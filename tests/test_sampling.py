@@ -112,15 +112,16 @@ def test_sample_temperature_scales_logprobs():
     assert logprobs.item() == pytest.approx(math.log(0.7071 / 1.9142), abs=1e-3)
 
 
-@pytest.mark.parametrize("top_k,top_p", [(0, 0.9), (0, 0.5), (20, 0.8), (300, 1.0), (0, 0.999)])
-def test_sample_matches_hf_warpers(top_k, top_p):
+@pytest.mark.parametrize("top_k,top_p,vocab", [(0, 0.9, 1000), (0, 0.5, 1000), (20, 0.8, 1000), (300, 1.0, 1000),
+                                               (0, 0.999, 1000), (0, 0.95, 3000), (0, 1.0, 3000)])
+def test_sample_matches_hf_warpers(top_k, top_p, vocab):
     """Same uniforms -> same tokens as inverse-CDF over HF's TopK/TopP-processed distribution,
-    including rows whose top-256 candidates hold < top_p of the mass (the full-sort fallback)."""
+    including rows whose first candidates hold < top_p of the mass (the later stages, the full sort)."""
     from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     g = torch.Generator().manual_seed(0)
     scale = torch.tensor([0.05, 0.5, 2.0, 8.0]).repeat_interleave(50)[:, None]  # flat to peaked rows
-    logits = torch.randn(200, 1000, generator=g) * scale  # [200, 1000]
+    logits = torch.randn(200, vocab, generator=g) * scale  # [200, V]
     u = torch.rand(200, generator=g, dtype=torch.float64)
     scores = TemperatureLogitsWarper(0.7)(None, logits.clone())
     if top_k:
@@ -132,10 +133,15 @@ def test_sample_matches_hf_warpers(top_k, top_p):
     # kept sets and the distribution of our tokens instead: every token must be kept by HF ...
     tokens, logprobs = sample_tokens(logits, u, temperature=0.7, top_k=top_k, top_p=top_p)
     assert torch.all(probs.gather(1, tokens[:, None]) > 0)
+    if top_k == 0 and top_p == 1.0:  # no truncation: inverse CDF in vocabulary order, not sorted
+        cdf = torch.cumsum(probs.double(), -1)
+        ref = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+        assert (ref == tokens).float().mean() > 0.99
+        return
     # ... and the token we pick is the one the sorted inverse CDF over HF's probabilities picks
     sorted_p, order = torch.sort(probs, -1, descending=True)
     cdf = torch.cumsum(sorted_p.double(), -1)
-    ref = order.gather(1, torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp(max=999))
+    ref = order.gather(1, torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp(max=vocab - 1))
     assert (ref[:, 0] == tokens).float().mean() > 0.99  # ties / rounding at the edges aside
     expected = torch.log_softmax(logits / 0.7, -1).gather(1, tokens[:, None])[:, 0]
     assert torch.allclose(logprobs, expected, atol=1e-5)

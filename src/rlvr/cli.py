@@ -171,6 +171,9 @@ def chat(
 
 def main() -> None:
     """Entry point: run the app, printing errors in one line unless --debug."""
+    from rlvr.models import limit_heap_fragmentation
+
+    limit_heap_fragmentation()
     try:
         app(standalone_mode=False)
     except SystemExit as err:

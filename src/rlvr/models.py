@@ -20,6 +20,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -42,6 +43,23 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "rlvr"
     )
     return Path(root)
+
+
+def limit_heap_fragmentation() -> None:
+    """Serve large allocations with mmap so freed activations go back to the OS (Linux glibc only).
+
+    glibc's default keeps freed blocks in its heap, and the many differently sized activation
+    tensors of a training step fragment it: measured on the 135M model with LoRA (bench/bench_update.py),
+    peak RSS fell from 5.3 GB to 1.7 GB with this one call.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB
+    except (OSError, AttributeError):
+        pass
 
 
 def resolve_device(device: str = "auto") -> torch.device:

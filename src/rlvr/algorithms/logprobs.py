@@ -90,7 +90,9 @@ def chunked_head_logprobs(
     head: [C, H] -> [C, V]; targets: [N, T] int64. Returns logp [N, T] fp32, and the entropy
     [N, T] (fp32, no grad) when `with_entropy`.
     When grad is enabled each chunk runs under `torch.utils.checkpoint` (non-reentrant), so only
-    the chunk's inputs are saved and its logits are recomputed in the backward pass.
+    the chunk's inputs are saved and its logits are recomputed in the backward pass (one extra
+    [C, H] x [H, V] matmul per chunk: the price of never storing [R, V]). The entropy costs one
+    softmax pass per chunk, repeated by the recompute when grad is on.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")

@@ -170,29 +170,26 @@ def policy_loss(
     clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + eps_high)  # [N, T] | [N, 1]
     unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)
     pg_per_token = -torch.min(unclipped * adv, clipped * adv).expand_as(logprobs)  # [N, T]
-    reduce = REDUCTIONS[loss_type]
-    sizes = dict(max_completion_length=max_completion_length, num_items_in_batch=num_items_in_batch)
     per_token = pg_per_token
-    kl = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
     if beta != 0.0:
         if ref_logprobs is None:
             raise ValueError("beta > 0 needs ref_logprobs (the reference model's log-probs)")
-        kl_per_token = kl_k3(logprobs, ref_logprobs)  # [N, T]
-        per_token = pg_per_token + beta * kl_per_token  # [N, T]
-        kl = _masked_mean(kl_per_token, mask)
-    elif ref_logprobs is not None:
-        kl = _masked_mean(kl_k3(logprobs, ref_logprobs), mask)
-    loss = reduce(per_token, mask, **sizes)  # []
+        per_token = pg_per_token + beta * kl_k3(logprobs, ref_logprobs)  # [N, T]
+    sizes = dict(max_completion_length=max_completion_length, num_items_in_batch=num_items_in_batch)
+    loss = REDUCTIONS[loss_type](per_token, mask, **sizes)  # []
     if loss_type in ACCUMULATION_AVERAGED:
         loss = loss / gradient_accumulation_steps
-    low = (ratio < 1.0 - epsilon) & (adv < 0)  # [N, T] | [N, 1]
-    high = (ratio > 1.0 + eps_high) & (adv > 0)  # [N, T] | [N, 1]
-    metrics = {
-        "clip_frac": _masked_mean((low | high).to(mask.dtype), mask),
-        "clip_frac_low": _masked_mean(low.to(mask.dtype), mask),
-        "clip_frac_high": _masked_mean(high.to(mask.dtype), mask),
-        "kl": kl,
-        "ratio_mean": _masked_mean(ratio, mask),
-        "pg_loss": reduce(pg_per_token, mask, **sizes),
-    }
-    return loss, {key: value.detach() for key, value in metrics.items()}
+    with torch.no_grad():
+        low = (ratio < 1.0 - epsilon) & (adv < 0)  # [N, T] | [N, 1]
+        high = (ratio > 1.0 + eps_high) & (adv > 0)  # [N, T] | [N, 1]
+        kl = torch.zeros((), device=logprobs.device) if ref_logprobs is None else (
+            _masked_mean(kl_k3(logprobs, ref_logprobs), mask))
+        metrics = {
+            "clip_frac": _masked_mean((low | high).to(mask.dtype), mask),
+            "clip_frac_low": _masked_mean(low.to(mask.dtype), mask),
+            "clip_frac_high": _masked_mean(high.to(mask.dtype), mask),
+            "kl": kl,
+            "ratio_mean": _masked_mean(ratio, mask),
+            "pg_loss": REDUCTIONS[loss_type](pg_per_token, mask, **sizes),
+        }
+    return loss, metrics

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 
 from rlvr.sampling.base import Completion, SamplingParams
 
-TOP_P_CANDIDATES = 256
-"""top-p with top_k = 0 looks at this many most likely tokens first (exact: see `sample_tokens`)"""
+TOP_P_STAGES = (64, 1024)
+"""top-p without top-k looks at this many most likely tokens first, then (rows not covered) more"""
+CDF_BLOCK = 1024
 LEAN_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 
 
@@ -42,38 +43,54 @@ LEAN_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 # sampling: a pure function of logits
 # ----------------------------------------------------------------------------------------------
 
-def sample_tokens(logits: torch.Tensor, u: torch.Tensor, *, temperature: float, top_k: int = 0,
+def sample_tokens(logits: torch.Tensor, u: torch.Tensor | None, *, temperature: float, top_k: int = 0,
                   top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row; return (tokens [B], log-probs [B]) with log-prob = log_softmax(z)[token].
+    """Draw one token per row; return (tokens [B], log-probs [B]), log-prob = log softmax(logits / T)[token].
 
-    z = logits / T. HF order: temperature, then top-k (keep the k largest z), then top-p over the
-    renormalised survivors (keep the most likely tokens while the mass *before* each is < top_p).
-    `torch.topk` replaces the full sort: with top_k the survivors are the k candidates; with top_p
-    alone we take TOP_P_CANDIDATES candidates, which is exact whenever they hold >= top_p of the
-    mass (every token beyond them has mass-before >= top_p); rows where they do not are redone with
-    a full sort. The token is chosen by inverse CDF with the uniform u (one per row): the first
-    candidate whose cumulative kept mass exceeds u * total.
+    HF order: temperature, then top-k (keep the k most likely), then top-p over the renormalised
+    survivors (keep the most likely tokens while the mass *before* each is < top_p). Instead of
+    sorting the vocabulary, `torch.topk` takes candidates: with top_k they are the survivors; with
+    top_p alone the first TOP_P_STAGES[0] candidates are exact whenever they hold >= top_p of the
+    mass (every token beyond them has mass-before >= top_p), and the rows they do not cover are
+    redone with more candidates, then with a full sort: exact top-p, at the cost of a topk of 64
+    for most rows. The token is drawn by inverse CDF with one uniform u per row.
     """
     if temperature <= 0:
         return logits.argmax(-1), torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
-    z = logits.float() / temperature  # [B, V]
-    lse = torch.logsumexp(z, -1, keepdim=True)  # [B, 1]
-    vocab = z.shape[-1]
-    if top_k <= 0 and top_p >= 1.0:
-        tokens = _inverse_cdf(torch.exp(z - lse), u)  # [B]
+    z = logits.float() if temperature == 1.0 else logits.float() / temperature  # [B, V]
+    probs = torch.softmax(z, -1)  # [B, V] the untruncated distribution
+    if top_k > 0:
+        vals, idx = torch.topk(probs, min(top_k, probs.shape[-1]))  # [B, k] sorted descending
+        vals = vals / vals.sum(-1, keepdim=True)  # renormalised over the top k
+        tokens = idx.gather(1, _inverse_cdf(_top_p_mask(vals, top_p), u)[:, None])[:, 0]
+    elif top_p < 1.0:
+        tokens = _sample_top_p(probs, top_p, u)
     else:
-        k = min(top_k if top_k > 0 else TOP_P_CANDIDATES, vocab)
-        vals, idx = torch.topk(z, k)  # [B, k] sorted descending
-        probs = torch.softmax(vals, -1) if top_k > 0 else torch.exp(vals - lse)  # [B, k]
-        tokens = idx.gather(1, _inverse_cdf(_top_p_mask(probs, top_p), u)[:, None])[:, 0]  # [B]
-        if top_k <= 0 and k < vocab:
-            short = (probs.sum(-1) < top_p).nonzero()[:, 0]  # rows the candidates do not cover
-            if short.numel():
-                vals, idx = torch.sort(z[short], -1, descending=True)  # [S, V]
-                full = _top_p_mask(torch.exp(vals - lse[short]), top_p)
-                tokens[short] = idx.gather(1, _inverse_cdf(full, u[short])[:, None])[:, 0]
-    logprobs = (z.gather(1, tokens[:, None]) - lse)[:, 0]  # [B]
+        tokens = _inverse_cdf_blocked(probs, u)
+    logprobs = probs.gather(1, tokens[:, None])[:, 0].log()  # [B] relative error ~1e-7 of log_softmax
     return tokens, logprobs
+
+
+def _sample_top_p(probs: torch.Tensor, top_p: float, u: torch.Tensor) -> torch.Tensor:
+    """Exact top-p from as few candidates as each row needs (see `sample_tokens`); probs [B, V]."""
+    vocab = probs.shape[-1]
+    tokens = torch.zeros(probs.shape[0], dtype=torch.long, device=probs.device)  # [B]
+    rows = torch.arange(probs.shape[0], device=probs.device)  # rows still to sample
+    for k in (*[k for k in TOP_P_STAGES if k < vocab], vocab):
+        sub = probs if rows.numel() == probs.shape[0] else probs.index_select(0, rows)  # [S, V]
+        if k < vocab:
+            vals, idx = torch.topk(sub, k)  # [S, k]
+            covered = vals.sum(-1) >= top_p  # [S]
+        else:
+            vals, idx = torch.sort(sub, -1, descending=True)  # [S, V]
+            covered = torch.ones_like(rows, dtype=torch.bool)
+        done = covered.nonzero()[:, 0]
+        pick = _inverse_cdf(_top_p_mask(vals[done], top_p), u[rows[done]])  # [S']
+        tokens[rows[done]] = idx[done].gather(1, pick[:, None])[:, 0]
+        rows = rows[~covered]
+        if rows.numel() == 0:
+            break
+    return tokens
 
 
 def _top_p_mask(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -89,6 +106,26 @@ def _inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     cdf = torch.cumsum(weights.double(), -1)  # [B, n] float64: tiny tail masses stay reachable
     target = (u.double() * cdf[:, -1])[:, None]  # [B, 1]
     return torch.searchsorted(cdf, target, right=True)[:, 0].clamp_(max=weights.shape[-1] - 1)
+
+
+def _inverse_cdf_blocked(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """`_inverse_cdf` over a whole vocabulary [B, V] in two levels: the block of CDF_BLOCK columns
+    holding the target (from per-block sums), then the column inside it. Saves a float64 cumsum
+    over V columns; the result is the same up to rounding."""
+    B, V = weights.shape
+    n_blocks = -(-V // CDF_BLOCK)
+    if n_blocks * CDF_BLOCK != V:
+        weights = F.pad(weights, (0, n_blocks * CDF_BLOCK - V))  # zero weight: never drawn
+    blocks = weights.view(B, n_blocks, CDF_BLOCK)  # [B, nb, blk]
+    cdf = torch.cumsum(blocks.sum(-1).double(), -1)  # [B, nb]
+    target = u.double() * cdf[:, -1]  # [B]
+    block = torch.searchsorted(cdf, target[:, None], right=True)[:, 0].clamp_(max=n_blocks - 1)  # [B]
+    before = torch.where(block > 0, cdf.gather(1, (block - 1).clamp(min=0)[:, None])[:, 0], 0.0)  # [B]
+    inner = blocks[torch.arange(B, device=weights.device), block]  # [B, blk]
+    inner_cdf = torch.cumsum(inner.double(), -1)  # [B, blk]
+    col = torch.searchsorted(inner_cdf, (target - before)[:, None], right=True)[:, 0]
+    last = torch.searchsorted(inner_cdf, inner_cdf[:, -1:].contiguous(), right=False)[:, 0]  # last non-zero weight
+    return block * CDF_BLOCK + torch.minimum(col, last)  # (rounding can put the target past it)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,13 +204,47 @@ def _linear(module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return weight, base.bias
 
 
-def _cat_bias(biases, weights):
-    if all(b is None for b in biases):
-        return None
-    return torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for b, w in zip(biases, weights)])
+class _Dense:
+    """y = x @ W^T + b (+ residual), W [N, K]. On an MKL CPU build the fp32 weight is prepacked once
+    (`mkl._mkl_linear`): an unpacked sgemm re-packs W on every call, a full copy of the weight."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool):
+        self.w, self.b = weight, bias
+        self.packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, 64) if pack else None
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.packed is not None:
+            y = torch.ops.mkl._mkl_linear(x, self.packed, self.w, self.b, 64)
+            return y if residual is None else residual.add_(y)
+        if residual is not None and self.b is None and x.dim() == 2:
+            return torch.addmm(residual, x, self.w.t())
+        y = F.linear(x, self.w, self.b)
+        return y if residual is None else residual.add_(y)
 
 
-def lean_weights(model) -> dict:
+def _can_pack(weight: torch.Tensor) -> bool:
+    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkl.is_available()
+            and hasattr(torch.ops.mkl, "_mkl_linear"))
+
+
+def _fused(parts: list[tuple[torch.Tensor, torch.Tensor | None]], norm: torch.Tensor | None = None,
+           scales: list[float] | None = None, pack: bool = False) -> _Dense:
+    """One _Dense for several projections of the same input, concatenated along the output.
+
+    The RMSNorm weight that precedes them is folded into the columns (W diag(g)); `scales`
+    multiplies each part (the attention 1/sqrt(d) goes into W_q: exact for a power of two).
+    """
+    scales = scales or [1.0] * len(parts)
+    weight = torch.cat([w * s for (w, _), s in zip(parts, scales)])  # [N, K]
+    if norm is not None:
+        weight = weight * norm[None, :]
+    bias = None
+    if any(b is not None for _, b in parts):
+        bias = torch.cat([(b if b is not None else w.new_zeros(w.shape[0])) * s for (w, b), s in zip(parts, scales)])
+    return _Dense(weight, bias, pack and _can_pack(weight))
+
+
+def lean_weights(model, pack: bool = True) -> dict:
     """The tensors `_LeanLlama` needs, read from a Llama/Qwen2/Qwen3 model (raises Unsupported)."""
     base = _base_model(model)
     config = base.config
@@ -183,26 +254,27 @@ def lean_weights(model) -> dict:
         raise Unsupported("activation / pretraining_tp")
     if any(t != "full_attention" for t in (getattr(config, "layer_types", None) or [])):
         raise Unsupported("sliding-window layers")
-    inner = base.model
     if type(base.get_input_embeddings()) is not torch.nn.Embedding:
         raise Unsupported("wrapped embedding")
-    layers = []
-    for layer in inner.layers:
-        att, mlp = layer.self_attn, layer.mlp
-        qkv = [_linear(att.q_proj), _linear(att.k_proj), _linear(att.v_proj)]
-        gate_up = [_linear(mlp.gate_proj), _linear(mlp.up_proj)]
-        q_norm, k_norm = getattr(att, "q_norm", None), getattr(att, "k_norm", None)
-        layers.append(dict(
-            ln1=layer.input_layernorm.weight, ln2=layer.post_attention_layernorm.weight,
-            wqkv=torch.cat([w for w, _ in qkv]), bqkv=_cat_bias([b for _, b in qkv], [w for w, _ in qkv]),
-            q_norm=None if q_norm is None else q_norm.weight, k_norm=None if k_norm is None else k_norm.weight,
-            wo=_linear(att.o_proj), wgu=torch.cat([w for w, _ in gate_up]),
-            bgu=_cat_bias([b for _, b in gate_up], [w for w, _ in gate_up]), wd=_linear(mlp.down_proj),
-        ))
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    scale = head_dim ** -0.5
+    layers = []
+    for layer in base.model.layers:
+        att, mlp = layer.self_attn, layer.mlp
+        q_norm = getattr(att, "q_norm", None)  # Qwen3: RMSNorm per head, scale-invariant: scale its weight
+        layers.append(dict(
+            qkv=_fused([_linear(att.q_proj), _linear(att.k_proj), _linear(att.v_proj)],
+                       layer.input_layernorm.weight, [1.0 if q_norm else scale, 1.0, 1.0], pack),
+            q_norm=None if q_norm is None else q_norm.weight * scale,
+            k_norm=None if q_norm is None else att.k_norm.weight,
+            o=_fused([_linear(att.o_proj)], pack=pack),
+            gate_up=_fused([_linear(mlp.gate_proj), _linear(mlp.up_proj)], layer.post_attention_layernorm.weight,
+                           pack=pack),
+            down=_fused([_linear(mlp.down_proj)], pack=pack),
+        ))
     return dict(
-        layers=layers, embed=base.get_input_embeddings().weight, norm=inner.norm.weight,
-        lm_head=_linear(base.lm_head), rotary=inner.rotary_emb, eps=config.rms_norm_eps,
+        layers=layers, embed=base.get_input_embeddings().weight, eps=config.rms_norm_eps,
+        lm_head=_fused([_linear(base.lm_head)], base.model.norm.weight, pack=pack), rotary=base.model.rotary_emb,
         n_heads=config.num_attention_heads, n_kv=config.num_key_value_heads, head_dim=head_dim,
     )
 
@@ -216,20 +288,31 @@ def _source_versions(model) -> tuple:
 # the lean forward
 # ----------------------------------------------------------------------------------------------
 
-def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm as HF computes it: w * x / sqrt(mean(x^2) + eps), in float32."""
-    xf = x.float()
-    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+def _rms(x: torch.Tensor, eps: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) (* weight); the layers' weights are folded into the next matmul."""
+    ms = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1])  # [..., 1]
+    x = x * ms.add_(eps).rsqrt_()
+    return x if weight is None else x * weight
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x * cos + rotate_half(x) * sin (RoFormer, as in HF Llama); cos/sin broadcast over heads."""
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """RoPE as HF Llama: x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1) = swap(x) * (-1, 1);
+    the sign is in sin_signed. x [..., H, hd]; cos/sin broadcast over the heads."""
     half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
+    swapped = x.unflatten(-1, (2, half)).flip(-2).flatten(-2)  # (x2, x1)
+    return torch.addcmul(x * cos, swapped, sin_signed)
+
+
+def _signed(sin: torch.Tensor) -> torch.Tensor:
+    half = sin.shape[-1] // 2
+    return torch.cat([-sin[..., :half], sin[..., half:]], -1)
 
 
 class _LeanLlama:
-    """Llama-family forward over our own KV cache: k[l], v[l] of shape [R, H_kv, T_max, hd]."""
+    """Llama-family forward over our own KV cache: k[l], v[l] of shape [R, H_kv, T_max, hd].
+
+    Never-written cache columns must be finite (masked weights are 0, and 0 * NaN = NaN): zeros.
+    """
 
     supports_refill = True
 
@@ -240,67 +323,65 @@ class _LeanLlama:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in weights["layers"]]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in weights["layers"]]
 
-    def _qkv(self, layer: dict, h: torch.Tensor, cos, sin):
-        """Projections, q/k norms (Qwen3) and RoPE; h [..., D] -> q [..., H, hd], k, v [..., H_kv, hd]."""
+    def _attention_inputs(self, layer: dict, x: torch.Tensor, cos, sin):
+        """x [N, D] -> q [N, H, hd] (already scaled by 1/sqrt(hd)), k, v [N, H_kv, hd]."""
         w = self.w
         hd, nq, nkv = w["head_dim"], w["n_heads"], w["n_kv"]
-        qkv = F.linear(h, layer["wqkv"], layer["bqkv"])  # [..., (H + 2 H_kv) hd]
-        q, k, v = qkv.split([nq * hd, nkv * hd, nkv * hd], -1)
-        q, k, v = q.unflatten(-1, (nq, hd)), k.unflatten(-1, (nkv, hd)), v.unflatten(-1, (nkv, hd))
+        qkv = layer["qkv"](_rms(x, w["eps"]))  # [N, (H + 2 H_kv) hd]
+        qk, v = qkv.split([(nq + nkv) * hd, nkv * hd], -1)
+        qk, v = qk.unflatten(-1, (nq + nkv, hd)), v.unflatten(-1, (nkv, hd))
         if layer["q_norm"] is not None:
-            q, k = _rms(q, layer["q_norm"], w["eps"]), _rms(k, layer["k_norm"], w["eps"])
-        return _rope(q, cos, sin), _rope(k, cos, sin), v
+            q, k = qk.split([nq, nkv], 1)
+            qk = torch.cat([_rms(q, w["eps"], layer["q_norm"]), _rms(k, w["eps"], layer["k_norm"])], 1)
+        qk = _rope(qk, cos, sin)  # [N, H + H_kv, hd]
+        return qk[:, :nq], qk[:, nq:], v
 
     def _mlp(self, layer: dict, x: torch.Tensor) -> torch.Tensor:
-        h = _rms(x, layer["ln2"], self.w["eps"])
-        gate, up = F.linear(h, layer["wgu"], layer["bgu"]).chunk(2, -1)  # [..., I] each
-        return x + F.linear(F.silu(gate) * up, *layer["wd"])
-
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(_rms(x, self.w["norm"], self.w["eps"]), *self.w["lm_head"]).float()  # [B, V]
+        gate, up = layer["gate_up"](_rms(x, self.w["eps"])).chunk(2, -1)  # [N, I] each
+        return layer["down"](F.silu(gate).mul_(up), residual=x)
 
     def prefill(self, ids: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor,
                 source: torch.Tensor) -> torch.Tensor:
         """Run right-padded prompts ids [P, L] once; write their cache into slots `rows` [R] (row r
         copies prompt source[r]); return the next-token logits of each prompt [P, V]."""
+        w = self.w
         P, L = ids.shape
-        x = F.embedding(ids, self.w["embed"])  # [P, L, D]
-        cos, sin = self.w["rotary"](x, torch.arange(L, device=ids.device)[None].expand(P, L))  # [P, L, hd]
-        cos, sin = cos[:, :, None], sin[:, :, None]  # [P, L, 1, hd] broadcast over heads
-        for i, layer in enumerate(self.w["layers"]):
-            q, k, v = self._qkv(layer, _rms(x, layer["ln1"], self.w["eps"]), cos, sin)  # [P, L, H, hd]
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [P, H, L, hd]
+        x = F.embedding(ids, w["embed"]).flatten(0, 1)  # [P L, D]
+        cos, sin = w["rotary"](x, torch.arange(L, device=ids.device).repeat(P))  # [P L, hd]
+        cos, sin = cos[:, None], _signed(sin)[:, None]  # broadcast over heads
+        for i, layer in enumerate(w["layers"]):
+            q, k, v = self._attention_inputs(layer, x, cos, sin)  # [P L, H, hd]
+            q, k, v = (t.unflatten(0, (P, L)).transpose(1, 2) for t in (q, k, v))  # [P, H, L, hd]
             self.k[i][rows, :, :L] = k.index_select(0, source)
             self.v[i][rows, :, :L] = v.index_select(0, source)
-            att = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # [P, H, L, hd]
-            x = x + F.linear(att.transpose(1, 2).flatten(2), *layer["wo"])  # [P, L, D]
+            att = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True, scale=1.0)
+            x = layer["o"](att.transpose(1, 2).flatten(0, 1).flatten(1), residual=x)  # [P L, D]
             x = self._mlp(layer, x)
-        last = x[torch.arange(P, device=ids.device), lengths - 1]  # [P, D]
-        return self._logits(last)
+        last = x.unflatten(0, (P, L))[torch.arange(P, device=ids.device), lengths - 1]  # [P, D]
+        return w["lm_head"](_rms(last, w["eps"])).float()  # [P, V]
 
     def decode(self, tokens: torch.Tensor, pos: torch.Tensor, t_max: int) -> torch.Tensor:
         """One step for the active rows 0..B-1: tokens [B] at positions pos [B] (< t_max) -> logits [B, V]."""
         w = self.w
-        B = tokens.shape[0]
-        nkv, hd = w["n_kv"], w["head_dim"]
+        B, nkv, hd = tokens.shape[0], w["n_kv"], w["head_dim"]
         rows = torch.arange(B, device=tokens.device)
         x = F.embedding(tokens, w["embed"])  # [B, D]
         cos, sin = w["rotary"](x, pos[:, None])  # [B, 1, hd]: broadcasts over the heads of [B, H, hd]
-        cols = torch.arange(t_max, device=tokens.device)
-        mask = torch.zeros(B, 1, 1, t_max, dtype=torch.float32, device=tokens.device)
-        mask.masked_fill_((cols[None, :] > pos[:, None])[:, None, None], float("-inf"))  # [B, 1, 1, T] future
-        scale = hd ** -0.5
+        sin = _signed(sin)
+        future = torch.arange(t_max, device=tokens.device)[None, :] > pos[:, None]  # [B, T]
+        mask = torch.zeros(B, nkv, w["n_heads"] // nkv, t_max, dtype=torch.float32, device=tokens.device)
+        mask = mask.masked_fill_(future[:, None, None], float("-inf")).flatten(0, 1)  # [B H_kv, G, T]
         for i, layer in enumerate(w["layers"]):
-            q, k, v = self._qkv(layer, _rms(x, layer["ln1"], w["eps"]), cos, sin)  # [B, H, hd]
+            q, k, v = self._attention_inputs(layer, x, cos, sin)  # [B, H, hd], [B, H_kv, hd]
             self.k[i][rows, :, pos] = k
             self.v[i][rows, :, pos] = v
-            keys, values = self.k[i][:B, :, :t_max], self.v[i][:B, :, :t_max]  # [B, H_kv, T, hd]
-            q = q.view(B, nkv, -1, hd)  # [B, H_kv, G, hd]: query heads grouped by their KV head
-            scores = torch.matmul(q, keys.transpose(-1, -2)) * scale + mask  # [B, H_kv, G, T]
-            att = torch.matmul(torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype), values)
-            x = x + F.linear(att.reshape(B, -1), *layer["wo"])  # [B, D]
+            keys = self.k[i][:B, :, :t_max].flatten(0, 1)  # [B H_kv, T, hd] (a view)
+            values = self.v[i][:B, :, :t_max].flatten(0, 1)
+            q = q.reshape(B * nkv, -1, hd)  # [B H_kv, G, hd]: query heads grouped by their KV head
+            probs = torch.softmax(torch.baddbmm(mask, q, keys.transpose(1, 2)), -1)  # [B H_kv, G, T]
+            x = layer["o"](torch.bmm(probs, values).view(B, -1), residual=x)  # [B, D]
             x = self._mlp(layer, x)
-        return self._logits(x)
+        return w["lm_head"](_rms(x, w["eps"])).float()  # [B, V]
 
     def retain(self, order: torch.Tensor, t_max: int) -> None:
         """Keep the rows `order` [n] (new row i = old row order[i]), copying only the rows that move

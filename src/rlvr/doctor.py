@@ -1,0 +1,544 @@
+"""The learning-signal doctor: will this GRPO run learn, and will it fit in memory? Asked at step 0.
+
+`diagnose(cfg)` runs the configured sampling on a few training prompts (the same first prompts the
+run will see, the real temperature, group size, completion limit and reward functions) and one
+update on the longest sequences the config allows, then turns the numbers into findings:
+
+    pass@G, no-signal groups   a group whose G rewards are all equal has zero advantage: with
+                               (nearly) every group like that the loss is 0 and nothing is learned
+                               (TRL #3857, Unsloth #2291)
+    truncation, lengths        completions cut at max_completion_length cannot finish, and
+                               usually earn nothing (TRL #5697)
+    format rate, accuracy      separately: a model that never writes <answer> needs the warm-up
+    update memory              peak RSS increase of one real `update_policy` call (micro-batch of
+                               per_device_train_batch_size rows, longest prompt + full completion),
+                               so an out-of-memory shows at step 0 rather than step 50 (TRL #3678,
+                               verl #2245); with a suggested batch / chunk size that fits
+
+Each finding that predicts a wasted run says so in one sentence and gives a concrete fix;
+`Diagnosis.can_learn` is False when any finding is fatal (`rlvr doctor` then exits non-zero).
+
+Memory is measured as the rise of the resident set's high-water mark (VmHWM in /proc/self/status,
+reset by writing "5" to /proc/self/clear_refs, after `malloc_trim` returns freed heap pages), with
+glibc's mmap threshold fixed at 1 MB (`use_lean_malloc`): by default glibc raises that threshold
+as large blocks are freed and then keeps freed activations in its heap, which made one 135M update
+peak 1.6-2x higher in our measurements. `estimate_update_memory` is the same quantity as a formula,
+for suggestions and for machines where the peak cannot be measured.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import gc
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from rlvr.config import Config
+from rlvr.tasks.base import Example
+
+GB = 1024 ** 3
+
+
+@dataclass
+class Finding:
+    severity: str
+    """ok, warn or fatal (fatal: training as configured cannot learn, or will not fit)"""
+    message: str
+    fix: str = ""
+
+
+@dataclass
+class SignalStats:
+    """What sampling the configured way on a few prompts showed."""
+
+    prompts: int
+    generations: int
+    pass_at_g: float
+    """fraction of groups with at least one correct completion"""
+    zero_signal: float
+    """fraction of groups whose G rewards are all equal"""
+    all_wrong: float
+    """fraction of groups with no correct completion and equal rewards"""
+    all_right: float
+    """fraction of groups with every completion correct"""
+    accuracy: float
+    format_rate: float
+    reward_mean: float
+    truncated: float
+    length_mean: float
+    length_p50: float
+    length_p90: float
+    length_max: int
+    max_prompt_len: int
+    reward_errors: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    peak_bytes: int | None = None
+    """peak RSS increase while sampling (None where it cannot be measured)"""
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes of one update by part (see `estimate_update_memory`)."""
+
+    parts: dict
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.parts.values()))
+
+
+@dataclass
+class MemoryReport:
+    batch_size: int
+    seq_len: int
+    chunk_size: int
+    estimated_bytes: float
+    available_bytes: float
+    measured_bytes: float | None = None
+    """None when not measured (no /proc, measurement off, or the estimate did not fit)"""
+    suggested_batch_size: int = 1
+    suggested_chunk_size: int = 1024
+    needs_gradient_checkpointing: bool = False
+    parts: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def peak_bytes(self) -> float:
+        return self.measured_bytes if self.measured_bytes is not None else self.estimated_bytes
+
+
+@dataclass
+class Diagnosis:
+    model: str
+    task: str
+    temperature: float
+    max_completion_length: int
+    signal: SignalStats
+    memory: MemoryReport | None
+    findings: list[Finding]
+    seconds: float = 0.0
+
+    @property
+    def can_learn(self) -> bool:
+        """False when a finding is fatal: the run would learn nothing or run out of memory."""
+        return not any(f.severity == "fatal" for f in self.findings)
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "can_learn": self.can_learn}
+
+
+# ------------------------------------------------------------------------------ memory probes
+
+def use_lean_malloc(threshold: int = 1 << 20) -> bool:
+    """glibc: serve blocks >= threshold bytes with mmap and give them back on free (M_MMAP_THRESHOLD).
+
+    Fixing the threshold also turns off glibc's dynamic threshold, which otherwise climbs after the
+    first large frees and keeps later activations in the heap. No-op (False) off glibc.
+    """
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold)))  # -3 = M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+def _status_bytes(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> int | None:
+    """Return freed heap to the OS and reset VmHWM to the current RSS; the RSS, or None if unsupported."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    return _status_bytes("VmRSS")
+
+
+def peak_rise(start_rss: int | None) -> int | None:
+    """VmHWM now minus the RSS at `reset_peak_rss` time."""
+    hwm = _status_bytes("VmHWM")
+    return None if start_rss is None or hwm is None else max(0, hwm - start_rss)
+
+
+def available_memory() -> float:
+    """Bytes this process can still use: MemAvailable, capped by a cgroup (v2 or v1) limit."""
+    avail = math.inf
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            if limit.isdigit() and int(limit) < 1 << 60:
+                avail = min(avail, int(limit) - int(Path(usage_file).read_text().strip()))
+        except OSError:
+            continue
+    return float(avail)
+
+
+# ------------------------------------------------------------------------------ memory model
+
+ACT_PER_HIDDEN = 6
+"""values saved per token per layer, in units of the hidden size: the norm inputs and outputs,
+q, the attention output, the o_proj input, the residual (counted from autograd's saved tensors of
+a Llama decoder layer under LoRA; SDPA's flash kernel saves no T x T matrix)"""
+ACT_PER_INTERMEDIATE = 4
+"""in units of the MLP size: gate and up outputs, silu(gate), silu(gate) * up"""
+ACT_PER_KV = 2
+"""in units of the key/value width (kv heads x head dim): k and v"""
+LORA_ADAPTERS = 7
+"""LoRA on all linear layers: each saves its A-projection (rank values per token)"""
+BACKWARD_PER_HIDDEN, BACKWARD_PER_INTERMEDIATE = 8, 4
+"""gradient buffers alive while one layer is back-propagated (same units)"""
+LOGIT_COPIES = 4
+"""[rows, V] fp32 tensors alive in one lm_head chunk: logits, exp/softmax, the entropy product,
+and in the recomputed backward the logits' gradient"""
+
+
+def estimate_update_memory(*, params: int, trainable_params: int, batch_size: int, seq_len: int,
+                           completion_len: int, vocab_size: int, hidden_size: int, intermediate_size: int,
+                           num_layers: int, kv_size: int | None = None, lora_rank: int = 0,
+                           chunk_size: int = 1024, gradient_checkpointing: bool = False,
+                           reference_copy: bool = False, bytes_per_value: int = 4) -> MemoryEstimate:
+    """Peak extra bytes of one GRPO update (forward + backward + AdamW step) on top of the loaded model.
+
+    With N = batch_size rows of T = seq_len tokens, K = completion_len, L layers, H hidden, I MLP
+    size, V vocabulary, b bytes per value:
+        activations  = N T L (6 H + 4 I + 2 kv + 7 r) b      (no checkpointing)
+                     = N T (L H + 6 H + 4 I + 2 kv + 7 r) b  (gradient checkpointing: layer inputs
+                                                             + one layer recomputed)
+        backward     = N T (8 H + 4 I) b                     (gradients of one layer's activations)
+        logits       = 4 min(chunk, N K) V b                 (one chunk of the lean lm_head)
+        optimizer    = 3 P_trainable b                       (gradient + AdamW m and v)
+        reference    = P b                                   (full fine-tuning with beta > 0 only)
+    The constants were counted from autograd's saved tensors and checked against measured peaks
+    (tests/test_doctor.py, within 25%).
+    """
+    kv = hidden_size if kv_size is None else kv_size
+    tokens = batch_size * seq_len
+    layer = ACT_PER_HIDDEN * hidden_size + ACT_PER_INTERMEDIATE * intermediate_size + ACT_PER_KV * kv
+    layer += LORA_ADAPTERS * lora_rank
+    saved_layers = num_layers * layer if not gradient_checkpointing else num_layers * hidden_size + layer
+    parts = {
+        "activations": tokens * saved_layers * bytes_per_value,
+        "backward": tokens * (BACKWARD_PER_HIDDEN * hidden_size + BACKWARD_PER_INTERMEDIATE * intermediate_size)
+        * bytes_per_value,
+        "logits": LOGIT_COPIES * min(chunk_size, batch_size * completion_len) * vocab_size * bytes_per_value,
+        "optimizer": 3 * trainable_params * bytes_per_value,
+        "reference": params * bytes_per_value if reference_copy else 0,
+    }
+    return MemoryEstimate(parts)
+
+
+def model_dims(model) -> dict:
+    """The sizes `estimate_update_memory` needs, read from a (peft-wrapped) HF causal LM."""
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    c = base.config
+    hidden = c.hidden_size
+    heads = getattr(c, "num_attention_heads", 1)
+    head_dim = getattr(c, "head_dim", None) or hidden // heads
+    peft_config = getattr(model, "peft_config", None)
+    rank = next(iter(peft_config.values())).r if peft_config else 0
+    value_bytes = next(model.parameters()).element_size()
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "vocab_size": c.vocab_size, "hidden_size": hidden,
+            "intermediate_size": getattr(c, "intermediate_size", None) or 4 * hidden,
+            "num_layers": c.num_hidden_layers,
+            "kv_size": getattr(c, "num_key_value_heads", heads) * head_dim,
+            "lora_rank": rank, "bytes_per_value": max(4, value_bytes)}
+
+
+def micro_batch_size(cfg: Config) -> int:
+    """Rows of one forward/backward: per_device_train_batch_size, capped by the optimizer batch."""
+    g = cfg.grpo
+    return min(g.per_device_train_batch_size,
+               math.ceil(g.prompts_per_step * g.num_generations / max(1, g.steps_per_generation)))
+
+
+def measure_update_memory(policy, cfg: Config, *, prompt_ids: list[int], batch_size: int, completion_len: int,
+                          pad_token_id: int, seed: int = 0) -> int | None:
+    """Peak RSS rise (bytes) of one real `update_policy` call on `batch_size` full-length rows.
+
+    Rows are the given prompt + `completion_len` random tokens. The optimizer is a fresh AdamW at
+    learning rate 0: its state is allocated as in training, the weights do not change. With full
+    fine-tuning and beta > 0 the frozen reference copy is left out here (the estimate counts it).
+    """
+    from rlvr.buffer import Buffer, Rollout
+    from rlvr.trainer import make_optimizer, update_policy
+
+    g = torch.Generator().manual_seed(seed)
+    vocab = model_dims(policy)["vocab_size"]
+    rollouts = [Rollout(prompt_ids=list(prompt_ids), completion_ids=torch.randint(vocab, (completion_len,), generator=g).tolist(),
+                        old_logprobs=[0.0] * completion_len, advantage=1.0 if i % 2 else -1.0, truncated=False,
+                        group=i // 2) for i in range(batch_size)]
+    beta = cfg.grpo.beta if cfg.model.use_peft else 0.0
+    grpo = dataclasses.replace(cfg.grpo, learning_rate=0.0, weight_decay=0.0, num_iterations=1,
+                               steps_per_generation=1, per_device_train_batch_size=batch_size, beta=beta)
+    optimizer, scheduler = make_optimizer(policy, grpo, 1)
+    was_training = policy.training
+    start = reset_peak_rss()
+    if start is None:
+        return None
+    update_policy(policy, optimizer, scheduler, Buffer(rollouts), grpo, temperature=max(cfg.sampling.temperature, 1e-6),
+                  max_completion_length=completion_len, pad_token_id=pad_token_id, generator=g)
+    rise = peak_rise(start)
+    del optimizer, scheduler
+    gc.collect()
+    policy.train(was_training)
+    return rise
+
+
+def suggest_sizes(estimate, *, max_batch: int, chunk_size: int, budget: float) -> tuple[int, int, bool]:
+    """(batch, chunk, needs gradient checkpointing): the largest batch <= max_batch (powers of two and
+    max_batch), with the largest chunk <= chunk_size, whose `estimate(batch, chunk)` fits `budget`."""
+    batches = sorted({max_batch} | {2 ** k for k in range(12) if 2 ** k <= max_batch}, reverse=True)
+    chunks = sorted({chunk_size} | {c for c in (1024, 512, 256, 128) if c <= chunk_size}, reverse=True)
+    for n in batches:
+        for c in chunks:
+            if estimate(n, c) <= budget:
+                return n, c, False
+    return 1, chunks[-1], True
+
+
+def check_memory(policy, cfg: Config, *, prompt_ids: list[int], pad_token_id: int, measure: bool = True,
+                 budget_fraction: float = 0.8) -> MemoryReport:
+    """Estimate (and, when it fits, measure) one update at the config's sizes; suggest sizes that fit."""
+    t0 = time.perf_counter()
+    dims = model_dims(policy)
+    n, c_len, chunk = micro_batch_size(cfg), cfg.sampling.max_completion_length, cfg.grpo.logprob_chunk_size
+    seq = len(prompt_ids) + c_len
+    common = dict(dims, seq_len=seq, completion_len=c_len, gradient_checkpointing=cfg.model.gradient_checkpointing,
+                  reference_copy=cfg.grpo.beta > 0 and not cfg.model.use_peft)
+
+    def estimate(batch: int, chunk_rows: int) -> float:
+        return estimate_update_memory(**common, batch_size=batch, chunk_size=chunk_rows).total
+
+    est = estimate_update_memory(**common, batch_size=n, chunk_size=chunk)
+    available = available_memory()
+    measured = None
+    if measure and est.total < 0.9 * available:
+        measured = measure_update_memory(policy, cfg, prompt_ids=prompt_ids, batch_size=n, completion_len=c_len,
+                                         pad_token_id=pad_token_id, seed=cfg.run.seed)
+    scale = measured / est.total if measured else 1.0  # calibrate the formula on this machine
+    max_batch = max(n, math.ceil(cfg.grpo.prompts_per_step * cfg.grpo.num_generations / cfg.grpo.steps_per_generation))
+    batch, chunk_s, needs_gc = suggest_sizes(lambda b, c: scale * estimate(b, c), max_batch=max_batch,
+                                             chunk_size=chunk, budget=budget_fraction * available)
+    return MemoryReport(n, seq, chunk, est.total, available, measured, batch, chunk_s, needs_gc, est.parts,
+                        time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------ signal
+
+def _percentile(sorted_values: list[int], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return 0.0
+    return float(sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))])
+
+
+def signal_stats(exp, num_generations: int) -> SignalStats:
+    """Group-level statistics of one `rollout.Experience` (groups are contiguous slices of G)."""
+    from rlvr.algorithms.advantages import zero_signal_groups
+
+    g = num_generations
+    total = torch.tensor(exp.rewards.total, dtype=torch.float32)  # [B*G]
+    zero = zero_signal_groups(total, g).tolist()  # [B]
+    groups = [exp.correct[i:i + g] for i in range(0, len(exp.correct), g)]
+    b = max(1, len(groups))
+    lengths = sorted(len(r.completion_ids) for r in exp.rollouts)
+    m = exp.metrics
+    return SignalStats(
+        prompts=len(groups), generations=g,
+        pass_at_g=sum(max(grp) > 0 for grp in groups) / b,
+        zero_signal=sum(zero) / b,
+        all_wrong=sum(z and max(grp) == 0 for z, grp in zip(zero, groups)) / b,
+        all_right=sum(min(grp) >= 1 for grp in groups) / b,
+        accuracy=m["train/accuracy"], format_rate=m["train/format_rate"], reward_mean=m["reward/total/mean"],
+        truncated=m["completion/truncated_frac"], length_mean=m["completion/length_mean"],
+        length_p50=_percentile(lengths, 0.5), length_p90=_percentile(lengths, 0.9), length_max=lengths[-1] if lengths else 0,
+        max_prompt_len=max((len(r.prompt_ids) for r in exp.rollouts), default=0),
+        reward_errors={k: v for k, v in exp.rewards.errors.items() if v})
+
+
+def sample_signal(sampler, tokenizer, task, examples: Iterator[Example], cfg: Config, *, num_prompts: int,
+                  generator: torch.Generator):
+    """Sample num_prompts groups exactly as a training step would (no dynamic sampling); (stats, experience)."""
+    from rlvr.rollout import PromptFormat, build_reward_fns, collect_experience, sampling_params
+
+    s = cfg.sampling
+    params = sampling_params(tokenizer, max_new_tokens=s.max_completion_length, temperature=s.temperature,
+                             top_p=s.top_p, top_k=s.top_k, stop_at_answer=s.stop_at_answer)
+    t0 = time.perf_counter()
+    start = reset_peak_rss()
+    exp = collect_experience(sampler, tokenizer, task, examples, batch_size=num_prompts,
+                             num_generations=cfg.grpo.num_generations, params=params,
+                             fmt=PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill),
+                             reward_fns=build_reward_fns(task, cfg.task.rewards), scale_rewards=cfg.grpo.scale_rewards,
+                             dynamic_sampling=False, max_resample_rounds=0, reward_timeout=cfg.task.reward_timeout,
+                             generator=generator)
+    stats = signal_stats(exp, cfg.grpo.num_generations)
+    stats.peak_bytes = peak_rise(start)
+    stats.seconds = time.perf_counter() - t0
+    return stats, exp
+
+
+# ------------------------------------------------------------------------------ findings
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%" if x >= 0.01 or x == 0 else f"{100 * x:.1f}%"
+
+
+WARM_UP = ("Run the SFT warm-up first (`rlvr sft --config CONFIG -o runs/sft`, then train with "
+           "model.name=runs/sft; `rlvr run` does both)")
+
+
+def signal_finding(s: SignalStats, cfg: Config) -> Finding:
+    """The no-signal finding: fatal at >= 90% of groups without signal, a warning at >= 50%."""
+    g = s.generations
+    if cfg.sampling.temperature == 0:
+        return Finding("fatal", f"sampling.temperature is 0: the {g} completions of a prompt are identical, "
+                       "so every group's rewards are equal and nothing is learned.",
+                       "Set sampling.temperature to 0.7-1.0.")
+    head = f"{_pct(s.zero_signal)} of groups have no signal (all {g} rewards equal)"
+    if s.zero_signal < 0.5:
+        return Finding("ok", f"{_pct(1 - s.zero_signal)} of groups have a learning signal (pass@{g} {_pct(s.pass_at_g)}).")
+    severity = "fatal" if s.zero_signal >= 0.9 else "warn"
+    if s.all_wrong >= s.all_right and s.all_wrong >= s.zero_signal / 2:
+        never = "never writes the <answer> format" if s.format_rate < 0.05 else "never gets the answer right"
+        return Finding(severity, f"{head}: the model {never} (pass@{g} {_pct(s.pass_at_g)}, "
+                       f"accuracy {_pct(s.accuracy)}, format {_pct(s.format_rate)}).",
+                       f"{WARM_UP}, raise sampling.temperature, or use easier problems "
+                       "(a smaller task range, or adaptive difficulty).")
+    if s.all_right > s.all_wrong:
+        return Finding(severity, f"{head}: every completion is already right (accuracy {_pct(s.accuracy)}).",
+                       "Use harder problems (a larger task range, or adaptive difficulty).")
+    return Finding(severity, f"{head}: a prompt's {g} completions earn the same reward.",
+                   "Raise sampling.temperature or grpo.num_generations, add a reward that tells completions "
+                   "apart, or turn on grpo.dynamic_sampling.")
+
+
+def truncation_finding(s: SignalStats, cfg: Config) -> Finding:
+    limit = cfg.sampling.max_completion_length
+    lengths = f"length mean {s.length_mean:.0f}, p50 {s.length_p50:.0f}, p90 {s.length_p90:.0f}, max {s.length_max}"
+    if s.truncated < 0.2:
+        return Finding("ok", f"{_pct(s.truncated)} of completions truncated at {limit} tokens ({lengths}).")
+    fatal = s.truncated >= 0.9 or (cfg.grpo.mask_truncated_completions and s.truncated >= 0.5)
+    why = ("and mask_truncated_completions drops them from the loss" if cfg.grpo.mask_truncated_completions
+           else "they cannot finish, so they earn no reward")
+    return Finding("fatal" if fatal else "warn",
+                   f"{_pct(s.truncated)} of completions were cut at max_completion_length={limit} tokens: {why} ({lengths}).",
+                   f"Raise sampling.max_completion_length (e.g. to {2 * limit}), or ask for shorter reasoning.")
+
+
+def memory_finding(m: MemoryReport, cfg: Config) -> Finding:
+    how = "measured" if m.measured_bytes is not None else "estimated"
+    what = (f"One update (batch {m.batch_size} x {m.seq_len} tokens, chunk {m.chunk_size}) needs "
+            f"{m.peak_bytes / GB:.2f} GB ({how}) of the {m.available_bytes / GB:.1f} GB available")
+    fix = (f"Set grpo.per_device_train_batch_size={m.suggested_batch_size} and "
+           f"grpo.logprob_chunk_size={m.suggested_chunk_size}")
+    if m.needs_gradient_checkpointing and not cfg.model.gradient_checkpointing:
+        fix += " and model.gradient_checkpointing=true"
+    if m.peak_bytes > m.available_bytes:
+        return Finding("fatal", f"{what}: the run would stop with an out-of-memory error.", fix + ".")
+    if m.peak_bytes > 0.8 * m.available_bytes:
+        return Finding("warn", f"{what}: little room for anything else.", fix + ".")
+    more = (f"; per_device_train_batch_size={m.suggested_batch_size} would fit too"
+            if m.suggested_batch_size > m.batch_size else "")
+    return Finding("ok", f"{what}{more}.")
+
+
+def assess(signal: SignalStats, memory: MemoryReport | None, cfg: Config) -> list[Finding]:
+    """All findings, fatal first. Pure: numbers and config in, sentences out."""
+    found = [signal_finding(signal, cfg), truncation_finding(signal, cfg)]
+    if "format" in cfg.task.rewards and signal.format_rate < 0.05 and signal.accuracy < 0.05:
+        found.append(Finding("warn", f"The model almost never uses the <think>/<answer> format ({_pct(signal.format_rate)}).",
+                             f"{WARM_UP}, or prefill the answer's start (task.prefill=\"<think>\")."))
+    for name, count in signal.reward_errors.items():
+        found.append(Finding("warn", f"The reward function {name} failed on {count} completions (they got 0).",
+                             f"Run {name} by hand on a completion to see the error (task.reward_timeout if only slow)."))
+    if memory is not None:
+        found.append(memory_finding(memory, cfg))
+    order = {"fatal": 0, "warn": 1, "ok": 2}
+    return sorted(found, key=lambda f: order[f.severity])
+
+
+# ------------------------------------------------------------------------------ entry points
+
+def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts: int = 8,
+             examples: Iterator[Example] | None = None, policy_ready: bool = False,
+             measure_memory: bool = True) -> Diagnosis:
+    """Sample `num_prompts` groups and measure one update as `cfg` would; return the diagnosis.
+
+    model: a fresh model (it gets the config's LoRA adapter) or, with policy_ready=True, the policy
+    the trainer already prepared. examples: the training stream (default: the first prompts of the
+    run's own seeded order; pass the adaptive-difficulty stream to check it instead). Sampling
+    uses its own generator, so a run that follows is not changed by the doctor.
+    """
+    from rlvr.models import load_model
+    from rlvr.tasks import get_task
+    from rlvr.trainer import ExampleStream, make_sampler, prepare_policy
+
+    t0 = time.perf_counter()
+    use_lean_malloc()
+    if model is None:
+        model, tokenizer = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
+                                      load_in_4bit=cfg.model.load_in_4bit)
+    policy = model if policy_ready else prepare_policy(model, cfg.model)
+    task = task or get_task(cfg.task.name, **cfg.task.options)
+    examples = examples if examples is not None else ExampleStream(task.train_examples(), cfg.run.seed)
+    policy.eval()
+    sampler = make_sampler(cfg.sampling.backend, policy, tokenizer)
+    signal, exp = sample_signal(sampler, tokenizer, task, examples, cfg, num_prompts=num_prompts,
+                                generator=torch.Generator().manual_seed(cfg.run.seed + 12345))
+    longest = max((r.prompt_ids for r in exp.rollouts), key=len)
+    memory = check_memory(policy, cfg, prompt_ids=longest, pad_token_id=tokenizer.pad_token_id, measure=measure_memory)
+    policy.eval()
+    return Diagnosis(cfg.model.name, cfg.task.name, cfg.sampling.temperature, cfg.sampling.max_completion_length,
+                     signal, memory, assess(signal, memory, cfg), time.perf_counter() - t0)
+
+
+def render(d: Diagnosis) -> str:
+    """The diagnosis for the console: the numbers, then each finding with its fix, then the verdict."""
+    s, m = d.signal, d.memory
+    lines = [f"rlvr doctor: {d.model} on {d.task}: {s.prompts} prompts x {s.generations} completions, "
+             f"temperature {d.temperature:g}, at most {d.max_completion_length} tokens ({d.seconds:.0f} s)",
+             f"  pass@{s.generations:<10} {_pct(s.pass_at_g):>6}   groups with at least one right answer",
+             f"  no signal      {_pct(s.zero_signal):>6}   groups whose rewards are all equal",
+             f"  accuracy       {_pct(s.accuracy):>6}   format {_pct(s.format_rate)}, mean reward {s.reward_mean:.3f}",
+             f"  truncated      {_pct(s.truncated):>6}   length mean {s.length_mean:.0f}, p50 {s.length_p50:.0f}, "
+             f"p90 {s.length_p90:.0f}, max {s.length_max}"]
+    if m is not None:
+        measured = f"{m.measured_bytes / GB:.2f} GB measured, " if m.measured_bytes is not None else ""
+        lines.append(f"  update memory  {measured}{m.estimated_bytes / GB:.2f} GB estimated, {m.available_bytes / GB:.1f} GB "
+                     f"available (batch {m.batch_size} x {m.seq_len} tokens)")
+    if s.peak_bytes is not None:
+        lines.append(f"  sampling memory {s.peak_bytes / GB:.2f} GB for {s.prompts * s.generations} completions")
+    for f in d.findings:
+        lines.append(f"{f.severity.upper():<5}  {f.message}")
+        if f.fix and f.severity != "ok":
+            lines.append(f"       fix: {f.fix}")
+    lines.append("verdict: training can go ahead." if d.can_learn
+                 else "verdict: training as configured cannot learn (or will not fit); fix the FATAL findings first.")
+    return "\n".join(lines)
