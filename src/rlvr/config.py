@@ -190,6 +190,8 @@ class RunConfig:
     """extra trackers: wandb, trackio, mlflow (JSONL and TensorBoard are always written)"""
     quiet: bool = False
     """no progress bars or per-step lines (errors and the final table still print)"""
+    log_format: str = "text"
+    """console output: text (progress bars and a line per step) or json (one JSON object per step on stdout, no bars)"""
     max_bad_steps: int = 3
     """stop after this many consecutive steps with a NaN/inf loss or gradient"""
     threads: int = 0
@@ -217,6 +219,7 @@ class Config:
             (g.scale_rewards in ("group", "batch", "none"), f"grpo.scale_rewards '{g.scale_rewards}' is not one of group, batch, none"),
             (g.importance_sampling_level in ("token", "sequence"), "grpo.importance_sampling_level must be token or sequence"),
             (g.lr_scheduler_type in ("constant", "linear", "cosine"), f"grpo.lr_scheduler_type '{g.lr_scheduler_type}' is not one of constant, linear, cosine"),
+            (self.run.log_format in ("text", "json"), f"run.log_format '{self.run.log_format}' is not one of text, json"),
             (self.sampling.backend in ("fast", "hf"), f"sampling.backend '{self.sampling.backend}' is not one of fast, hf"),
             (self.sampling.max_completion_length >= 1, "sampling.max_completion_length must be >= 1"),
             (self.sampling.temperature >= 0, "sampling.temperature must be >= 0"),
@@ -226,6 +229,8 @@ class Config:
                 raise ConfigError(message)
         if g.epsilon_high is None:
             g.epsilon_high = g.epsilon
+        if self.run.log_format == "json":
+            self.run.quiet = True
         if self.eval.max_new_tokens is None:
             self.eval.max_new_tokens = self.sampling.max_completion_length
         return self

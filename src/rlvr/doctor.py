@@ -71,6 +71,9 @@ class SignalStats:
     format_rate: float
     reward_mean: float
     truncated: float
+    truncated_reward_mean: float
+    truncated_reward_spread: float
+    """max - min total reward among truncated completions (0: they all earn the same)"""
     length_mean: float
     length_p50: float
     length_p90: float
@@ -282,7 +285,8 @@ def measure_update_memory(policy, cfg: Config, *, prompt_ids: list[int], batch_s
     """Peak RSS rise (bytes) of one real `update_policy` call on `batch_size` full-length rows.
 
     Rows are the given prompt + `completion_len` random tokens. The optimizer is a fresh AdamW at
-    learning rate 0: its state is allocated as in training, the weights do not change. With full
+    learning rate 0 whose state (m, v) is allocated first, as it is from the second step of a run
+    on; the weights do not change. The rise counts that state, the gradients and the activations. With full
     fine-tuning and beta > 0 the frozen reference copy is left out here (the estimate counts it).
     """
     from rlvr.buffer import Buffer, Rollout
@@ -301,6 +305,7 @@ def measure_update_memory(policy, cfg: Config, *, prompt_ids: list[int], batch_s
     start = reset_peak_rss()
     if start is None:
         return None
+    _allocate_adam_state(optimizer)  # in training AdamW's m and v are there already: count them
     update_policy(policy, optimizer, scheduler, Buffer(rollouts), grpo, temperature=max(cfg.sampling.temperature, 1e-6),
                   max_completion_length=completion_len, pad_token_id=pad_token_id, generator=g)
     rise = peak_rise(start)
@@ -308,6 +313,15 @@ def measure_update_memory(policy, cfg: Config, *, prompt_ids: list[int], batch_s
     gc.collect()
     policy.train(was_training)
     return rise
+
+
+def _allocate_adam_state(optimizer) -> None:
+    """One step on zero gradients at learning rate 0: AdamW creates its m and v, no weight changes."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def suggest_sizes(estimate, *, max_batch: int, chunk_size: int, budget: float) -> tuple[int, int, bool]:
@@ -368,6 +382,7 @@ def signal_stats(exp, num_generations: int) -> SignalStats:
     groups = [exp.correct[i:i + g] for i in range(0, len(exp.correct), g)]
     b = max(1, len(groups))
     lengths = sorted(len(r.completion_ids) for r in exp.rollouts)
+    cut = [t for t, r in zip(exp.rewards.total, exp.rollouts) if r.truncated]
     m = exp.metrics
     return SignalStats(
         prompts=len(groups), generations=g,
@@ -376,7 +391,8 @@ def signal_stats(exp, num_generations: int) -> SignalStats:
         all_wrong=sum(z and max(grp) == 0 for z, grp in zip(zero, groups)) / b,
         all_right=sum(min(grp) >= 1 for grp in groups) / b,
         accuracy=m["train/accuracy"], format_rate=m["train/format_rate"], reward_mean=m["reward/total/mean"],
-        truncated=m["completion/truncated_frac"], length_mean=m["completion/length_mean"],
+        truncated=m["completion/truncated_frac"], truncated_reward_mean=sum(cut) / max(1, len(cut)),
+        truncated_reward_spread=max(cut) - min(cut) if cut else 0.0, length_mean=m["completion/length_mean"],
         length_p50=_percentile(lengths, 0.5), length_p90=_percentile(lengths, 0.9), length_max=lengths[-1] if lengths else 0,
         max_prompt_len=max((len(r.prompt_ids) for r in exp.rollouts), default=0),
         reward_errors={k: v for k, v in exp.rewards.errors.items() if v})
@@ -444,9 +460,14 @@ def truncation_finding(s: SignalStats, cfg: Config) -> Finding:
     lengths = f"length mean {s.length_mean:.0f}, p50 {s.length_p50:.0f}, p90 {s.length_p90:.0f}, max {s.length_max}"
     if s.truncated < 0.2:
         return Finding("ok", f"{_pct(s.truncated)} of completions truncated at {limit} tokens ({lengths}).")
-    fatal = s.truncated >= 0.9 or (cfg.grpo.mask_truncated_completions and s.truncated >= 0.5)
-    why = ("and mask_truncated_completions drops them from the loss" if cfg.grpo.mask_truncated_completions
-           else "they cannot finish, so they earn no reward")
+    same = s.truncated_reward_spread < 1e-6
+    fatal = (s.truncated >= 0.9 and same) or (cfg.grpo.mask_truncated_completions and s.truncated >= 0.9)
+    if cfg.grpo.mask_truncated_completions:
+        why = "and mask_truncated_completions drops them from the loss"
+    elif same:
+        why = f"they cannot finish, and all earn the same reward ({s.truncated_reward_mean:.2f}): nothing to learn from them"
+    else:
+        why = "they cannot finish their answer"
     return Finding("fatal" if fatal else "warn",
                    f"{_pct(s.truncated)} of completions were cut at max_completion_length={limit} tokens: {why} ({lengths}).",
                    f"Raise sampling.max_completion_length (e.g. to {2 * limit}), or ask for shorter reasoning.")
@@ -472,7 +493,8 @@ def memory_finding(m: MemoryReport, cfg: Config) -> Finding:
 def assess(signal: SignalStats, memory: MemoryReport | None, cfg: Config) -> list[Finding]:
     """All findings, fatal first. Pure: numbers and config in, sentences out."""
     found = [signal_finding(signal, cfg), truncation_finding(signal, cfg)]
-    if "format" in cfg.task.rewards and signal.format_rate < 0.05 and signal.accuracy < 0.05:
+    builtin = {"accuracy", "format", "format_strict"} & set(cfg.task.rewards)
+    if builtin and signal.format_rate < 0.05 and signal.accuracy < 0.05 and "format" not in found[0].message:
         found.append(Finding("warn", f"The model almost never uses the <think>/<answer> format ({_pct(signal.format_rate)}).",
                              f"{WARM_UP}, or prefill the answer's start (task.prefill=\"<think>\")."))
     for name, count in signal.reward_errors.items():
@@ -502,7 +524,8 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
 
     t0 = time.perf_counter()
     use_lean_malloc()
-    if model is None:
+    loaded = model is None
+    if loaded:
         model, tokenizer = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
                                       load_in_4bit=cfg.model.load_in_4bit)
     policy = model if policy_ready else prepare_policy(model, cfg.model)
@@ -515,7 +538,8 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
     longest = max((r.prompt_ids for r in exp.rollouts), key=len)
     memory = check_memory(policy, cfg, prompt_ids=longest, pad_token_id=tokenizer.pad_token_id, measure=measure_memory)
     policy.eval()
-    return Diagnosis(cfg.model.name, cfg.task.name, cfg.sampling.temperature, cfg.sampling.max_completion_length,
+    name = cfg.model.name if loaded else (getattr(model, "name_or_path", "") or "the given model")
+    return Diagnosis(name, task.name, cfg.sampling.temperature, cfg.sampling.max_completion_length,
                      signal, memory, assess(signal, memory, cfg), time.perf_counter() - t0)
 
 

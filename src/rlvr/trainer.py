@@ -291,12 +291,14 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
     try:
         while step < cfg.grpo.max_steps:
             policy.eval()
+            gen_bar = tqdm(desc="generate", unit="tok", leave=False, disable=cfg.run.quiet)
             exp = collect_experience(
                 sampler, tokenizer, task, stream, batch_size=cfg.grpo.prompts_per_step,
                 num_generations=cfg.grpo.num_generations, params=params, fmt=fmt, reward_fns=reward_fns,
                 scale_rewards=cfg.grpo.scale_rewards, dynamic_sampling=cfg.grpo.dynamic_sampling,
                 max_resample_rounds=cfg.grpo.max_resample_rounds, reward_timeout=cfg.task.reward_timeout,
-                generator=gens["sample"])
+                generator=gens["sample"], progress=gen_bar.update)
+            gen_bar.close()
             upd = update_policy(policy, optimizer, scheduler, Buffer(exp.rollouts), cfg.grpo,
                                 temperature=max(s.temperature, 1e-6), max_completion_length=s.max_completion_length,
                                 pad_token_id=tokenizer.pad_token_id, generator=gens["shuffle"], ref_model=ref_model)
@@ -305,6 +307,8 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
             tracker.log(metrics, step)
             bar.update(1)
             say(format_step_line(metrics, step, cfg.grpo.max_steps))
+            if cfg.run.log_format == "json":
+                print(json.dumps({"step": step, **metrics}, default=float), flush=True)
             if cfg.run.log_samples_every and (step % cfg.run.log_samples_every == 0 or step == 1):
                 tracker.log_samples(_sample_records(exp, step, fmt))
             state["bad_steps"] = state["bad_steps"] + 1 if upd["optim/bad_updates"] else 0

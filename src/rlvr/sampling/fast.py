@@ -25,7 +25,9 @@ The log-prob of each sampled token is log_softmax(logits / T) at that token: the
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 
 from rlvr.sampling.base import Completion, SamplingParams
 
-TOP_P_STAGES = (64, 1024)
+TOP_P_STAGES = (64, 512, 4096)
 """top-p without top-k looks at this many most likely tokens first, then (rows not covered) more"""
 CDF_BLOCK = 1024
 LEAN_MODEL_TYPES = ("llama", "qwen2", "qwen3")
@@ -289,10 +291,11 @@ def _source_versions(model) -> tuple:
 # ----------------------------------------------------------------------------------------------
 
 def _rms(x: torch.Tensor, eps: float, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """x / sqrt(mean(x^2) + eps) (* weight); the layers' weights are folded into the next matmul."""
-    ms = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1])  # [..., 1]
-    x = x * ms.add_(eps).rsqrt_()
-    return x if weight is None else x * weight
+    """x / sqrt(mean(x^2) + eps) (* weight), in float32; the layers' weights are folded into the next matmul."""
+    xf = x.float()
+    ms = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square_().div_(x.shape[-1])  # [..., 1]
+    y = (xf * ms.add_(eps).rsqrt_()).to(x.dtype)
+    return y if weight is None else y * weight
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
@@ -308,20 +311,63 @@ def _signed(sin: torch.Tensor) -> torch.Tensor:
     return torch.cat([-sin[..., :half], sin[..., half:]], -1)
 
 
-class _LeanLlama:
-    """Llama-family forward over our own KV cache: k[l], v[l] of shape [R, H_kv, T_max, hd].
+@dataclass
+class _Rows:
+    """The active rows (a prefix of the cache rows), one entry each: tensors [B]."""
 
-    Never-written cache columns must be finite (masked weights are 0, and 0 * NaN = NaN): zeros.
+    slot: torch.Tensor
+    """the prompt slot holding the row's prompt keys/values"""
+    member: torch.Tensor
+    """the row's place among the rows sharing its slot (0 .. members-1)"""
+    plen: torch.Tensor
+    """prompt length"""
+    glen: torch.Tensor
+    """generated tokens already in the cache"""
+    last: torch.Tensor
+    """the token to feed next (sampled, not yet in the cache)"""
+
+    def select(self, index: torch.Tensor) -> "_Rows":
+        return _Rows(*(t.index_select(0, index) for t in (self.slot, self.member, self.plen, self.glen, self.last)))
+
+    def cat(self, other: "_Rows") -> "_Rows":
+        return _Rows(*(torch.cat([a, b]) for a, b in zip(
+            (self.slot, self.member, self.plen, self.glen, self.last),
+            (other.slot, other.member, other.plen, other.glen, other.last))))
+
+
+class _LeanLlama:
+    """Llama-family forward over our own KV cache, with the prompt stored once per group.
+
+    Prompt keys/values live in pk[l], pv[l] [S, H_kv, L_p, hd] (one slot per prompt, however many
+    samples share it); generated ones in k[l], v[l] [R, H_kv, L_g, hd] (one per row). A decode step
+    attends to both: the shared part with one matmul per slot for all its rows' queries (laid out
+    in a [S, H_kv, members, G, hd] grid), so the prompt cache is read once per group, not once
+    per sample. Never-written cache columns must be finite (masked weights are 0 and 0 * NaN is
+    NaN), hence zeros.
     """
 
     supports_refill = True
 
-    def __init__(self, weights: dict, rows: int, max_len: int, dtype: torch.dtype, device):
-        self.w = weights
-        self.device = device
-        shape = (rows, weights["n_kv"], max_len, weights["head_dim"])
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in weights["layers"]]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in weights["layers"]]
+    def __init__(self, weights: dict, rows: int, members: int, prompt_len: int, new_len: int, dtype, device):
+        self.w, self.device, self.members = weights, device, members
+        nkv, hd, n = weights["n_kv"], weights["head_dim"], len(weights["layers"])
+        group = weights["n_heads"] // nkv
+        self.pk = [torch.zeros(rows, nkv, prompt_len, hd, dtype=dtype, device=device) for _ in range(n)]
+        self.pv = [torch.zeros(rows, nkv, prompt_len, hd, dtype=dtype, device=device) for _ in range(n)]
+        self.k = [torch.zeros(rows, nkv, new_len, hd, dtype=dtype, device=device) for _ in range(n)]
+        self.v = [torch.zeros(rows, nkv, new_len, hd, dtype=dtype, device=device) for _ in range(n)]
+        self.q_grid = torch.zeros(rows, nkv, members, group, hd, dtype=dtype, device=device)
+        self.p_grid = torch.zeros(rows, nkv, members, group, prompt_len, dtype=dtype, device=device)
+
+    def fits(self, rows: int, members: int, prompt_len: int, new_len: int, dtype) -> bool:
+        """Whether this cache can serve a call of that size (slices of it are used)."""
+        return (self.k[0].shape[0] >= rows and self.members == members and self.pk[0].shape[2] >= prompt_len
+                and self.k[0].shape[2] >= new_len and self.k[0].dtype == dtype)
+
+    @staticmethod
+    def cache_bytes(weights: dict, rows: int, prompt_len: int, new_len: int, dtype) -> int:
+        per = 2 * len(weights["layers"]) * weights["n_kv"] * weights["head_dim"] * dtype.itemsize
+        return per * rows * (prompt_len + new_len)
 
     def _attention_inputs(self, layer: dict, x: torch.Tensor, cos, sin):
         """x [N, D] -> q [N, H, hd] (already scaled by 1/sqrt(hd)), k, v [N, H_kv, hd]."""
@@ -340,10 +386,10 @@ class _LeanLlama:
         gate, up = layer["gate_up"](_rms(x, self.w["eps"])).chunk(2, -1)  # [N, I] each
         return layer["down"](F.silu(gate).mul_(up), residual=x)
 
-    def prefill(self, ids: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor,
+    def prefill(self, ids: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor,
                 source: torch.Tensor) -> torch.Tensor:
-        """Run right-padded prompts ids [P, L] once; write their cache into slots `rows` [R] (row r
-        copies prompt source[r]); return the next-token logits of each prompt [P, V]."""
+        """Run right-padded prompts ids [P, L] once, store their keys/values in `slots` [P];
+        return the next-token logits of each prompt [P, V]. (`source` is for _HFForward.)"""
         w = self.w
         P, L = ids.shape
         x = F.embedding(ids, w["embed"]).flatten(0, 1)  # [P L, D]
@@ -352,45 +398,66 @@ class _LeanLlama:
         for i, layer in enumerate(w["layers"]):
             q, k, v = self._attention_inputs(layer, x, cos, sin)  # [P L, H, hd]
             q, k, v = (t.unflatten(0, (P, L)).transpose(1, 2) for t in (q, k, v))  # [P, H, L, hd]
-            self.k[i][rows, :, :L] = k.index_select(0, source)
-            self.v[i][rows, :, :L] = v.index_select(0, source)
+            self.pk[i][slots, :, :L] = k
+            self.pv[i][slots, :, :L] = v
             att = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True, scale=1.0)
             x = layer["o"](att.transpose(1, 2).flatten(0, 1).flatten(1), residual=x)  # [P L, D]
             x = self._mlp(layer, x)
         last = x.unflatten(0, (P, L))[torch.arange(P, device=ids.device), lengths - 1]  # [P, D]
         return w["lm_head"](_rms(last, w["eps"])).float()  # [P, V]
 
-    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, t_max: int) -> torch.Tensor:
-        """One step for the active rows 0..B-1: tokens [B] at positions pos [B] (< t_max) -> logits [B, V]."""
+    def decode(self, r: _Rows, n_slots: int) -> torch.Tensor:
+        """One step: feed every active row its last token (position plen + glen) -> logits [B, V]."""
         w = self.w
-        B, nkv, hd = tokens.shape[0], w["n_kv"], w["head_dim"]
-        rows = torch.arange(B, device=tokens.device)
-        x = F.embedding(tokens, w["embed"])  # [B, D]
-        cos, sin = w["rotary"](x, pos[:, None])  # [B, 1, hd]: broadcasts over the heads of [B, H, hd]
+        B, nkv, hd = r.last.shape[0], w["n_kv"], w["head_dim"]
+        t_pre, t_gen = int(r.plen.max()), int(r.glen.max()) + 1
+        rows = torch.arange(B, device=r.last.device)
+        x = F.embedding(r.last, w["embed"])  # [B, D]
+        cos, sin = w["rotary"](x, (r.plen + r.glen)[:, None])  # [B, 1, hd]: broadcasts over heads
         sin = _signed(sin)
-        future = torch.arange(t_max, device=tokens.device)[None, :] > pos[:, None]  # [B, T]
-        mask = torch.zeros(B, nkv, w["n_heads"] // nkv, t_max, dtype=torch.float32, device=tokens.device)
-        mask = mask.masked_fill_(future[:, None, None], float("-inf")).flatten(0, 1)  # [B H_kv, G, T]
+        cols_p, cols_g = torch.arange(t_pre, device=x.device), torch.arange(t_gen, device=x.device)
+        hidden = torch.cat([cols_p[None] >= r.plen[:, None], cols_g[None] > r.glen[:, None]], 1)  # [B, Tp+Tg]
+        mask = torch.zeros(B, 1, 1, t_pre + t_gen, device=x.device).masked_fill_(hidden[:, None, None], float("-inf"))
         for i, layer in enumerate(w["layers"]):
             q, k, v = self._attention_inputs(layer, x, cos, sin)  # [B, H, hd], [B, H_kv, hd]
-            self.k[i][rows, :, pos] = k
-            self.v[i][rows, :, pos] = v
-            keys = self.k[i][:B, :, :t_max].flatten(0, 1)  # [B H_kv, T, hd] (a view)
-            values = self.v[i][:B, :, :t_max].flatten(0, 1)
-            q = q.reshape(B * nkv, -1, hd)  # [B H_kv, G, hd]: query heads grouped by their KV head
-            probs = torch.softmax(torch.baddbmm(mask, q, keys.transpose(1, 2)), -1)  # [B H_kv, G, T]
-            x = layer["o"](torch.bmm(probs, values).view(B, -1), residual=x)  # [B, D]
+            self.k[i][rows, :, r.glen] = k
+            self.v[i][rows, :, r.glen] = v
+            att = self._attend(i, q.reshape(B, nkv, -1, hd), r, n_slots, t_pre, t_gen, mask)  # [B, H_kv, G, hd]
+            x = layer["o"](att.view(B, -1), residual=x)  # [B, D]
             x = self._mlp(layer, x)
         return w["lm_head"](_rms(x, w["eps"])).float()  # [B, V]
 
-    def retain(self, order: torch.Tensor, t_max: int) -> None:
-        """Keep the rows `order` [n] (new row i = old row order[i]), copying only the rows that move
-        (columns < t_max): a live row from the end fills a finished row's slot."""
+    def _attend(self, i: int, q: torch.Tensor, r: _Rows, n_slots: int, t_pre: int, t_gen: int,
+                mask: torch.Tensor) -> torch.Tensor:
+        """softmax(q K^T + mask) V over [prompt | generated] keys; q [B, H_kv, G, hd] -> [B, H_kv, G, hd].
+
+        The prompt part runs per slot: the queries of a slot's rows sit in q_grid[slot, :, member]
+        (stale entries of finished rows compute rows nobody reads).
+        """
+        S, M = n_slots, self.members
+        B, nkv, group, hd = q.shape
+        grid = self.q_grid[:S]  # [S, H_kv, M, G, hd]
+        grid[r.slot, :, r.member] = q
+        keys = self.pk[i][:S, :, :t_pre].transpose(-1, -2)  # [S, H_kv, hd, Tp]
+        s_pre = torch.matmul(grid.view(S, nkv, M * group, hd), keys)  # [S, H_kv, M G, Tp]
+        s_pre = s_pre.view(S, nkv, M, group, t_pre)[r.slot, :, r.member]  # [B, H_kv, G, Tp]
+        s_gen = torch.matmul(q, self.k[i][:B, :, :t_gen].transpose(-1, -2))  # [B, H_kv, G, Tg]
+        scores = torch.cat([s_pre, s_gen], -1).add_(mask)  # [B, H_kv, G, Tp+Tg]
+        probs = torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype)
+        p_grid = self.p_grid[:S, ..., :t_pre]  # [S, H_kv, M, G, Tp]
+        p_grid[r.slot, :, r.member] = probs[..., :t_pre]
+        o_pre = torch.matmul(p_grid.view(S, nkv, M * group, t_pre), self.pv[i][:S, :, :t_pre])  # [S, H_kv, M G, hd]
+        o_pre = o_pre.view(S, nkv, M, group, hd)[r.slot, :, r.member]  # [B, H_kv, G, hd]
+        return torch.matmul(probs[..., t_pre:], self.v[i][:B, :, :t_gen]).add_(o_pre)
+
+    def retain(self, order: torch.Tensor, r: _Rows) -> None:
+        """Keep the rows `order` [n] (new row i = old row order[i]), copying only the rows that move:
+        a live row from the end fills a finished row's place. The prompt slots do not move."""
         dst = (order != torch.arange(order.shape[0], device=order.device)).nonzero()[:, 0]  # [m]
         if dst.numel():
-            src = order[dst]
+            src, t_gen = order[dst], int(r.glen.max())
             for cache in (*self.k, *self.v):
-                cache[dst, :, :t_max] = cache[src, :, :t_max]
+                cache[dst, :, :t_gen] = cache[src, :, :t_gen]
 
 
 class _HFForward:
@@ -408,8 +475,9 @@ class _HFForward:
         self.cache = None
         self.mask = None  # [B, T] 1 for real tokens
 
-    def prefill(self, ids: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor,
+    def prefill(self, ids: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor,
                 source: torch.Tensor) -> torch.Tensor:
+        """Prompts ids [P, L] (right-padded) -> logits [P, V]; the cache gets one row per source [m]."""
         P, L = ids.shape
         cols = torch.arange(L, device=ids.device)
         mask = (cols[None, :] >= (L - lengths)[:, None]).long()  # [P, L] left padding
@@ -423,14 +491,14 @@ class _HFForward:
         self.mask = mask.index_select(0, source)
         return out.logits[:, -1].float()  # [P, V]
 
-    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, t_max: int) -> torch.Tensor:
-        self.mask = torch.cat([self.mask, self.mask.new_ones(tokens.shape[0], 1)], 1)  # [B, T + 1]
-        out = self.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=pos[:, None],
-                         past_key_values=self.cache, use_cache=True)
+    def decode(self, r: _Rows, n_slots: int) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones(r.last.shape[0], 1)], 1)  # [B, T + 1]
+        out = self.model(input_ids=r.last[:, None], attention_mask=self.mask,
+                         position_ids=(r.plen + r.glen)[:, None], past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
         return out.logits[:, -1].float()  # [B, V]
 
-    def retain(self, order: torch.Tensor, t_max: int) -> None:
+    def retain(self, order: torch.Tensor, r: _Rows) -> None:
         """Keep the rows `order` [n] (new row i = old row order[i])."""
         self.cache.batch_select_indices(order)
         self.mask = self.mask.index_select(0, order)
@@ -479,6 +547,7 @@ class FastSampler:
         self.unsupported: str | None = None
         """why the lean forward cannot run this model (None: it can)"""
         self._weights: tuple | None = None  # (versions, weights)
+        self._cached_engine: _LeanLlama | None = None
         self._stops: dict = {}
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, *, num_samples: int = 1,
@@ -491,26 +560,36 @@ class FastSampler:
         if n_seq == 0 or params.max_new_tokens <= 0:
             return [Completion(i // num_samples, [], [], "length") for i in range(n_seq)]
         with torch.inference_mode(), _eval_mode(self.model):
-            engine, rows = self._engine(prompts, params, n_seq)
+            engine, rows = self._engine(prompts, params, num_samples)
             run = _Run(engine, rows, prompts, num_samples, params, self._stop_strings(params),
                        generator, progress)
             return run.run()
 
-    def _engine(self, prompts, params: SamplingParams, n_seq: int):
+    def _engine(self, prompts, params: SamplingParams, num_samples: int):
         """The lean engine when the model allows it, else the HF forward; and the batch size."""
         device = next(self.model.parameters()).device
-        max_len = max(len(p) for p in prompts) + params.max_new_tokens
+        n_seq = len(prompts) * num_samples
         weights = self._lean_weights() if self.lean else None
         self.path = "hf" if weights is None else "lean"
         if weights is None:
             return _HFForward(self.model), min(n_seq, self.max_batch_size)
-        dtype = weights["embed"].dtype
-        per_row = 2 * len(weights["layers"]) * weights["n_kv"] * weights["head_dim"] * max_len * dtype.itemsize
+        dtype, prompt_len = weights["embed"].dtype, max(len(p) for p in prompts)
+        per_row = _LeanLlama.cache_bytes(weights, 1, prompt_len, params.max_new_tokens, dtype)
         rows = max(1, min(n_seq, self.max_batch_size, int(self.max_cache_bytes // per_row)))
-        engine = _LeanLlama(weights, rows, max_len, dtype, device)
-        if self.compile:
-            engine.decode = torch.compile(engine.decode, dynamic=True)
+        members = min(num_samples, rows)
+        engine = self._cached_engine
+        if engine is None or not engine.fits(rows, members, prompt_len, params.max_new_tokens, dtype):
+            self._cached_engine = None  # free the old cache before allocating the new one
+            engine = _LeanLlama(weights, rows, members, prompt_len, params.max_new_tokens, dtype, device)
+            if self.compile:
+                engine.decode = torch.compile(engine.decode, dynamic=True)
+            self._cached_engine = engine
+        engine.w = weights
         return engine, rows
+
+    def release(self) -> None:
+        """Free the KV cache kept between calls (it is reused while the next call fits in it)."""
+        self._cached_engine = None
 
     def _lean_weights(self) -> dict | None:
         versions = _source_versions(self.model)
@@ -539,6 +618,8 @@ class _Run:
 
     Sequence s = prompt (s // G), sample (s % G). Its t-th token uses the uniform u[s, t], drawn
     up front from the generator, so a sequence's randomness does not depend on the batching.
+    A prompt slot is taken (lowest free first) when a prompt is prefilled and freed when the last
+    of its rows finishes.
     """
 
     def __init__(self, engine, rows: int, prompts: list[list[int]], group: int, params: SamplingParams,
@@ -555,8 +636,10 @@ class _Run:
         self.finish: list[str] = ["length"] * n_seq
         self.pending = deque(range(n_seq))
         self.seq: list[int] = []  # the sequence in each active row
-        self.pos = torch.zeros(0, dtype=torch.long, device=self.device)  # [B] tokens in each row's cache
-        self.last = torch.zeros(0, dtype=torch.long, device=self.device)  # [B] the token to feed next
+        empty = torch.zeros(0, dtype=torch.long, device=self.device)
+        self.r = _Rows(empty, empty, empty, empty, empty)
+        self.free_slots = list(range(rows))  # a heap
+        self.slot_live = [0] * rows
 
     def run(self) -> list[Completion]:
         while self.pending or self.seq:
@@ -568,28 +651,32 @@ class _Run:
                 for s in range(len(self.tokens))]
 
     def _admit(self) -> None:
-        """Prefill the prompts of the next waiting sequences (each distinct prompt once) into free rows."""
+        """Prefill the prompts of the next waiting sequences, each distinct prompt once into a slot."""
         new = [self.pending.popleft() for _ in range(min(self.rows - len(self.seq), len(self.pending)))]
         uniq = list(dict.fromkeys(s // self.group for s in new))
+        slot_of = {p: heapq.heappop(self.free_slots) for p in uniq}
         where = {p: i for i, p in enumerate(uniq)}
         lengths = torch.tensor([len(self.prompts[p]) for p in uniq], device=self.device)  # [P]
         ids = torch.zeros(len(uniq), int(lengths.max()), dtype=torch.long, device=self.device)  # [P, L]
         for i, p in enumerate(uniq):
             ids[i, : len(self.prompts[p])] = torch.tensor(self.prompts[p])
+        members = []
+        for s in new:
+            members.append(self.slot_live[slot_of[s // self.group]])
+            self.slot_live[slot_of[s // self.group]] += 1
         source = torch.tensor([where[s // self.group] for s in new], device=self.device)  # [m]
+        slots = torch.tensor([slot_of[p] for p in uniq], device=self.device)  # [P]
+        logits = self.engine.prefill(ids, lengths, slots, source)  # [P, V]
         first = len(self.seq)
-        rows = torch.arange(first, first + len(new), device=self.device)
-        logits = self.engine.prefill(ids, lengths, rows, source)  # [P, V]
         self.seq += new
-        self.pos = torch.cat([self.pos, lengths[source]])
-        self.last = torch.cat([self.last, torch.zeros_like(source)])
+        self.r = self.r.cat(_Rows(slots[source], torch.tensor(members, device=self.device), lengths[source],
+                                  torch.zeros_like(source), torch.zeros_like(source)))
         self._sample(logits.index_select(0, source), range(first, first + len(new)))
 
     def _step(self) -> None:
         """Feed every active row its last token, sample the next."""
-        t_max = int(self.pos.max()) + 1
-        logits = self.engine.decode(self.last, self.pos, t_max)  # [B, V]
-        self.pos += 1
+        logits = self.engine.decode(self.r, int(self.r.slot.max()) + 1)  # [B, V]
+        self.r.glen += 1
         self._sample(logits, range(len(self.seq)))
 
     def _sample(self, logits: torch.Tensor, rows: range) -> None:
@@ -600,7 +687,7 @@ class _Run:
             steps = torch.tensor([len(self.tokens[s]) for s in seqs])
             u = self.u[torch.tensor(seqs), steps].to(self.device)  # [m]
         tokens, logprobs = sample_tokens(logits, u, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p)
-        self.last[rows.start: rows.stop] = tokens
+        self.r.last[rows.start: rows.stop] = tokens
         candidate = self.stops.candidate[tokens.cpu()].tolist() if self.stops else [False] * len(seqs)
         done = []
         for row, s, tok, lp, cand in zip(rows, seqs, tokens.tolist(), logprobs.tolist(), candidate):
@@ -617,17 +704,20 @@ class _Run:
             self._retire(done)
 
     def _retire(self, done: list[int]) -> None:
-        """Drop finished rows: live rows from the end of the batch move into their slots."""
+        """Drop finished rows: live rows from the end of the batch move into their places."""
         n, finished = len(self.seq), set(done)
+        for row, slot in zip(done, self.r.slot[done].tolist()):
+            self.slot_live[slot] -= 1
+            if self.slot_live[slot] == 0:
+                heapq.heappush(self.free_slots, slot)
         n_new = n - len(finished)
         holes = [r for r in sorted(finished) if r < n_new]
         movers = [r for r in range(n_new, n) if r not in finished]
         order = list(range(n_new))
         for hole, mover in zip(holes, movers):
             order[hole] = mover
-        t_max = int(self.pos.max()) if n else 0
         order_t = torch.tensor(order, dtype=torch.long, device=self.device)
         if n_new:
-            self.engine.retain(order_t, t_max)
+            self.engine.retain(order_t, self.r)
         self.seq = [self.seq[o] for o in order]
-        self.pos, self.last = self.pos[order_t], self.last[order_t]
+        self.r = self.r.select(order_t)
