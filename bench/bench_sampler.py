@@ -6,20 +6,29 @@ the script checks). The two alternate for --rounds rounds, since other jobs shar
 are reported, with the tokens/s as a fraction of an fp32 matmul ceiling measured in the same run
 (2 * parameters FLOPs per generated token).
 
-    .venv/bin/python bench/bench_sampler.py [--rounds 3] [--hf-sampler] [--profile]
+    .venv/bin/python bench/bench_sampler.py [--rounds 3] [--threads N] [--hf-sampler] [--profile]
+
+OMP_WAIT_POLICY defaults to PASSIVE here: with the default (spinning) policy, two torch processes
+sharing 2 cores make each parallel op wait for a descheduled thread, and a decode step measured
+7.5 s instead of 0.45 s. Set OMP_WAIT_POLICY=ACTIVE in the environment to measure without it.
 """
 
 from __future__ import annotations
 
-import argparse
-import random
-import statistics
-import time
+import os
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see the docstring)
 
-from rlvr.models import load_model
-from rlvr.sampling import FastSampler, HFSampler, SamplingParams
+import argparse  # noqa: E402
+import random  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from rlvr.models import load_model  # noqa: E402
+from rlvr.sampling import FastSampler, HFSampler, SamplingParams  # noqa: E402
 
 SYSTEM = ("You are a careful math tutor. Think step by step inside <think> </think> tags, then give only "
           "the final number inside <answer> </answer> tags.")
@@ -58,8 +67,9 @@ def run_hf(model, tok, prompts, samples: int, new_tokens: int) -> int:
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    config = GenerationConfig(do_sample=True, temperature=1.0, top_p=0.95, top_k=None, max_new_tokens=new_tokens,
-                              num_return_sequences=samples, eos_token_id=None, pad_token_id=tok.pad_token_id)
+    # top_k=0 (None would mean HF's default 50), eos_token_id=[] (None would mean the model's EOS)
+    config = GenerationConfig(do_sample=True, temperature=1.0, top_p=0.95, top_k=0, max_new_tokens=new_tokens,
+                              num_return_sequences=samples, eos_token_id=[], pad_token_id=tok.pad_token_id)
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
     assert out.shape == (len(prompts) * samples, width + new_tokens), out.shape
@@ -74,6 +84,42 @@ def run_sampler(sampler, prompts, samples: int, new_tokens: int, seed: int) -> i
     return n
 
 
+def time_rounds(model, tok, prompts, args) -> tuple[dict, dict, list]:
+    """Alternate the backends for args.rounds rounds; tokens per wall second and per CPU second
+    (process time: less sensitive to other jobs taking the cores, exact for one thread)."""
+    fast = FastSampler(model, tok, max_batch_size=args.prompts * args.samples)
+    hf_sampler = HFSampler(model, tok)
+    run_sampler(fast, prompts[:1], 2, 4, 0)  # warm-up (weights fused, caches allocated)
+    names = ["hf generate", "fast"] + (["hf sampler"] if args.hf_sampler else [])
+    wall, cpu, gflops = {n: [] for n in names}, {n: [] for n in names}, []
+    for r in range(args.rounds):
+        gflops.append(matmul_gflops())
+        for name in names:
+            t0, c0 = time.perf_counter(), time.process_time()
+            if name == "hf generate":
+                n = run_hf(model, tok, prompts, args.samples, args.new_tokens)
+            else:
+                n = run_sampler(fast if name == "fast" else hf_sampler, prompts, args.samples, args.new_tokens, r)
+            wall[name].append(n / (time.perf_counter() - t0))
+            cpu[name].append(n / (time.process_time() - c0))
+            print(f"round {r + 1}: {name:12s} {wall[name][-1]:7.1f} tok/s  ({cpu[name][-1]:6.1f} tok per CPU s)  "
+                  f"load {os.getloadavg()[0]:.1f}")
+    return wall, cpu, gflops
+
+
+def report(wall: dict, cpu: dict, gflops: list, params: int) -> None:
+    ceiling = statistics.median(gflops) * 1e9 / (2 * params)
+    print(f"\nfp32 matmul ceiling: {statistics.median(gflops):.0f} GFLOP/s = {ceiling:.0f} tok/s at 2*params "
+          f"FLOPs/token (best 1024^3 matmul per round, median over rounds)")
+    hf, hf_cpu = statistics.median(wall["hf generate"]), statistics.median(cpu["hf generate"])
+    for name in wall:
+        med, med_cpu = statistics.median(wall[name]), statistics.median(cpu[name])
+        print(f"{name:12s} median {med:7.1f} tok/s ({med / ceiling:5.1%} of ceiling, {med / hf:4.2f}x hf generate); "
+              f"{med_cpu:6.1f} tok per CPU s ({med_cpu / hf_cpu:4.2f}x)")
+    ratios = [f / h for f, h in zip(wall["fast"], wall["hf generate"])]
+    print("per-round fast / hf generate:", " ".join(f"{x:.2f}" for x in ratios))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -84,45 +130,24 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one fast run")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # rounds show up as they finish, even through a pipe
     if args.threads:
         torch.set_num_threads(args.threads)
 
     model, tok = load_model("smollm2-135m")
     prompts = make_prompts(tok, args.prompts)
     params = sum(p.numel() for p in model.parameters())  # tied embeddings counted once: the lm_head matmul
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {params / 1e6:.1f}M parameters; "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
+          f"{os.environ['OMP_WAIT_POLICY']}, load average {os.getloadavg()[0]:.1f}; {params / 1e6:.1f}M parameters; "
           f"{args.prompts} prompts x {args.samples} samples, prompt tokens {min(map(len, prompts))}-"
-          f"{max(map(len, prompts))}, {args.new_tokens} new tokens")
-    fast = FastSampler(model, tok, max_batch_size=args.prompts * args.samples)
-    hf_sampler = HFSampler(model, tok)
-    run_sampler(fast, prompts[:1], 2, 4, 0)  # warm-up (weights fused, caches allocated)
-
-    runs = {"hf generate": [], "fast": []} | ({"hf sampler": []} if args.hf_sampler else {})
-    gflops = []
-    for r in range(args.rounds):
-        gflops.append(matmul_gflops())
-        for name in runs:
-            t0 = time.perf_counter()
-            if name == "hf generate":
-                n = run_hf(model, tok, prompts, args.samples, args.new_tokens)
-            else:
-                n = run_sampler(fast if name == "fast" else hf_sampler, prompts, args.samples, args.new_tokens, r)
-            runs[name].append(n / (time.perf_counter() - t0))
-            print(f"round {r + 1}: {name:12s} {runs[name][-1]:7.1f} tok/s")
-
-    ceiling = statistics.median(gflops) * 1e9 / (2 * params)
-    hf = statistics.median(runs["hf generate"])
-    print(f"\nfp32 matmul ceiling: {statistics.median(gflops):.0f} GFLOP/s = {ceiling:.0f} tok/s at 2*params FLOPs/token")
-    for name, values in runs.items():
-        med = statistics.median(values)
-        print(f"{name:12s} median {med:7.1f} tok/s  ({med / ceiling:5.1%} of ceiling, {med / hf:4.2f}x hf generate)")
-    ratios = [f / h for f, h in zip(runs["fast"], runs["hf generate"])]
-    print("per-round fast / hf generate:", " ".join(f"{x:.2f}" for x in ratios))
+          f"{max(map(len, prompts))}, {args.new_tokens} new tokens, temperature 1.0, top_p 0.95, EOS ignored")
+    wall, cpu, gflops = time_rounds(model, tok, prompts, args)
+    report(wall, cpu, gflops, params)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            run_sampler(fast, prompts, args.samples, args.new_tokens, 0)
+            run_sampler(FastSampler(model, tok), prompts, args.samples, args.new_tokens, 0)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
 

@@ -49,8 +49,8 @@ TEXTS = ["Hello there, how are you", "What is 12 minus 5? The answer is", "x",
 def hf_greedy(model, prompt, n):
     """Reference: HF generate on one unpadded prompt, no EOS."""
     with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None,
-                             pad_token_id=0, temperature=None, top_p=None, top_k=None)
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=[],
+                             pad_token_id=0)  # [] : no EOS (None would mean the model's)
     return out[0, len(prompt):].tolist()
 
 
@@ -199,6 +199,22 @@ def test_hf_sampler_logprobs_match_a_fresh_forward(tiny):
         assert torch.allclose(torch.tensor(c.logprobs), expected, atol=1e-4)
 
 
+def test_hf_sampler_ignores_the_model_generation_config(tiny):
+    """generate() fills unset options from model.generation_config: a repetition penalty or an EOS
+    there must not leak into HFSampler (no stop_token_ids = no stop)."""
+    model, tok = tiny
+    prompts = prompts_of(tok, TEXTS[:2])
+    free = [hf_greedy(model, p, 8) for p in prompts]
+    saved = model.generation_config
+    model.generation_config = type(saved)(eos_token_id=free[0][2], repetition_penalty=3.0, top_k=5)
+    try:
+        out = HFSampler(model, tok).generate(prompts, SamplingParams(max_new_tokens=8, temperature=0))
+    finally:
+        model.generation_config = saved
+    assert [c.token_ids for c in out] == free
+    assert [c.finish_reason for c in out] == ["length", "length"]
+
+
 def test_fast_reproducible_with_a_generator(tiny):
     model, tok = tiny
     prompts = prompts_of(tok, TEXTS[:2])
@@ -220,7 +236,7 @@ def test_fast_reproducible_with_a_generator(tiny):
 
 
 def test_fast_first_token_distribution_and_top_k(tiny):
-    """4000 first tokens of one prompt: frequencies within 4.5 sigma of softmax(logits / T) over the
+    """2000 first tokens of one prompt: frequencies within 4.5 sigma of softmax(logits / T) over the
     top 5 (renormalised), and never a token outside the top 5."""
     model, tok = tiny
     prompt = tok.encode("What is 12 minus 5?")
@@ -228,7 +244,7 @@ def test_fast_first_token_distribution_and_top_k(tiny):
         logits = model(torch.tensor([prompt])).logits[0, -1]
     top = torch.topk(logits / 1.5, 5)
     p = torch.softmax(top.values, -1)
-    n = 4000
+    n = 2000
     out = FastSampler(model, tok, max_batch_size=n).generate(
         [prompt], SamplingParams(max_new_tokens=1, temperature=1.5, top_k=5), num_samples=n,
         generator=torch.Generator().manual_seed(0))
@@ -246,7 +262,7 @@ def test_fast_full_distribution_without_truncation(tiny):
     with torch.inference_mode():
         p_all = torch.softmax(model(torch.tensor([prompt])).logits[0, -1], -1)
     top = torch.topk(p_all, 3)
-    n = 3000
+    n = 2000
     out = FastSampler(model, tok, max_batch_size=n).generate(
         [prompt], SamplingParams(max_new_tokens=1, temperature=1.0), num_samples=n,
         generator=torch.Generator().manual_seed(3))
@@ -282,6 +298,10 @@ def test_fast_progress_counts_every_token(tiny):
                                            num_samples=3, generator=torch.Generator().manual_seed(0),
                                            progress=seen.append)
     assert sum(seen) == sum(len(c.token_ids) for c in out) == 30
+    seen.clear()
+    out = HFSampler(model, tok).generate(prompts_of(tok, TEXTS[:2]), SamplingParams(max_new_tokens=5),
+                                         num_samples=3, progress=seen.append)
+    assert sum(seen) == 30
 
 
 def test_fast_edge_cases(tiny):

@@ -20,10 +20,10 @@ Each finding that predicts a wasted run says so in one sentence and gives a conc
 
 Memory is measured as the rise of the resident set's high-water mark (VmHWM in /proc/self/status,
 reset by writing "5" to /proc/self/clear_refs, after `malloc_trim` returns freed heap pages), with
-glibc's mmap threshold fixed at 1 MB (`use_lean_malloc`): by default glibc raises that threshold
-as large blocks are freed and then keeps freed activations in its heap, which made one 135M update
-peak 1.6-2x higher in our measurements. `estimate_update_memory` is the same quantity as a formula,
-for suggestions and for machines where the peak cannot be measured.
+glibc's mmap threshold fixed at 1 MB as `rlvr` sets it at start-up (`models.limit_heap_fragmentation`;
+without it one 135M LoRA update at batch 8 x 192 tokens peaked at 3.5-3.8 GB instead of 2.2 GB).
+`estimate_update_memory` is the same quantity as a formula, for suggestions and for machines where
+the peak cannot be measured.
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ class SignalStats:
     """fraction of groups with no correct completion and equal rewards"""
     all_right: float
     """fraction of groups with every completion correct"""
+    mixed_accuracy: float
+    """fraction of groups with both right and wrong completions (a signal about the task itself)"""
     accuracy: float
     format_rate: float
     reward_mean: float
@@ -138,18 +140,6 @@ class Diagnosis:
 
 # ------------------------------------------------------------------------------ memory probes
 
-def use_lean_malloc(threshold: int = 1 << 20) -> bool:
-    """glibc: serve blocks >= threshold bytes with mmap and give them back on free (M_MMAP_THRESHOLD).
-
-    Fixing the threshold also turns off glibc's dynamic threshold, which otherwise climbs after the
-    first large frees and keeps later activations in the heap. No-op (False) off glibc.
-    """
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold)))  # -3 = M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
-
-
 def _status_bytes(key: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -179,8 +169,31 @@ def peak_rise(start_rss: int | None) -> int | None:
     return None if start_rss is None or hwm is None else max(0, hwm - start_rss)
 
 
-def available_memory() -> float:
-    """Bytes this process can still use: MemAvailable, capped by a cgroup (v2 or v1) limit."""
+def start_peak(device: torch.device) -> int | None:
+    """Begin a peak measurement on `device`: CUDA's allocator peak, else host RSS (None: unsupported)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    return reset_peak_rss() if device.type == "cpu" else None
+
+
+def peak_since(device: torch.device, start: int | None) -> int | None:
+    """Bytes above `start` at the peak since `start_peak`."""
+    if start is None:
+        return None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return max(0, torch.cuda.max_memory_allocated(device) - start)
+    return peak_rise(start)
+
+
+def available_memory(device: torch.device | None = None) -> float:
+    """Bytes this process can still use: free GPU memory on CUDA; else MemAvailable, capped by a
+    cgroup (v2 or v1) limit."""
+    if device is not None and device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return float(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     avail = math.inf
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -302,13 +315,14 @@ def measure_update_memory(policy, cfg: Config, *, prompt_ids: list[int], batch_s
                                steps_per_generation=1, per_device_train_batch_size=batch_size, beta=beta)
     optimizer, scheduler = make_optimizer(policy, grpo, 1)
     was_training = policy.training
-    start = reset_peak_rss()
+    device = next(policy.parameters()).device
+    start = start_peak(device)
     if start is None:
         return None
     _allocate_adam_state(optimizer)  # in training AdamW's m and v are there already: count them
     update_policy(policy, optimizer, scheduler, Buffer(rollouts), grpo, temperature=max(cfg.sampling.temperature, 1e-6),
                   max_completion_length=completion_len, pad_token_id=pad_token_id, generator=g)
-    rise = peak_rise(start)
+    rise = peak_since(device, start)
     del optimizer, scheduler
     gc.collect()
     policy.train(was_training)
@@ -350,7 +364,7 @@ def check_memory(policy, cfg: Config, *, prompt_ids: list[int], pad_token_id: in
         return estimate_update_memory(**common, batch_size=batch, chunk_size=chunk_rows).total
 
     est = estimate_update_memory(**common, batch_size=n, chunk_size=chunk)
-    available = available_memory()
+    available = available_memory(next(policy.parameters()).device)
     measured = None
     if measure and est.total < 0.9 * available:
         measured = measure_update_memory(policy, cfg, prompt_ids=prompt_ids, batch_size=n, completion_len=c_len,
@@ -390,6 +404,7 @@ def signal_stats(exp, num_generations: int) -> SignalStats:
         zero_signal=sum(zero) / b,
         all_wrong=sum(z and max(grp) == 0 for z, grp in zip(zero, groups)) / b,
         all_right=sum(min(grp) >= 1 for grp in groups) / b,
+        mixed_accuracy=sum(min(grp) < max(grp) for grp in groups) / b,
         accuracy=m["train/accuracy"], format_rate=m["train/format_rate"], reward_mean=m["reward/total/mean"],
         truncated=m["completion/truncated_frac"], truncated_reward_mean=sum(cut) / max(1, len(cut)),
         truncated_reward_spread=max(cut) - min(cut) if cut else 0.0, length_mean=m["completion/length_mean"],
@@ -399,7 +414,7 @@ def signal_stats(exp, num_generations: int) -> SignalStats:
 
 
 def sample_signal(sampler, tokenizer, task, examples: Iterator[Example], cfg: Config, *, num_prompts: int,
-                  generator: torch.Generator):
+                  generator: torch.Generator, device: torch.device = torch.device("cpu")):
     """Sample num_prompts groups exactly as a training step would (no dynamic sampling); (stats, experience)."""
     from rlvr.rollout import PromptFormat, build_reward_fns, collect_experience, sampling_params
 
@@ -407,7 +422,7 @@ def sample_signal(sampler, tokenizer, task, examples: Iterator[Example], cfg: Co
     params = sampling_params(tokenizer, max_new_tokens=s.max_completion_length, temperature=s.temperature,
                              top_p=s.top_p, top_k=s.top_k, stop_at_answer=s.stop_at_answer)
     t0 = time.perf_counter()
-    start = reset_peak_rss()
+    start = start_peak(device)
     exp = collect_experience(sampler, tokenizer, task, examples, batch_size=num_prompts,
                              num_generations=cfg.grpo.num_generations, params=params,
                              fmt=PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill),
@@ -415,7 +430,7 @@ def sample_signal(sampler, tokenizer, task, examples: Iterator[Example], cfg: Co
                              dynamic_sampling=False, max_resample_rounds=0, reward_timeout=cfg.task.reward_timeout,
                              generator=generator)
     stats = signal_stats(exp, cfg.grpo.num_generations)
-    stats.peak_bytes = peak_rise(start)
+    stats.peak_bytes = peak_since(device, start)
     stats.seconds = time.perf_counter() - t0
     return stats, exp
 
@@ -442,11 +457,17 @@ def signal_finding(s: SignalStats, cfg: Config) -> Finding:
         return Finding("ok", f"{_pct(1 - s.zero_signal)} of groups have a learning signal (pass@{g} {_pct(s.pass_at_g)}).")
     severity = "fatal" if s.zero_signal >= 0.9 else "warn"
     if s.all_wrong >= s.all_right and s.all_wrong >= s.zero_signal / 2:
-        never = "never writes the <answer> format" if s.format_rate < 0.05 else "never gets the answer right"
-        return Finding(severity, f"{head}: the model {never} (pass@{g} {_pct(s.pass_at_g)}, "
-                       f"accuracy {_pct(s.accuracy)}, format {_pct(s.format_rate)}).",
-                       f"{WARM_UP}, raise sampling.temperature, or use easier problems "
-                       "(a smaller task range, or adaptive difficulty).")
+        if s.format_rate < 0.05:
+            what = "the model never writes the <answer> format"
+        elif s.pass_at_g == 0:
+            what = "the model never gets the answer right"
+        else:
+            what = f"in {_pct(s.all_wrong)} of groups no completion is right"
+        easier = "use easier problems (a smaller task range, or adaptive difficulty)"
+        fix = (f"{WARM_UP}, raise sampling.temperature, or {easier}." if s.format_rate < 0.5 or s.pass_at_g == 0
+               else f"{easier[0].upper()}{easier[1:]}, raise grpo.num_generations, or turn on grpo.dynamic_sampling.")
+        return Finding(severity, f"{head}: {what} (pass@{g} {_pct(s.pass_at_g)}, accuracy {_pct(s.accuracy)}, "
+                       f"format {_pct(s.format_rate)}).", fix)
     if s.all_right > s.all_wrong:
         return Finding(severity, f"{head}: every completion is already right (accuracy {_pct(s.accuracy)}).",
                        "Use harder problems (a larger task range, or adaptive difficulty).")
@@ -493,6 +514,12 @@ def memory_finding(m: MemoryReport, cfg: Config) -> Finding:
 def assess(signal: SignalStats, memory: MemoryReport | None, cfg: Config) -> list[Finding]:
     """All findings, fatal first. Pure: numbers and config in, sentences out."""
     found = [signal_finding(signal, cfg), truncation_finding(signal, cfg)]
+    if found[0].severity != "fatal" and signal.mixed_accuracy < 0.1 and "accuracy" in cfg.task.rewards:
+        found.append(Finding("warn", f"Only {_pct(signal.mixed_accuracy)} of groups have both right and wrong answers: "
+                             "the signal comes from the other rewards (such as format), so the run can learn those "
+                             "but hardly the task.",
+                             "Use easier problems (a smaller task range, or adaptive difficulty), raise "
+                             "grpo.num_generations, or warm up longer (sft.num_examples)."))
     builtin = {"accuracy", "format", "format_strict"} & set(cfg.task.rewards)
     if builtin and signal.format_rate < 0.05 and signal.accuracy < 0.05 and "format" not in found[0].message:
         found.append(Finding("warn", f"The model almost never uses the <think>/<answer> format ({_pct(signal.format_rate)}).",
@@ -514,42 +541,67 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
     """Sample `num_prompts` groups and measure one update as `cfg` would; return the diagnosis.
 
     model: a fresh model (it gets the config's LoRA adapter) or, with policy_ready=True, the policy
-    the trainer already prepared. examples: the training stream (default: the first prompts of the
-    run's own seeded order; pass the adaptive-difficulty stream to check it instead). Sampling
-    uses its own generator, so a run that follows is not changed by the doctor.
+    the trainer already prepared. examples: default `first_examples(cfg, task)`, the prompts the
+    run's first step will see. Sampling and the measured update use their own generators, the
+    global RNG is restored and the update runs at learning rate 0, so a run that follows is
+    unchanged by the doctor.
     """
-    from rlvr.models import load_model
+    from rlvr.models import limit_heap_fragmentation, load_model
     from rlvr.tasks import get_task
-    from rlvr.trainer import ExampleStream, make_sampler, prepare_policy
+    from rlvr.trainer import make_sampler, prepare_policy
 
     t0 = time.perf_counter()
-    use_lean_malloc()
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    limit_heap_fragmentation()  # as `rlvr` does at start-up: measure the heap the run will have
     loaded = model is None
     if loaded:
         model, tokenizer = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
                                       load_in_4bit=cfg.model.load_in_4bit)
     policy = model if policy_ready else prepare_policy(model, cfg.model)
     task = task or get_task(cfg.task.name, **cfg.task.options)
-    examples = examples if examples is not None else ExampleStream(task.train_examples(), cfg.run.seed)
+    examples = examples if examples is not None else first_examples(cfg, task)
     policy.eval()
     sampler = make_sampler(cfg.sampling.backend, policy, tokenizer)
-    signal, exp = sample_signal(sampler, tokenizer, task, examples, cfg, num_prompts=num_prompts,
-                                generator=torch.Generator().manual_seed(cfg.run.seed + 12345))
-    longest = max((r.prompt_ids for r in exp.rollouts), key=len)
-    memory = check_memory(policy, cfg, prompt_ids=longest, pad_token_id=tokenizer.pad_token_id, measure=measure_memory)
+    with torch.random.fork_rng(devices=[]):  # the global RNG a following run uses is left as it was
+        signal, exp = sample_signal(sampler, tokenizer, task, examples, cfg, num_prompts=num_prompts,
+                                    generator=torch.Generator().manual_seed(cfg.run.seed + 12345),
+                                    device=next(policy.parameters()).device)
+        longest = max((r.prompt_ids for r in exp.rollouts), key=len)
+        memory = check_memory(policy, cfg, prompt_ids=longest, pad_token_id=tokenizer.pad_token_id,
+                              measure=measure_memory)
     policy.eval()
     name = cfg.model.name if loaded else (getattr(model, "name_or_path", "") or "the given model")
     return Diagnosis(name, task.name, cfg.sampling.temperature, cfg.sampling.max_completion_length,
                      signal, memory, assess(signal, memory, cfg), time.perf_counter() - t0)
 
 
+def first_examples(cfg: Config, task) -> Iterator[Example]:
+    """A fresh copy of the run's training stream: the prompts its first step will see.
+
+    The adaptive-difficulty stream when `curriculum.enabled` (a config without that section is
+    read as off), else the task's training examples in the run's seeded order.
+    """
+    from rlvr.trainer import ExampleStream
+
+    c = getattr(cfg, "curriculum", None)
+    if c is not None and c.enabled:
+        from rlvr.curriculum import AdaptiveDifficulty
+
+        return AdaptiveDifficulty(task, target=c.target, band=c.band, window=c.window, min_level=c.min_level,
+                                  max_level=c.max_level, start_level=c.start_level, seed=cfg.run.seed)
+    return ExampleStream(task.train_examples(), cfg.run.seed)
+
+
 def render(d: Diagnosis) -> str:
     """The diagnosis for the console: the numbers, then each finding with its fix, then the verdict."""
     s, m = d.signal, d.memory
+    timing = f"sampling {s.seconds:.0f} s" + (f", update {m.seconds:.0f} s" if m is not None else "")
     lines = [f"rlvr doctor: {d.model} on {d.task}: {s.prompts} prompts x {s.generations} completions, "
-             f"temperature {d.temperature:g}, at most {d.max_completion_length} tokens ({d.seconds:.0f} s)",
+             f"temperature {d.temperature:g}, at most {d.max_completion_length} tokens ({timing})",
              f"  pass@{s.generations:<10} {_pct(s.pass_at_g):>6}   groups with at least one right answer",
              f"  no signal      {_pct(s.zero_signal):>6}   groups whose rewards are all equal",
+             f"  right+wrong    {_pct(s.mixed_accuracy):>6}   groups with both right and wrong answers",
              f"  accuracy       {_pct(s.accuracy):>6}   format {_pct(s.format_rate)}, mean reward {s.reward_mean:.3f}",
              f"  truncated      {_pct(s.truncated):>6}   length mean {s.length_mean:.0f}, p50 {s.length_p50:.0f}, "
              f"p90 {s.length_p90:.0f}, max {s.length_max}"]

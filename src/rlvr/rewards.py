@@ -300,6 +300,8 @@ def _accepted_kwargs(fn: RewardFn, columns: dict[str, Any]) -> dict[str, Any]:
 def _outcome(fn, completions, columns, job) -> tuple[str, Any]:
     try:
         return "ok", _call(fn, completions, columns, *job)
+    except KeyboardInterrupt:  # Ctrl-C must reach the trainer, which writes a checkpoint
+        raise
     except BaseException as e:  # a user's function may raise anything, SystemExit included
         return "error", f"{type(e).__name__}: {e}"[:300]
 

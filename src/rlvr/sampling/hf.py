@@ -71,11 +71,19 @@ class HFSampler:
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # [P, L]
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         sampling = params.temperature > 0
-        result = self.model.generate(
-            input_ids=ids, attention_mask=mask, generation_config=self._config(params, num_samples, pad),
-            tokenizer=self.tokenizer if params.stop_strings else None,
-            streamer=_Progress(progress) if progress is not None else None,
-        )
+        base = _base_model(self.model)
+        saved = base.generation_config
+        # generate() fills every option we leave None from the model's generation config (a Hub
+        # model may carry repetition_penalty, top_k...): give it an empty one for this call.
+        base.generation_config = type(saved)()
+        try:
+            result = self.model.generate(
+                input_ids=ids, attention_mask=mask, generation_config=self._config(params, num_samples, pad),
+                tokenizer=self.tokenizer if params.stop_strings else None,
+                streamer=_Progress(progress) if progress is not None else None,
+            )
+        finally:
+            base.generation_config = saved
         sequences = result.sequences[:, width:]  # [P*G, T]
         logits = torch.stack(result.logits, 1).float() if sampling else None  # [P*G, T, V] raw
         stops = self._stop_strings(params)
@@ -93,20 +101,19 @@ class HFSampler:
         return completions
 
     def _config(self, params: SamplingParams, num_samples: int, pad: int):
-        """A fresh GenerationConfig (the model's own may carry top_k=50, repetition penalties...)."""
+        """Exactly our options: top_k 0 (not None, which means HF's default 50) is off; an empty
+        eos_token_id list (not None, which means the model's EOS) stops on no token."""
         from transformers import GenerationConfig
 
         sampling = params.temperature > 0
         options = dict(
             max_new_tokens=params.max_new_tokens, num_return_sequences=num_samples, do_sample=sampling,
-            pad_token_id=pad, eos_token_id=list(params.stop_token_ids) or None,
+            pad_token_id=pad, eos_token_id=list(params.stop_token_ids),
             stop_strings=list(params.stop_strings) or None, return_dict_in_generate=True,
             output_logits=sampling,
         )
         if sampling:
-            options.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
-        else:
-            options.update(temperature=None, top_p=None, top_k=None)
+            options.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         return GenerationConfig(**options)
 
     def _stop_strings(self, params: SamplingParams) -> StopStrings | None:
