@@ -192,12 +192,13 @@ def test_memory_estimate_within_25_percent_of_measured_peak(smol_tokenizer, use_
 @pytest.mark.slow
 @pytest.mark.skipif(not CAN_MEASURE, reason="needs Linux /proc/self/clear_refs")
 def test_memory_estimate_on_the_bundled_model():
-    """SmolLM2-135M with LoRA, 4 x (64 + 64) tokens: measured ~0.85-0.9 GB, estimated 0.84 GB."""
+    """SmolLM2-135M with LoRA, 2 x (64 + 64) tokens: activations dominate (see the printed numbers)."""
     from rlvr.models import load_model
 
     model, tok = load_model("smollm2-135m")
     cfg = load_config(None, ["grpo.logprob_chunk_size=1024"])
-    measured, estimated = _compare(model, tok, cfg, n=4, prompt=64, completion=64)
+    measured, estimated = _compare(model, tok, cfg, n=2, prompt=64, completion=64)
+    print(f"measured {measured / 2 ** 20:.0f} MB, estimated {estimated / 2 ** 20:.0f} MB")
     assert abs(estimated - measured) <= 0.25 * measured, (estimated / 2 ** 20, measured / 2 ** 20)
 
 
