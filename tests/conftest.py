@@ -78,4 +78,16 @@ def tiny_smol(smol_tokenizer):
     return tiny_random_model(0, tokenizer=smol_tokenizer)
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, smol_tokenizer):
+    """A tiny random Llama with the SmolLM2 tokenizer, saved as a Hugging Face directory (a model spec)."""
+    from rlvr.models import tiny_random_model
+
+    model, tok = tiny_random_model(0, tokenizer=smol_tokenizer)
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

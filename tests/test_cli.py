@@ -22,17 +22,6 @@ def run(*args, cwd=None, check=True):
     return proc
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, smol_tokenizer):
-    from rlvr.models import tiny_random_model
-
-    model, tok = tiny_random_model(0, tokenizer=smol_tokenizer)
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def test_help_lists_subcommands():
     out = run("--help").stdout
     for command in ("eval", "sft", "train", "run", "report", "chat", "tasks", "config"):

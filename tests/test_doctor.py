@@ -148,12 +148,12 @@ def test_estimate_formula_by_hand():
     # N=2, T=10, K=4, L=3, H=8, I=16, kv=4, r=0, V=100, chunk=5, 4 bytes, P=1000 trainable 10:
     # activations = 2*10 * 3*(6*8 + 4*16 + 2*4) * 4 = 20 * 360 * 4 = 28,800
     # backward    = 20 * (8*8 + 4*16) * 4 = 20 * 128 * 4 = 10,240
-    # logits      = 4 * min(5, 8) * 100 * 4 = 8,000;  optimizer = 3 * 10 * 4 = 120
+    # logits      = (3 * min(5, 8) + 8) * 100 * 4 = 23 * 400 = 9,200;  optimizer = 3 * 10 * 4 = 120
     est = estimate_update_memory(params=1000, trainable_params=10, batch_size=2, seq_len=10, completion_len=4,
                                  vocab_size=100, hidden_size=8, intermediate_size=16, num_layers=3, kv_size=4,
                                  chunk_size=5)
-    assert est.parts == {"activations": 28800, "backward": 10240, "logits": 8000, "optimizer": 120, "reference": 0}
-    assert est.total == 47160
+    assert est.parts == {"activations": 28800, "backward": 10240, "logits": 9200, "optimizer": 120, "reference": 0}
+    assert est.total == 48360
 
 
 # ------------------------------------------------------------------ memory estimate vs measured peak
@@ -192,13 +192,12 @@ def test_memory_estimate_within_25_percent_of_measured_peak(smol_tokenizer, use_
 @pytest.mark.slow
 @pytest.mark.skipif(not CAN_MEASURE, reason="needs Linux /proc/self/clear_refs")
 def test_memory_estimate_on_the_bundled_model():
-    """SmolLM2-135M with LoRA, 2 x (64 + 64) tokens: activations dominate (see the printed numbers)."""
+    """SmolLM2-135M with LoRA, 2 x (64 + 64) tokens: measured 646-665 MB, estimated 547 MB (activations 296)."""
     from rlvr.models import load_model
 
     model, tok = load_model("smollm2-135m")
     cfg = load_config(None, ["grpo.logprob_chunk_size=1024"])
     measured, estimated = _compare(model, tok, cfg, n=2, prompt=64, completion=64)
-    print(f"measured {measured / 2 ** 20:.0f} MB, estimated {estimated / 2 ** 20:.0f} MB")
     assert abs(estimated - measured) <= 0.25 * measured, (estimated / 2 ** 20, measured / 2 ** 20)
 
 

@@ -13,17 +13,6 @@ from rlvr.trainer import train
 PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, smol_tokenizer):
-    from rlvr.models import tiny_random_model
-
-    model, tok = tiny_random_model(0, tokenizer=smol_tokenizer)
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def test_there_are_presets_for_every_seed_workflow():
     names = " ".join(p.name for p in PRESETS)
     for seed in ("seed000", "seed001", "seed002", "seed004"):
