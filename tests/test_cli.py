@@ -65,3 +65,12 @@ def test_errors_print_in_one_line(tmp_path):
     assert proc.returncode == 1 and "no such GGUF file" in proc.stderr
     proc = run("eval", "--task", "nosuchtask", check=False)
     assert proc.returncode == 1 and "nosuchtask" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_doctor_reports_no_signal_on_a_random_model(tiny_dir):
+    """A random model never answers a subtraction right: the doctor says RL alone cannot learn (exit 2)."""
+    proc = run("doctor", "--model", str(tiny_dir), "--task", "subtraction", "--prompts", "2", "--no-memory",
+               "task.options={n: 100, high: 10}", "grpo.num_generations=2", "sampling.max_completion_length=6",
+               check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "rlvr doctor" in proc.stdout

@@ -146,6 +146,25 @@ def run(
     run_pipeline(cfg, resume=resume)
 
 
+@app.command(context_settings=_EXTRA)
+def doctor(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="shortcut for model.name"),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="shortcut for task.name"),
+    prompts: int = typer.Option(8, "--prompts", help="training prompts to sample (each x num_generations)"),
+    memory: bool = typer.Option(True, "--memory/--no-memory", help="measure the peak memory of one update"),
+):
+    """Check that training as configured can learn: signal, truncation, format, memory. Exit 2 if not."""
+    from rlvr.doctor import diagnose, render
+
+    cfg = _config(config, ctx.args, **{"model.name": model, "task.name": task})
+    diagnosis = diagnose(cfg, num_prompts=prompts, measure_memory=memory)
+    typer.echo(render(diagnosis))
+    if not diagnosis.can_learn:
+        raise typer.Exit(2)
+
+
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a run directory")):
     """Write RUN_DIR/report.html (plots, before/after table, sample completions)."""
@@ -175,7 +194,9 @@ def main() -> None:
 
     limit_heap_fragmentation()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising it
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except SystemExit as err:
         sys.exit(err.code)
     except KeyboardInterrupt:
