@@ -123,3 +123,23 @@ def test_existing_run_directory_needs_resume(tmp_path):
 
     with pytest.raises(ConfigError, match="--resume"):
         train(cfg, model=model, tokenizer=tok, task=DigitTask("7"))
+
+
+def test_adaptive_difficulty_runs_and_resumes(tmp_path, tiny_smol):
+    """curriculum.enabled: training problems come from the curriculum; its level is logged and checkpointed."""
+    model, tok = tiny_smol
+    cfg = load_config(None, [
+        f"run.output_dir={tmp_path / 'run'}", "task.name=subtraction", "task.options={n: 100, high: 100}",
+        "curriculum.enabled=true", "curriculum.window=2", "sampling.max_completion_length=6",
+        "grpo.prompts_per_step=2", "grpo.num_generations=2", "grpo.max_steps=2", "eval.n=0", "run.quiet=true",
+        "run.save_steps=1",
+    ])
+    train(cfg, model=model, tokenizer=tok)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("curriculum/level" in m for m in metrics)
+    # nobody solves anything, so the level falls to the floor (subtraction level 1: numbers 0-9)
+    assert metrics[-1]["curriculum/level"] <= metrics[0]["curriculum/level"]
+    from rlvr.checkpoint import latest_checkpoint
+
+    state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
+    assert state["curriculum"] is not None

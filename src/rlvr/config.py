@@ -175,6 +175,24 @@ class EvalConfig:
 
 
 @dataclass
+class CurriculumConfig:
+    enabled: bool = False
+    """adaptive difficulty: train at the level where groups succeed about half the time (subtraction, countdown, rg:<name> with a reasoning-gym curriculum); held-out eval keeps the task's fixed test examples"""
+    target: float = 0.5
+    """the groups' mean accuracy to aim at"""
+    band: float = 0.15
+    """the level stays while the window's mean accuracy is within target +- band"""
+    window: int = 16
+    """groups per decision (16 = two steps of 8 prompts)"""
+    min_level: Any = None
+    """lowest level (None: the task's; subtraction 1 = numbers 0-9, countdown 1 = two numbers, rg:* 0)"""
+    max_level: Any = None
+    """highest level (None: the task's)"""
+    start_level: Any = None
+    """first level (None: the task's own data level when known, else min_level)"""
+
+
+@dataclass
 class RunConfig:
     output_dir: str = "runs/latest"
     """run directory: config, metrics, checkpoints, plots, report"""
@@ -196,6 +214,8 @@ class RunConfig:
     """stop after this many consecutive steps with a NaN/inf loss or gradient"""
     threads: int = 0
     """torch CPU threads (0: torch's default)"""
+    alarm_every: int = 10
+    """raise each training alarm (no signal, truncation, reward hacking, KL/entropy/length collapse) at most once per N steps (0: off)"""
 
 
 @dataclass
@@ -206,6 +226,7 @@ class Config:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def finalize(self) -> "Config":
@@ -219,6 +240,7 @@ class Config:
             (g.scale_rewards in ("group", "batch", "none"), f"grpo.scale_rewards '{g.scale_rewards}' is not one of group, batch, none"),
             (g.importance_sampling_level in ("token", "sequence"), "grpo.importance_sampling_level must be token or sequence"),
             (g.lr_scheduler_type in ("constant", "linear", "cosine"), f"grpo.lr_scheduler_type '{g.lr_scheduler_type}' is not one of constant, linear, cosine"),
+            (0 < self.curriculum.target < 1, "curriculum.target must be in (0, 1)"),
             (self.run.log_format in ("text", "json"), f"run.log_format '{self.run.log_format}' is not one of text, json"),
             (self.sampling.backend in ("fast", "hf"), f"sampling.backend '{self.sampling.backend}' is not one of fast, hf"),
             (self.sampling.max_completion_length >= 1, "sampling.max_completion_length must be >= 1"),

@@ -30,10 +30,12 @@ from pathlib import Path
 
 import torch
 
+from rlvr.alarms import Alarms, alarm_metrics
 from rlvr.algorithms.losses import policy_loss
 from rlvr.buffer import Buffer, collate
 from rlvr.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlvr.config import Config, ConfigError, GRPOConfig, ModelConfig
+from rlvr.curriculum import group_success_rates
 from rlvr.evaluate import EvalResult, evaluate, format_table, verdict
 from rlvr.policy import completion_logprobs
 from rlvr.rollout import PromptFormat, build_reward_fns, collect_experience, sampling_params
@@ -261,7 +263,17 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
         log.info("resumed from %s (step %d)", ckpt, state["step"])
     train_examples = task.train_examples()
     test_examples = task.test_examples()[:cfg.eval.n]
-    stream = ExampleStream(train_examples, cfg.run.seed, state["examples_seen"])
+    if cfg.curriculum.enabled:
+        from rlvr.doctor import first_examples
+
+        stream = first_examples(cfg, task)  # adaptive difficulty (rlvr.curriculum)
+        if state.get("curriculum"):
+            stream.load_state_dict(state["curriculum"])
+    else:
+        stream = ExampleStream(train_examples, cfg.run.seed, state["examples_seen"])
+    alarms = Alarms(every=cfg.run.alarm_every) if cfg.run.alarm_every else None
+    if alarms is not None and state.get("alarms"):
+        alarms.load_state_dict(state["alarms"])
     tracker = Tracker(run_dir, report_to=list(cfg.run.report_to), config=cfg.to_dict(),
                       purge_step=state["step"] + 1 if ckpt is not None else None)
     say = (lambda *a: None) if cfg.run.quiet else (lambda msg: tqdm.write(msg))
@@ -284,7 +296,9 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
     bar = tqdm(total=cfg.grpo.max_steps, initial=step, desc=stage, unit="step", disable=cfg.run.quiet)
 
     def checkpoint(at: int) -> None:
-        state.update(step=at, examples_seen=stream.position)
+        state.update(step=at, examples_seen=stream.position,
+                     curriculum=stream.state_dict() if cfg.curriculum.enabled else None,
+                     alarms=alarms.state_dict() if alarms is not None else None)
         save_checkpoint(run_dir, at, model=policy, optimizer=optimizer, scheduler=scheduler, generators=gens,
                         trainer_state=state, keep=cfg.run.keep_checkpoints)
 
@@ -304,9 +318,16 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
                                 pad_token_id=tokenizer.pad_token_id, generator=gens["shuffle"], ref_model=ref_model)
             step += 1
             metrics = {**exp.metrics, **upd, "memory/peak_rss_gb": peak_rss_gb()}
+            if cfg.curriculum.enabled:
+                stream.observe(group_success_rates(exp.correct, cfg.grpo.num_generations))
+                metrics.update(stream.metrics())
+            fired = alarms.update(metrics, step) if alarms is not None else []
+            metrics.update(alarm_metrics(fired))
             tracker.log(metrics, step)
             bar.update(1)
             say(format_step_line(metrics, step, cfg.grpo.max_steps))
+            for alarm in fired:
+                (log.warning if cfg.run.quiet else say)(alarm.message)
             if cfg.run.log_format == "json":
                 print(json.dumps({"step": step, **metrics}, default=float), flush=True)
             if cfg.run.log_samples_every and (step % cfg.run.log_samples_every == 0 or step == 1):

@@ -236,6 +236,8 @@ def _fused(parts: list[tuple[torch.Tensor, torch.Tensor | None]], norm: torch.Te
     multiplies each part (the attention 1/sqrt(d) goes into W_q: exact for a power of two).
     """
     scales = scales or [1.0] * len(parts)
+    if len(parts) == 1 and norm is None and scales == [1.0]:
+        return _Dense(*parts[0])  # the module's own tensors, no copy
     weight = torch.cat([w * s for (w, _), s in zip(parts, scales)])  # [N, K]
     if norm is not None:
         weight = weight * norm[None, :]
