@@ -165,6 +165,16 @@ def test_fast_greedy_identical_to_hf_generate(tiny, lean):
     assert [c.token_ids for c in batched] == [c.token_ids for c in out]
 
 
+def test_fast_shared_system_prompt_runs_once_same_tokens(tiny):
+    """Prompts sharing a long prefix (a system prompt) prefill it once; greedy still equals HF."""
+    model, tok = tiny
+    system = "You are a careful assistant. Always think step by step, then answer briefly and exactly. "
+    prompts = prompts_of(tok, [system + t for t in TEXTS])
+    assert len(__import__("os").path.commonprefix(prompts)) >= 16
+    out = FastSampler(model, tok).generate(prompts, SamplingParams(max_new_tokens=10, temperature=0))
+    assert [c.token_ids for c in out] == [hf_greedy(model, p, 10) for p in prompts]
+
+
 def test_fast_small_batch_refills_rows_same_tokens(tiny):
     """max_batch_size 3 < 8 sequences: rows are retired and refilled; the tokens do not change."""
     model, tok = tiny
