@@ -9,8 +9,8 @@ import torch
 
 from conftest import ROOT, DigitTask, char_model
 from rlvr.config import load_config
-from rlvr.doctor import (Finding, MemoryReport, SignalStats, assess, diagnose, estimate_update_memory,
-                         measure_update_memory, model_dims, render, suggest_sizes)
+from rlvr.doctor import Finding, SignalStats, assess, diagnose, render
+from rlvr.memory import MemoryReport, estimate_update_memory, measure_update_memory, model_dims, suggest_sizes
 
 CAN_MEASURE = Path("/proc/self/clear_refs").exists()
 
