@@ -107,11 +107,20 @@ def train(
     task: Optional[str] = typer.Option(None, "--task", "-t", help="shortcut for task.name"),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="shortcut for run.output_dir"),
     resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in the run directory"),
+    num_processes: int = typer.Option(1, "--num-processes", min=1,
+                                      help="data-parallel processes on this machine (torch.distributed.run; "
+                                           "for GPUs and several machines use `accelerate launch -m rlvr train`)"),
 ):
     """GRPO training. Extra arguments are overrides: section.option=value."""
+    from rlvr.distributed import relaunch_command, world_size_from_env
     from rlvr.trainer import train as run_train
 
     cfg = _config(config, ctx.args, **{"model.name": model, "task.name": task, "run.output_dir": output_dir})
+    if num_processes > 1 and world_size_from_env() == 1:  # become a launcher of N copies of this command
+        import os
+
+        command = relaunch_command(sys.argv[1:], num_processes)
+        os.execv(command[0], command)
     run_train(cfg, resume=resume)
 
 
@@ -195,6 +204,8 @@ def main() -> None:
     limit_heap_fragmentation()
     try:
         code = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising it
+        if code == 130:  # typer turns Ctrl-C into Exit(130)
+            typer.echo("interrupted", err=True)
         if isinstance(code, int) and code:
             sys.exit(code)
     except SystemExit as err:

@@ -5,6 +5,12 @@ samples G completions each, scores them with the weighted reward functions, norm
 within each group into advantages, and returns `Rollout`s ready for the buffer, plus the step's
 metrics. Groups whose rewards are all equal carry no signal (TRL #3857): they are counted, and with
 `dynamic_sampling` dropped and replaced by fresh prompts (DAPO).
+
+Each prompt samples with its own generator, seeded from the step's generator, so its completions
+do not depend on which other prompts it is batched with. That is what lets N data-parallel
+processes split a step's prompts (`shard`, whole groups) and sample exactly what one process would:
+every process draws the same examples and seeds, samples and scores only its share, and `gather`s
+the rewards so advantages and zero-signal counts see the whole batch (rlvr.distributed).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from rlvr import prompts as prompt_lib
 from rlvr import rewards as reward_lib
 from rlvr.algorithms.advantages import group_advantages, zero_signal_groups
 from rlvr.buffer import Rollout
+from rlvr.distributed import shard_bounds
 from rlvr.sampling.base import Completion, SamplingParams
 from rlvr.tasks.base import Example, Task
 
@@ -115,8 +122,14 @@ def collect_experience(sampler, tokenizer, task: Task, examples: Iterator[Exampl
                        num_generations: int, params: SamplingParams, fmt: PromptFormat,
                        reward_fns: list[RewardFn], scale_rewards: str, dynamic_sampling: bool,
                        max_resample_rounds: int, reward_timeout: float, generator: torch.Generator,
-                       progress: Callable[[int], None] | None = None) -> Experience:
-    """Sample, score and normalise one step's experience (B groups of G completions)."""
+                       progress: Callable[[int], None] | None = None, shard: tuple[int, int] = (0, 1),
+                       gather: Callable[[list], list] = list) -> Experience:
+    """Sample, score and normalise one step's experience (B groups of G completions).
+
+    shard = (rank, world): sample only this process's share of the groups; `gather` concatenates a
+    list over all processes in rank order (identity for one process). The returned experience holds
+    this process's groups; its zero-signal metric counts everyone's.
+    """
     g = num_generations
     parts: list[Experience] = []
     kept_groups, seen_groups, zero_groups = 0, 0, 0
@@ -127,42 +140,52 @@ def collect_experience(sampler, tokenizer, task: Task, examples: Iterator[Exampl
         if need <= 0:
             break
         batch = [next(examples) for _ in range(need)]
-        part = _sample_and_score(sampler, tokenizer, task, batch, g, params, fmt, reward_fns,
-                                 scale_rewards, reward_timeout, generator, progress)
+        seeds = torch.randint(0, 2**62, (need,), generator=generator).tolist()  # one per prompt
+        lo, hi = shard_bounds(need, *shard)
+        part = _sample_and_score(sampler, tokenizer, task, batch[lo:hi], seeds[lo:hi], lo, g, params, fmt,
+                                 reward_fns, scale_rewards, reward_timeout, gather, progress)
         gen_tokens += sum(len(r.completion_ids) for r in part.rollouts)
-        zero = part.metrics.pop("_zero_mask")  # [need] bool
+        zero = part.metrics.pop("_zero_mask")  # [need] bool, every process's groups
         seen_groups += need
         zero_groups += int(zero.sum())
         if dynamic_sampling and round_ < max_resample_rounds:
-            part = _keep_groups(part, ~zero, g)
-        kept_groups += len(part.rollouts) // g
+            part = _keep_groups(part, ~zero[lo:hi], g)
+            kept_groups += need - int(zero.sum())
+        else:
+            kept_groups += need
         parts.append(part)
         if not dynamic_sampling:
             break
-    exp = _concat(parts)
-    exp.metrics.update(_experience_metrics(exp, reward_fns, g))
+    exp = concat_experience(parts)
+    exp.metrics.update(experience_metrics(exp, g))
     exp.metrics["signal/zero_std_groups"] = zero_groups / max(1, seen_groups)
     exp.metrics["time/generate_s"] = time.perf_counter() - t0
     exp.metrics["throughput/generate_tok_s"] = gen_tokens / max(1e-9, exp.metrics["time/generate_s"])
     return exp
 
 
-def _sample_and_score(sampler, tokenizer, task, batch, g, params, fmt, reward_fns, scale_rewards,
-                      reward_timeout, generator, progress) -> Experience:
+def _sample_and_score(sampler, tokenizer, task, batch, seeds, offset, g, params, fmt, reward_fns, scale_rewards,
+                      reward_timeout, gather, progress) -> Experience:
+    """Sample and score this process's `batch` (prompts offset.. of the round); advantages from
+    the gathered rewards of every process's groups."""
     prompt_ids = fmt.encode(tokenizer, task, batch)
-    outs: list[Completion] = sampler.generate(prompt_ids, params, num_samples=g, generator=generator,
-                                              progress=progress)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    outs: list[Completion] = sampler.generate(prompt_ids, params, num_samples=g, generator=gens,
+                                              progress=progress) if batch else []
     texts = [tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outs]
     examples = [batch[o.prompt_index] for o in outs]
-    result = score_texts(reward_fns, task, examples, texts, fmt, reward_timeout,
-                         conversational=_is_chat(tokenizer, fmt))
-    total = torch.tensor(result.total, dtype=torch.float32)  # [B*G]
-    adv = group_advantages(total, g, scale_rewards=scale_rewards)  # [B*G]
+    if texts:
+        result = score_texts(reward_fns, task, examples, texts, fmt, reward_timeout,
+                             conversational=_is_chat(tokenizer, fmt))
+    else:  # a process with no prompts this round (fewer prompts than processes)
+        result = reward_lib.RewardResult(total=[], parts={r.name: [] for r in reward_fns}, errors={})
+    total = torch.tensor(gather(result.total), dtype=torch.float32)  # [B*G] the whole round, all processes
+    adv = group_advantages(total, g, scale_rewards=scale_rewards)[offset * g: offset * g + len(outs)]  # [b*G] ours
     zero = zero_signal_groups(total, g)  # [B]
     rollouts = [
         Rollout(prompt_ids=prompt_ids[o.prompt_index], completion_ids=list(o.token_ids),
                 old_logprobs=list(o.logprobs), advantage=float(a), truncated=o.finish_reason == "length",
-                group=o.prompt_index)
+                group=offset + o.prompt_index)
         for o, a in zip(outs, adv.tolist())
     ]
     full = [fmt.prefill + t for t in texts]
@@ -186,7 +209,8 @@ def _keep_groups(exp: Experience, keep: torch.Tensor, g: int) -> Experience:
                       sel(exp.correct), sel(exp.formatted), exp.metrics)
 
 
-def _concat(parts: list[Experience]) -> Experience:
+def concat_experience(parts: list[Experience]) -> Experience:
+    """One experience from several (rounds of dynamic sampling, or processes); metrics are not merged."""
     first = parts[0]
     if len(parts) == 1:
         return first
@@ -210,7 +234,8 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return float(t.mean()), float(t.std(unbiased=False))
 
 
-def _experience_metrics(exp: Experience, reward_fns: list[RewardFn], g: int) -> dict:
+def experience_metrics(exp: Experience, g: int) -> dict:
+    """Reward, accuracy, format, length and truncation statistics of a step's completions."""
     m: dict = {}
     m["reward/total/mean"], m["reward/total/std"] = _mean_std(exp.rewards.total)
     for name, values in exp.rewards.parts.items():

@@ -13,7 +13,9 @@ Departures from the paper (DeepSeekMath's GRPO), all options with TRL's names:
   - with num_iterations = 1 the old log-probs are the current ones, detached, so the ratio is
     exactly 1 (TRL does the same); with more passes the sampler's log-probs are reused as the
     old log-probs (same weights, same temperature), saving a forward pass;
-  - micro-batches need not divide the batch: each is weighted by its share of the optimizer batch.
+  - micro-batches need not divide the batch: each is weighted by its share of the optimizer batch;
+  - on N processes (rlvr.distributed) each samples and learns from its share of the step's groups,
+    with global loss weights, so the optimizer steps equal one process's.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from rlvr.buffer import Buffer, collate
 from rlvr.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlvr.config import Config, ConfigError, GRPOConfig, ModelConfig
 from rlvr.curriculum import group_success_rates
-from rlvr.evaluate import EvalResult, evaluate, format_table, verdict
+from rlvr.distributed import Dist, NullTracker, setup_distributed
+from rlvr.evaluate import evaluate, format_table, verdict
 from rlvr.policy import completion_logprobs
 from rlvr.rollout import PromptFormat, build_reward_fns, collect_experience, sampling_params
 
@@ -147,8 +150,13 @@ def _loss_weight(loss_type: str, micro: int, total: int, num_micro: int) -> floa
 
 def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, *, temperature: float,
                   max_completion_length: int, pad_token_id: int, generator: torch.Generator,
-                  ref_model=None) -> dict:
-    """num_iterations passes over the buffer; each pass is steps_per_generation optimizer steps."""
+                  ref_model=None, dist: Dist | None = None) -> dict:
+    """num_iterations passes over the buffer; each pass is steps_per_generation optimizer steps.
+
+    With several processes (`dist`), the buffer holds this process's groups; optimizer batches,
+    loss weights and the skip decision are global, so the step equals one process's (rlvr.distributed).
+    """
+    dist = dist or Dist()
     device = next(model.parameters()).device
     model.train()
     sums: dict[str, float] = {}
@@ -162,33 +170,38 @@ def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, 
         counts[key] = counts.get(key, 0) + 1
 
     for _ in range(cfg.num_iterations):
-        for parts in buffer.optimizer_batches(cfg.steps_per_generation, cfg.per_device_train_batch_size, generator):
-            n_seq = sum(len(p) for p in parts)
+        for parts in dist.optimizer_batches(buffer.rollouts, cfg.steps_per_generation,
+                                            cfg.per_device_train_batch_size, generator):
             masks = [_loss_mask(p, cfg.mask_truncated_completions) for p in parts]
-            n_tok = max(1, int(sum(float(w) * len(r.completion_ids)
-                                   for p, m in zip(parts, masks) for r, w in zip(p, m))))
-            for micro, mask_rows in zip(parts, masks):
-                mb = collate(micro, pad_token_id).to(device)
-                mask = mb.completion_mask * mask_rows.to(device)[:, None]  # [n, C]
-                logp, entropy = completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.logits_to_keep,
-                                                    temperature=temperature, chunk_size=cfg.logprob_chunk_size,
-                                                    with_entropy=True)  # [n, C], [n, C]
-                old = logp.detach() if cfg.num_iterations == 1 else mb.old_logprobs  # [n, C]
-                ref = _reference_logprobs(model, ref_model, mb, temperature, cfg) if cfg.beta > 0 else None
-                loss, m = policy_loss(logp, old, mb.advantages, mask, ref_logprobs=ref, beta=cfg.beta,
-                                      epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,
-                                      max_completion_length=max_completion_length, num_items_in_batch=n_tok,
-                                      importance_sampling_level=cfg.importance_sampling_level)
-                (loss * _loss_weight(cfg.loss_type, len(micro), n_seq, len(parts))).backward()
+            local_tok = sum(float(w) * len(r.completion_ids) for p, m in zip(parts, masks) for r, w in zip(p, m))
+            n_seq, n_tok, n_micro = dist.all_sum(sum(len(p) for p in parts), local_tok, len(parts))  # all processes
+            n_tok = max(1, int(n_tok))
+            if not parts:  # none of this batch's rows here: join the gradient all-reduce with a zero loss
+                _zero_pass(model, dist, pad_token_id, device)
+            for i, (micro, mask_rows) in enumerate(zip(parts, masks)):
+                with dist.sync(last=i == len(parts) - 1):  # processes average gradients after the last
+                    mb = collate(micro, pad_token_id).to(device)
+                    mask = mb.completion_mask * mask_rows.to(device)[:, None]  # [n, C]
+                    logp, entropy = dist.completion_logprobs(
+                        model, mb.input_ids, mb.attention_mask, mb.logits_to_keep, temperature=temperature,
+                        chunk_size=cfg.logprob_chunk_size, with_entropy=True)  # [n, C], [n, C]
+                    old = logp.detach() if cfg.num_iterations == 1 else mb.old_logprobs  # [n, C]
+                    ref = _reference_logprobs(model, ref_model, mb, temperature, cfg) if cfg.beta > 0 else None
+                    loss, m = policy_loss(logp, old, mb.advantages, mask, ref_logprobs=ref, beta=cfg.beta,
+                                          epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,
+                                          max_completion_length=max_completion_length, num_items_in_batch=n_tok,
+                                          importance_sampling_level=cfg.importance_sampling_level)
+                    # x world: the weights sum to 1 over all processes, and DDP averages their gradients
+                    dist.backward(loss * _loss_weight(cfg.loss_type, len(micro), n_seq, n_micro) * dist.world)
                 tokens += int(mb.attention_mask.sum())
                 add("loss/policy", loss.detach())
                 for key, value in m.items():
                     add({"clip_frac": "policy/clip_frac", "kl": "loss/kl", "ratio_mean": "policy/ratio_mean"}.get(key, f"policy/{key}"), value)
                 denom = mb.completion_mask.sum().clamp(min=1)
                 add("policy/entropy", (entropy * mb.completion_mask).sum() / denom)
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                       cfg.max_grad_norm)
-            if not torch.isfinite(grad_norm) or not math.isfinite(sums.get("loss/policy", 0.0)):
+            grad_norm = dist.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+            bad_here = not torch.isfinite(grad_norm) or not math.isfinite(sums.get("loss/policy", 0.0))
+            if dist.all_sum(float(bad_here))[0]:  # the same decision on every process
                 bad += 1
                 optimizer.zero_grad(set_to_none=True)
                 continue
@@ -200,7 +213,15 @@ def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, 
     metrics = {k: sums[k] / counts[k] for k in sums}
     metrics.update({"optim/lr": scheduler.get_last_lr()[0], "optim/bad_updates": bad, "time/update_s": seconds,
                     "throughput/update_tok_s": tokens / max(seconds, 1e-9)})
-    return metrics
+    return dist.mean_metrics(metrics)
+
+
+def _zero_pass(model, dist: Dist, pad_token_id: int, device) -> None:
+    """Forward and backward a 2-token placeholder with loss 0 (zero gradients): a process without
+    rows in an optimizer batch still takes part in DDP's gradient all-reduce."""
+    ids = torch.full((1, 2), pad_token_id, dtype=torch.long, device=device)  # [1, 2]
+    logp = dist.completion_logprobs(model, ids, torch.ones_like(ids), 1)  # [1, 1]
+    dist.backward(logp.sum() * 0.0)
 
 
 def _loss_mask(rollouts, mask_truncated: bool) -> torch.Tensor:
@@ -234,12 +255,15 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
 
     cfg = config
     t_start = time.time()
-    run_dir = prepare_run_dir(cfg, resume)
+    dist = setup_distributed()  # one process, unless a launcher started several (rlvr.distributed)
+    run_dir = prepare_run_dir(cfg, resume, write=dist.is_main)
+    dist.barrier()
+    quiet = cfg.run.quiet or not dist.is_main  # only the main process prints
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
     if model is None:
-        model, tokenizer = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
+        model, tokenizer = load_model(cfg.model.name, device=dist.device(cfg.model.device), dtype=cfg.model.dtype,
                                       load_in_4bit=cfg.model.load_in_4bit)
     policy = prepare_policy(model, cfg.model)
     ref_model = None
@@ -261,6 +285,7 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
     if ckpt is not None:
         state = load_checkpoint(ckpt, model=policy, optimizer=optimizer, scheduler=scheduler, generators=gens)
         log.info("resumed from %s (step %d)", ckpt, state["step"])
+    dist.prepare(policy)  # gradient averaging over processes (DDP), when there are several
     train_examples = task.train_examples()
     test_examples = task.test_examples()[:cfg.eval.n]
     if cfg.curriculum.enabled:
@@ -271,31 +296,38 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
             stream.load_state_dict(state["curriculum"])
     else:
         stream = ExampleStream(train_examples, cfg.run.seed, state["examples_seen"])
-    alarms = Alarms(every=cfg.run.alarm_every) if cfg.run.alarm_every else None
+    alarms = Alarms(every=cfg.run.alarm_every) if cfg.run.alarm_every and dist.is_main else None
     if alarms is not None and state.get("alarms"):
         alarms.load_state_dict(state["alarms"])
-    tracker = Tracker(run_dir, report_to=list(cfg.run.report_to), config=cfg.to_dict(),
-                      purge_step=state["step"] + 1 if ckpt is not None else None)
-    say = (lambda *a: None) if cfg.run.quiet else (lambda msg: tqdm.write(msg))
+    tracker = NullTracker()  # only the main process writes metrics, evaluations and samples
+    if dist.is_main:
+        tracker = Tracker(run_dir, report_to=list(cfg.run.report_to), config=cfg.to_dict(),
+                          purge_step=state["step"] + 1 if ckpt is not None else None)
+    say = (lambda *a: None) if quiet else (lambda msg: tqdm.write(msg))
 
-    def run_eval(step: int, name: str) -> EvalResult:
-        policy.eval()
-        result = evaluate(sampler, tokenizer, task, test_examples, fmt=fmt, max_new_tokens=cfg.eval.max_new_tokens,
-                          samples=cfg.eval.samples, temperature=s.temperature, batch_size=cfg.eval.batch_size,
-                          progress=not cfg.run.quiet, out_path=run_dir / "eval" / f"step-{step:06d}.jsonl",
-                          stop_at_answer=s.stop_at_answer)
-        row = {"step": step, "stage": name, **result.summary()}
-        tracker.log_eval(row)
-        say(f"eval [{name}] step {step}: accuracy {result.accuracy:.1%}  format {result.format_rate:.1%}  "
-            f"length {result.mean_length:.1f}  ({result.n} examples, {result.seconds:.0f}s)")
-        return row
+    def run_eval(step: int, name: str) -> None:
+        """Evaluate on the main process (the others wait) and record the row."""
+        if dist.is_main:
+            policy.eval()
+            result = evaluate(sampler, tokenizer, task, test_examples, fmt=fmt, max_new_tokens=cfg.eval.max_new_tokens,
+                              samples=cfg.eval.samples, temperature=s.temperature, batch_size=cfg.eval.batch_size,
+                              progress=not quiet, out_path=run_dir / "eval" / f"step-{step:06d}.jsonl",
+                              stop_at_answer=s.stop_at_answer)
+            row = {"step": step, "stage": name, **result.summary()}
+            tracker.log_eval(row)
+            say(f"eval [{name}] step {step}: accuracy {result.accuracy:.1%}  format {result.format_rate:.1%}  "
+                f"length {result.mean_length:.1f}  ({result.n} examples, {result.seconds:.0f}s)")
+            state["eval_rows"].append(row)
+        dist.barrier()
 
     if state["step"] == 0 and cfg.eval.on_start and test_examples:
-        state["eval_rows"].append(run_eval(0, "before"))
+        run_eval(0, "before")
     step = state["step"]
-    bar = tqdm(total=cfg.grpo.max_steps, initial=step, desc=stage, unit="step", disable=cfg.run.quiet)
+    bar = tqdm(total=cfg.grpo.max_steps, initial=step, desc=stage, unit="step", disable=quiet)
 
     def checkpoint(at: int) -> None:
+        if not dist.is_main:
+            return
         state.update(step=at, examples_seen=stream.position,
                      curriculum=stream.state_dict() if cfg.curriculum.enabled else None,
                      alarms=alarms.state_dict() if alarms is not None else None)
@@ -305,21 +337,23 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
     try:
         while step < cfg.grpo.max_steps:
             policy.eval()
-            gen_bar = tqdm(desc="generate", unit="tok", leave=False, disable=cfg.run.quiet)
+            gen_bar = tqdm(desc="generate", unit="tok", leave=False, disable=quiet)
             exp = collect_experience(
                 sampler, tokenizer, task, stream, batch_size=cfg.grpo.prompts_per_step,
                 num_generations=cfg.grpo.num_generations, params=params, fmt=fmt, reward_fns=reward_fns,
                 scale_rewards=cfg.grpo.scale_rewards, dynamic_sampling=cfg.grpo.dynamic_sampling,
                 max_resample_rounds=cfg.grpo.max_resample_rounds, reward_timeout=cfg.task.reward_timeout,
-                generator=gens["sample"], progress=gen_bar.update)
+                generator=gens["sample"], progress=gen_bar.update, shard=dist.shard, gather=dist.gather)
             gen_bar.close()
+            seen = dist.gather_experience(exp, cfg.grpo.num_generations)  # all processes' groups (exp on one)
             upd = update_policy(policy, optimizer, scheduler, Buffer(exp.rollouts), cfg.grpo,
                                 temperature=max(s.temperature, 1e-6), max_completion_length=s.max_completion_length,
-                                pad_token_id=tokenizer.pad_token_id, generator=gens["shuffle"], ref_model=ref_model)
+                                pad_token_id=tokenizer.pad_token_id, generator=gens["shuffle"], ref_model=ref_model,
+                                dist=dist)
             step += 1
-            metrics = {**exp.metrics, **upd, "memory/peak_rss_gb": peak_rss_gb()}
+            metrics = {**seen.metrics, **upd, "memory/peak_rss_gb": peak_rss_gb()}
             if cfg.curriculum.enabled:
-                stream.observe(group_success_rates(exp.correct, cfg.grpo.num_generations))
+                stream.observe(group_success_rates(seen.correct, cfg.grpo.num_generations))
                 metrics.update(stream.metrics())
             fired = alarms.update(metrics, step) if alarms is not None else []
             metrics.update(alarm_metrics(fired))
@@ -328,28 +362,32 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
             say(format_step_line(metrics, step, cfg.grpo.max_steps))
             for alarm in fired:
                 (log.warning if cfg.run.quiet else say)(alarm.message)
-            if cfg.run.log_format == "json":
+            if cfg.run.log_format == "json" and dist.is_main:
                 print(json.dumps({"step": step, **metrics}, default=float), flush=True)
             if cfg.run.log_samples_every and (step % cfg.run.log_samples_every == 0 or step == 1):
-                tracker.log_samples(_sample_records(exp, step, fmt))
+                tracker.log_samples(_sample_records(seen, step, fmt))
             state["bad_steps"] = state["bad_steps"] + 1 if upd["optim/bad_updates"] else 0
             if state["bad_steps"] >= cfg.run.max_bad_steps:
                 raise TrainingDiverged(f"{state['bad_steps']} steps in a row had a NaN/inf loss or gradient; "
                                        f"stopped at step {step}, the last good checkpoint is kept in {run_dir}/checkpoints")
             if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.grpo.max_steps:
-                state["eval_rows"].append(run_eval(step, f"step {step}"))
+                run_eval(step, f"step {step}")
             if cfg.run.save_steps and step % cfg.run.save_steps == 0:
                 checkpoint(step)
     except KeyboardInterrupt:
-        say(f"interrupted: writing a checkpoint at step {step} before exiting")
         checkpoint(step)
+        if dist.is_main:
+            print(f"interrupted: checkpoint of step {step} written in {run_dir}/checkpoints; "
+                  "continue with the same command and --resume", file=sys.stderr, flush=True)
         tracker.close()
         raise
     bar.close()
     if step % max(1, cfg.run.save_steps) != 0:
         checkpoint(step)
     if test_examples:
-        state["eval_rows"].append(run_eval(step, "after"))
+        run_eval(step, "after")
+    if not dist.is_main:
+        return TrainResult(run_dir, step)
     save_final(policy, tokenizer, run_dir)
     tracker.close()
     result = TrainResult(run_dir, step, state["eval_rows"], time.time() - t_start, peak_rss_gb())
@@ -363,12 +401,17 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
     return result
 
 
-def prepare_run_dir(cfg: Config, resume: bool) -> Path:
-    """Create the run directory and save the resolved config; refuse to mix two runs' files."""
+def prepare_run_dir(cfg: Config, resume: bool, write: bool = True) -> Path:
+    """Create the run directory and save the resolved config; refuse to mix two runs' files.
+
+    write=False only checks (the processes other than the main one of a distributed run).
+    """
     run_dir = Path(cfg.run.output_dir)
     if run_dir.exists() and (run_dir / "metrics.jsonl").exists() and not resume:
         raise ConfigError(f"run directory {run_dir} already holds a run: pass --resume to continue it, "
                           "or choose another run.output_dir")
+    if not write:
+        return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
     return run_dir

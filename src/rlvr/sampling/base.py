@@ -50,10 +50,13 @@ class Sampler(Protocol):
         params: SamplingParams,
         *,
         num_samples: int = 1,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[Completion]:
         """Sample `num_samples` completions for each prompt.
+
+        `generator`: one for the call, or one per prompt (then a prompt's completions do not depend
+        on the other prompts of the call: data-parallel processes can split a step's prompts).
 
         Returns len(prompts) * num_samples completions ordered prompt-major: all samples of prompt 0,
         then of prompt 1, ... (so a GRPO group is a contiguous slice). `progress(n)` is called with

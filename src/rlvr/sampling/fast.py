@@ -620,7 +620,7 @@ class FastSampler:
         self._stops: dict = {}
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, *, num_samples: int = 1,
-                 generator: torch.Generator | None = None,
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None,
                  progress: Callable[[int], None] | None = None) -> list[Completion]:
         prompts = [[int(t) for t in p] for p in prompts]
         if any(not p for p in prompts):
@@ -682,6 +682,20 @@ class FastSampler:
         return self._stops[key]
 
 
+def _uniforms(generator, n_prompts: int, group: int, steps: int) -> torch.Tensor:
+    """The uniforms of a call [n_prompts * group, steps], float64, prompt-major.
+
+    `generator` is one torch.Generator for the whole call, or a list with one per prompt: then a
+    prompt's completions do not depend on which other prompts share the call, which is what lets
+    data-parallel processes split a step's prompts and still sample what one process would.
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != n_prompts:
+            raise ValueError(f"{len(generator)} generators for {n_prompts} prompts: give one per prompt")
+        return torch.cat([torch.rand(group, steps, generator=g, dtype=torch.float64) for g in generator])
+    return torch.rand(n_prompts * group, steps, generator=generator, dtype=torch.float64)
+
+
 class _Run:
     """One `generate` call: the waiting sequences, the active rows (a prefix of the cache), the outputs.
 
@@ -699,7 +713,7 @@ class _Run:
         self.device = engine.device
         self.u = None
         if params.temperature > 0:
-            self.u = torch.rand(n_seq, params.max_new_tokens, generator=generator, dtype=torch.float64)
+            self.u = _uniforms(generator, len(prompts), group, params.max_new_tokens)  # [n_seq, T]
         self.tokens: list[list[int]] = [[] for _ in range(n_seq)]
         self.logprobs: list[list[float]] = [[] for _ in range(n_seq)]
         self.finish: list[str] = ["length"] * n_seq

@@ -45,18 +45,19 @@ class HFSampler:
         self._stops: dict = {}
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, *, num_samples: int = 1,
-                 generator: torch.Generator | None = None,
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None,
                  progress: Callable[[int], None] | None = None) -> list[Completion]:
+        """As `Sampler.generate`; with one generator per prompt (a list), each prompt is its own call."""
         prompts = [[int(t) for t in p] for p in prompts]
-        per_call = max(1, (self.max_batch_size or len(prompts) * num_samples) // num_samples)
-        seed = None
-        if generator is not None and params.temperature > 0:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        per_prompt = isinstance(generator, (list, tuple))
+        per_call = 1 if per_prompt else max(1, (self.max_batch_size or len(prompts) * num_samples) // num_samples)
+        sampling = generator is not None and params.temperature > 0
         out: list[Completion] = []
         with torch.inference_mode(), _eval_mode(self.model), torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)  # inside fork_rng: the global RNG is restored afterwards
             for start in range(0, len(prompts), per_call):
+                if sampling and (per_prompt or start == 0):
+                    g = generator[start] if per_prompt else generator
+                    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))  # global RNG restored after
                 chunk = prompts[start: start + per_call]
                 for c in self._generate(chunk, params, num_samples, progress):
                     c.prompt_index += start
