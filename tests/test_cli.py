@@ -74,3 +74,13 @@ def test_doctor_reports_no_signal_on_a_random_model(tiny_dir):
                check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "rlvr doctor" in proc.stdout
+    assert "no signal" in proc.stdout and "rlvr sft" in proc.stdout  # the finding and its fix
+
+
+def test_train_with_doctor_stop_exits_2_before_training(tmp_path, tiny_dir):
+    proc = run("train", "--model", str(tiny_dir), "--task", "subtraction", "-o", str(tmp_path / "run"),
+               "task.options={n: 100, high: 10}", "grpo.num_generations=2", "grpo.prompts_per_step=2",
+               "sampling.max_completion_length=6", "eval.n=0", "run.doctor=stop", check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "CannotLearn" in proc.stderr and "run.doctor=warn" in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "run" / "doctor.json").exists()

@@ -229,3 +229,27 @@ def test_first_examples_follow_the_curriculum_setting():
     stream = first_examples(cfg, task)
     assert isinstance(stream, AdaptiveDifficulty) and stream.level == 1
     assert int(next(stream).metadata["minuend"]) < 10
+
+
+def test_train_runs_the_doctor_at_step_0(tmp_path):
+    """`rlvr train` diagnoses first: run.doctor=stop ends a run that cannot learn before any step;
+    warn (the default) writes doctor.json, prints the findings and trains anyway."""
+    import json
+
+    from rlvr.doctor import CannotLearn
+    from rlvr.trainer import train
+
+    common = ["sampling.max_completion_length=8", "grpo.prompts_per_step=2", "grpo.max_steps=1", "eval.n=0",
+              "eval.on_start=false", "run.save_steps=0", "run.quiet=true"]
+    model, tok = char_model(seed=0)  # never writes <answer>7</answer>: no group has a signal
+    stop = digit_cfg(*common, f"run.output_dir={tmp_path / 'stop'}", "run.doctor=stop")
+    with pytest.raises(CannotLearn, match="cannot learn"):
+        train(stop, model=model, tokenizer=tok, task=DigitTask("7"))
+    assert json.loads((tmp_path / "stop" / "doctor.json").read_text())["can_learn"] is False
+    assert not (tmp_path / "stop" / "metrics.jsonl").exists() or not (tmp_path / "stop" / "metrics.jsonl").read_text()
+
+    warn = digit_cfg(*common, f"run.output_dir={tmp_path / 'warn'}")
+    assert warn.run.doctor == "warn"
+    train(warn, model=model, tokenizer=tok, task=DigitTask("7"))
+    assert (tmp_path / "warn" / "doctor.json").exists()
+    assert len((tmp_path / "warn" / "metrics.jsonl").read_text().splitlines()) == 1

@@ -224,7 +224,7 @@ def main() -> None:
         if _state["debug"]:
             raise
         typer.echo(f"error: {type(err).__name__}: {err}  (run with --debug for the traceback)", err=True)
-        sys.exit(1)
+        sys.exit(2 if type(err).__name__ == "CannotLearn" else 1)  # 2, as `rlvr doctor` when it cannot learn
 
 
 if __name__ == "__main__":

@@ -216,6 +216,8 @@ class RunConfig:
     """torch CPU threads (0: torch's default)"""
     alarm_every: int = 10
     """raise each training alarm (no signal, truncation, reward hacking, KL/entropy/length collapse) at most once per N steps (0: off)"""
+    doctor: str = "warn"
+    """at step 0, check that the run can learn (`rlvr doctor`: signal, truncation, memory; writes doctor.json): warn (print the findings, go on), stop (exit 2 when it cannot learn) or off"""
 
 
 @dataclass
@@ -242,6 +244,7 @@ class Config:
             (g.lr_scheduler_type in ("constant", "linear", "cosine"), f"grpo.lr_scheduler_type '{g.lr_scheduler_type}' is not one of constant, linear, cosine"),
             (0 < self.curriculum.target < 1, "curriculum.target must be in (0, 1)"),
             (self.run.log_format in ("text", "json"), f"run.log_format '{self.run.log_format}' is not one of text, json"),
+            (self.run.doctor in ("warn", "stop", "off"), f"run.doctor '{self.run.doctor}' is not one of warn, stop, off"),
             (self.sampling.backend in ("fast", "hf"), f"sampling.backend '{self.sampling.backend}' is not one of fast, hf"),
             (self.sampling.max_completion_length >= 1, "sampling.max_completion_length must be >= 1"),
             (self.sampling.temperature >= 0, "sampling.temperature must be >= 0"),

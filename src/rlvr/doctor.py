@@ -24,10 +24,12 @@ Memory: see `rlvr.memory`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
@@ -340,3 +342,28 @@ def render(d: Diagnosis) -> str:
     lines.append("verdict: training can go ahead." if d.can_learn
                  else "verdict: training as configured cannot learn (or will not fit); fix the FATAL findings first.")
     return "\n".join(lines)
+
+
+class CannotLearn(RuntimeError):
+    """Raised at step 0 with run.doctor=stop when the doctor finds a fatal problem (`rlvr` exits 2)."""
+
+
+def check_before_training(cfg: Config, policy, tokenizer, task, run_dir: Path, *,
+                          say: Callable[[str], None] = print) -> Diagnosis:
+    """The doctor at the start of `rlvr train` (run.doctor: warn | stop): diagnose the run as
+    configured on its first prompts, write RUN/doctor.json, print the findings, and with
+    run.doctor=stop raise `CannotLearn` when a finding is fatal. The run that follows is unchanged
+    (see `diagnose`): same weights, same global RNG."""
+    d = diagnose(cfg, model=policy, tokenizer=tokenizer, task=task, policy_ready=True,
+                 num_prompts=min(8, cfg.grpo.prompts_per_step))
+    (Path(run_dir) / "doctor.json").write_text(json.dumps(d.to_dict(), indent=1, default=str))
+    if not d.can_learn or any(f.severity != "ok" for f in d.findings):
+        say(render(d))
+    else:
+        say(f"rlvr doctor: pass@{d.signal.generations} {_pct(d.signal.pass_at_g)}, no-signal groups "
+            f"{_pct(d.signal.zero_signal)}, truncated {_pct(d.signal.truncated)}: training can go ahead "
+            f"({d.seconds:.0f} s; run.doctor=off skips this check)")
+    if not d.can_learn and cfg.run.doctor == "stop":
+        raise CannotLearn("training as configured cannot learn (see the FATAL findings above and "
+                          f"{Path(run_dir) / 'doctor.json'}); fix them, or set run.doctor=warn to train anyway")
+    return d

@@ -320,6 +320,8 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
             state["eval_rows"].append(row)
         dist.barrier()
 
+    if state["step"] == 0 and cfg.run.doctor != "off":
+        doctor_check(policy, tokenizer, task, run_dir, cfg, dist, say=log.warning if quiet else say)
     if state["step"] == 0 and cfg.eval.on_start and test_examples:
         run_eval(0, "before")
     step = state["step"]
@@ -399,6 +401,17 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
         print(format_table(rows))
         print(verdict(rows))
     return result
+
+
+def doctor_check(policy, tokenizer, task, run_dir: Path, cfg: Config, dist, *, say) -> None:
+    """`rlvr doctor` at step 0 (run.doctor: warn | stop), on one process; see doctor.check_before_training."""
+    if dist.world > 1:
+        if dist.is_main:
+            say("rlvr doctor is skipped with several processes: run `rlvr doctor` with the same config first")
+        return
+    from rlvr.doctor import check_before_training
+
+    check_before_training(cfg, policy, tokenizer, task, run_dir, say=say)
 
 
 def prepare_run_dir(cfg: Config, resume: bool, write: bool = True) -> Path:
