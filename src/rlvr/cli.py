@@ -51,49 +51,57 @@ def show_config():
     typer.echo(describe_options())
 
 
-@app.command("eval")
+@app.command("eval", context_settings=_EXTRA)
 def eval_cmd(
-    model: str = typer.Option("smollm2-135m", "--model", "-m", help="model spec, run directory or path"),
-    task: str = typer.Option("subtraction", "--task", "-t", help="task spec (see `rlvr tasks`)"),
-    n: int = typer.Option(200, "--n", help="held-out examples"),
-    samples: int = typer.Option(1, "--samples", "-k", help="completions per example (1: greedy; k: pass@k, mean@k)"),
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                          help="YAML config: its model, task (options, system prompt, chat, prefill) and eval settings"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model spec, run directory or path [default: smollm2-135m]"),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="task spec (see `rlvr tasks`) [default: subtraction]"),
+    n: Optional[int] = typer.Option(None, "--n", help="held-out examples [default: 200]"),
+    samples: Optional[int] = typer.Option(None, "--samples", "-k", help="completions per example (1: greedy; k: pass@k, mean@k)"),
     temperature: float = typer.Option(1.0, help="sampling temperature when --samples > 1"),
-    max_new_tokens: int = typer.Option(128, help="most tokens per completion"),
-    batch_size: int = typer.Option(64, help="prompts per generation batch"),
-    prefill: str = typer.Option("", help="assistant prefill, e.g. '<think>'"),
+    max_new_tokens: Optional[int] = typer.Option(None, help="most tokens per completion [default: sampling.max_completion_length]"),
+    batch_size: Optional[int] = typer.Option(None, help="prompts per generation batch [default: 64]"),
+    prefill: Optional[str] = typer.Option(None, help="assistant prefill, e.g. '<think>'"),
     chat: Optional[bool] = typer.Option(None, "--chat/--plain", help="chat template or plain prompt (default: auto)"),
-    backend: str = typer.Option("fast", help="fast or hf"),
+    backend: Optional[str] = typer.Option(None, help="fast or hf [default: fast]"),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="where to write eval.jsonl (default runs/eval-...)"),
     option: list[str] = typer.Option([], "--task-option", help="task option key=value (repeatable), e.g. high=100"),
     seed: int = typer.Option(0, help="sampling seed"),
 ):
-    """Evaluate a model on held-out examples of a task: accuracy, format rate, length."""
+    """Evaluate a model on held-out examples of a task: accuracy, format rate, length.
+
+    With --config, the run's own task options, system prompt and eval settings (what `rlvr train`
+    evaluates with); flags and section.option=value overrides win over the file."""
     import json
     import time
 
     import torch
 
-    from rlvr.config import parse_override
     from rlvr.evaluate import evaluate
     from rlvr.models import load_model
     from rlvr.rollout import PromptFormat
     from rlvr.tasks import get_task
     from rlvr.trainer import make_sampler
 
-    options = {}
-    for text in option:
-        keys, value = parse_override(text)
-        options[keys[-1]] = value
-    t = get_task(task, **options)
-    m, tok = load_model(model)
+    overrides = [f"task.options.{text}" for text in option] + list(ctx.args)
+    cfg = _config(config, overrides, **{"model.name": model, "task.name": task, "eval.n": n, "eval.samples": samples,
+                                        "eval.max_new_tokens": max_new_tokens, "eval.batch_size": batch_size,
+                                        "task.prefill": prefill, "task.chat": chat, "sampling.backend": backend})
+    t = get_task(cfg.task.name, **cfg.task.options)
+    m, tok = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
     out = output_dir or Path("runs") / f"eval-{t.name.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    fmt = PromptFormat(chat=chat, prefill=prefill)
-    result = evaluate(make_sampler(backend, m, tok), tok, t, t.test_examples()[:n], fmt=fmt, max_new_tokens=max_new_tokens,
-                      samples=samples, temperature=temperature, batch_size=batch_size,
-                      generator=torch.Generator().manual_seed(seed), out_path=Path(out) / "eval.jsonl")
-    (Path(out) / "summary.json").write_text(json.dumps({"model": model, "task": task, **result.summary()}, indent=1))
-    k = f"mean@{samples} " if samples > 1 else ""
-    typer.echo(f"{t.name}: {k}accuracy {result.accuracy:.1%}" + (f"  pass@{samples} {result.pass_at_k:.1%}" if samples > 1 else "")
+    fmt = PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill)
+    k = cfg.eval.samples
+    result = evaluate(make_sampler(cfg.sampling.backend, m, tok), tok, t, t.test_examples()[:cfg.eval.n], fmt=fmt,
+                      max_new_tokens=cfg.eval.max_new_tokens, samples=k, temperature=temperature,
+                      batch_size=cfg.eval.batch_size, generator=torch.Generator().manual_seed(seed),
+                      out_path=Path(out) / "eval.jsonl", stop_at_answer=cfg.sampling.stop_at_answer)
+    (Path(out) / "summary.json").write_text(json.dumps({"model": cfg.model.name, "task": cfg.task.name,
+                                                        **result.summary()}, indent=1))
+    label = f"mean@{k} " if k > 1 else ""
+    typer.echo(f"{t.name}: {label}accuracy {result.accuracy:.1%}" + (f"  pass@{k} {result.pass_at_k:.1%}" if k > 1 else "")
                + f"  format {result.format_rate:.1%}  mean length {result.mean_length:.1f} tokens"
                f"  truncated {result.truncated_frac:.1%}  ({result.n} examples, {result.seconds:.0f}s, "
                f"{result.tokens_per_s:.0f} tok/s)  -> {out}/eval.jsonl")
