@@ -234,8 +234,8 @@ class Config:
     def finalize(self) -> "Config":
         """Check values and derive the ones that depend on others (the only place that does)."""
         g = self.grpo
-        if isinstance(self.run.doctor, bool):  # YAML reads a bare off / on as a boolean
-            self.run.doctor = "warn" if self.run.doctor else "off"
+        # YAML reads a bare off / on as a boolean (then made a string)
+        self.run.doctor = {"false": "off", "true": "warn"}.get(str(self.run.doctor).lower(), self.run.doctor)
         checks = [
             (g.num_generations >= 2, "grpo.num_generations must be >= 2 (a group of one has no relative advantage)"),
             (g.prompts_per_step >= 1, "grpo.prompts_per_step must be >= 1"),
