@@ -77,8 +77,9 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> list[dict]:
             model, tokenizer = load_model(str(sft_dir / "final" / "merged"), device=cfg.model.device,
                                           dtype=cfg.model.dtype)
         else:
-            _, policy = run_sft(_stage_config(cfg, run_dir, "sft"), model=model, tokenizer=tokenizer, task=task,
-                                resume=resume)
+            sft_cfg = _stage_config(cfg, run_dir, "sft")
+            sft_cfg.eval.n = 0  # evaluated here: base before, GRPO's first evaluation after
+            _, policy = run_sft(sft_cfg, model=model, tokenizer=tokenizer, task=task, resume=resume)
             model = merged_copy(policy)
 
     # 3. GRPO from the warmed-up model; its first evaluation is the after-SFT row.

@@ -154,11 +154,38 @@ def run_sft(cfg: Config, *, model=None, tokenizer=None, task=None, resume: bool 
     chosen = [examples[i] for i in torch.randperm(len(examples), generator=g)[:cfg.sft.num_examples].tolist()]
     demos = load_demonstrations(cfg, task, chosen)
     policy = prepare_policy(model, cfg.model)
+    rows = []
     with Tracker(run_dir, report_to=list(cfg.run.report_to), config=cfg.to_dict()) as tracker:
+        if cfg.eval.n and cfg.eval.on_start:
+            rows.append(_evaluate(policy, tokenizer, task, cfg, run_dir, tracker, 0, "before"))
         result = sft_train(policy, tokenizer, task, demos, cfg, run_dir=run_dir, tracker=tracker)
+        if cfg.eval.n:
+            rows.append(_evaluate(policy, tokenizer, task, cfg, run_dir, tracker, result.steps, "after"))
     save_final(policy, tokenizer, run_dir)
     (run_dir / "sft_summary.json").write_text(json.dumps(
         {"num_demos": result.num_demos, "steps": result.steps, "seconds": result.seconds,
          "first_loss": result.losses[0] if result.losses else None,
-         "last_loss": result.losses[-1] if result.losses else None}, indent=1))
+         "last_loss": result.losses[-1] if result.losses else None, "before_after": rows}, indent=1))
+    if rows and not cfg.run.quiet:
+        from rlvr.evaluate import format_table, verdict
+
+        print(format_table(rows))
+        print(verdict(rows))
     return result, policy
+
+
+def _evaluate(policy, tokenizer, task, cfg: Config, run_dir: Path, tracker, step: int, stage: str) -> dict:
+    """Greedy accuracy on the first eval.n held-out examples (the same ones `rlvr train` uses)."""
+    from rlvr.evaluate import evaluate
+    from rlvr.trainer import make_sampler
+
+    policy.eval()
+    s = cfg.sampling
+    result = evaluate(make_sampler(s.backend, policy, tokenizer), tokenizer, task, task.test_examples()[:cfg.eval.n],
+                      fmt=PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill),
+                      max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples, temperature=s.temperature,
+                      batch_size=cfg.eval.batch_size, progress=not cfg.run.quiet,
+                      out_path=run_dir / "eval" / f"{stage}.jsonl", stop_at_answer=s.stop_at_answer)
+    row = {"step": step, "stage": stage, **result.summary()}
+    tracker.log_eval(row)
+    return row
