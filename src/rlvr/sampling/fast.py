@@ -174,6 +174,17 @@ class StopStrings:
         return any(s in text for s in self.strings)
 
 
+def cached_stop_strings(cache: dict, model, tokenizer, params: SamplingParams) -> StopStrings | None:
+    """The `StopStrings` matcher of params.stop_strings, built once per set of strings (in `cache`)."""
+    if not params.stop_strings:
+        return None
+    key = tuple(params.stop_strings)
+    if key not in cache:
+        vocab = _base_model(model).get_output_embeddings().weight.shape[0]
+        cache[key] = StopStrings(tokenizer, key, vocab)
+    return cache[key]
+
+
 def stop_index(token_ids: Sequence[int], stop_ids: Sequence[int], stops: StopStrings | None) -> int | None:
     """Length of the completion up to and including its first stop (token id or string), else None."""
     stop_ids = set(stop_ids)
@@ -673,13 +684,7 @@ class FastSampler:
         return weights
 
     def _stop_strings(self, params: SamplingParams) -> StopStrings | None:
-        if not params.stop_strings:
-            return None
-        key = tuple(params.stop_strings)
-        if key not in self._stops:
-            vocab = _base_model(self.model).get_output_embeddings().weight.shape[0]
-            self._stops[key] = StopStrings(self.tokenizer, key, vocab)
-        return self._stops[key]
+        return cached_stop_strings(self._stops, self.model, self.tokenizer, params)
 
 
 def _uniforms(generator, n_prompts: int, group: int, steps: int) -> torch.Tensor:

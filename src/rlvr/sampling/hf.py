@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from rlvr.sampling.base import Completion, SamplingParams
-from rlvr.sampling.fast import StopStrings, _base_model, _eval_mode, stop_index
+from rlvr.sampling.fast import StopStrings, _base_model, _eval_mode, cached_stop_strings, stop_index
 
 
 class _Progress:
@@ -118,10 +118,4 @@ class HFSampler:
         return GenerationConfig(**options)
 
     def _stop_strings(self, params: SamplingParams) -> StopStrings | None:
-        if not params.stop_strings:
-            return None
-        key = tuple(params.stop_strings)
-        if key not in self._stops:
-            vocab = _base_model(self.model).get_output_embeddings().weight.shape[0]
-            self._stops[key] = StopStrings(self.tokenizer, key, vocab)
-        return self._stops[key]
+        return cached_stop_strings(self._stops, self.model, self.tokenizer, params)
