@@ -55,6 +55,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when imported by path
+from ceiling import matmul_gflops  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "trl_vs_rlvr.json"
 REWARDS = {"accuracy": 0.85, "format": 0.15}
@@ -360,21 +363,6 @@ def run_side(side: str, s: Settings) -> dict:
     result = json.loads(out.strip().splitlines()[-1])
     result["rss_process_gb"] = usage.ru_maxrss / 1024**2  # KiB on Linux
     return result
-
-
-def matmul_gflops(n: int = 2048, seconds: float = 3.0) -> float:
-    """fp32 matmul ceiling at this process's thread count: the best of repeated n x n x n products."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best, deadline = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        t = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
-    return best
 
 
 def _after_warmup(runs: list[dict], key: str) -> list[float]:

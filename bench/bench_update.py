@@ -25,6 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when imported by path
+from ceiling import matmul_gflops  # noqa: E402
 
 N_SEQ, PROMPT, COMPLETION = 32, 64, 64
 BASES = {
@@ -127,21 +131,6 @@ def worker(variant: str, chunk_size: int) -> None:
     timed = _step(variant, model, ids, mask, chunk_size)
     print(json.dumps({"variant": variant, **timed,
                       "rss_loaded_gb": rss_loaded, "backbone_params": backbone, "vocab": vocab, "hidden": hidden}))
-
-
-def matmul_gflops(n: int = 2048, seconds: float = 3.0) -> float:
-    """fp32 matmul ceiling of this process's threads: best of repeated n x n x n products."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best, deadline = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        t = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
-    return best
 
 
 def run_variant(variant: str, chunk_size: int) -> dict:
