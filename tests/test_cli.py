@@ -84,3 +84,21 @@ def test_train_with_doctor_stop_exits_2_before_training(tmp_path, tiny_dir):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "CannotLearn" in proc.stderr and "run.doctor=warn" in proc.stderr and "Traceback" not in proc.stderr
     assert (tmp_path / "run" / "doctor.json").exists()
+
+
+def test_json_mode_prints_one_object_per_step_and_report_to_names_a_missing_tracker(tmp_path, tiny_dir):
+    common = ["--model", str(tiny_dir), "--task", "subtraction", "task.options={n: 100, high: 10}",
+              "grpo.max_steps=2", "grpo.prompts_per_step=2", "grpo.num_generations=2",
+              "sampling.max_completion_length=6", "eval.n=2", "run.doctor=off"]
+    out = run("train", "-o", str(tmp_path / "json"), *common, "run.log_format=json").stdout
+    steps = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [s["step"] for s in steps] == [1, 2]
+    assert "reward/total/mean" in steps[0] and "time/generate_s" in steps[0]
+    assert all(line.startswith("{") for line in out.splitlines() if line.strip())  # nothing else on stdout
+
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:  # not in the test environment (an optional extra)
+        proc = run("train", "-o", str(tmp_path / "mlflow"), *common, "--report-to", "mlflow", check=False)
+        assert proc.returncode == 1
+        assert "--report-to mlflow: the mlflow package is not installed; pip install 'rlvr[mlflow]'" in proc.stderr

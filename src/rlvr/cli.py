@@ -27,6 +27,15 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+REPORT_TO_HELP = "also log to wandb, trackio or mlflow (repeatable; JSONL and TensorBoard are always written)"
+
+
+def _report_to(names: list[str]) -> list[str]:
+    """--report-to a --report-to b (or a,b) as the run.report_to override."""
+    names = [n.strip() for text in names for n in text.split(",") if n.strip()]
+    return [f"run.report_to=[{', '.join(names)}]"] if names else []
+
+
 def _config(config: Optional[Path], overrides: list[str], **shortcuts):
     from rlvr.config import load_config
 
@@ -118,12 +127,14 @@ def train(
     num_processes: int = typer.Option(1, "--num-processes", min=1,
                                       help="data-parallel processes on this machine (torch.distributed.run; "
                                            "for GPUs and several machines use `accelerate launch -m rlvr train`)"),
+    report_to: list[str] = typer.Option([], "--report-to", help=REPORT_TO_HELP),
 ):
     """GRPO training. Extra arguments are overrides: section.option=value."""
     from rlvr.distributed import relaunch_command, world_size_from_env
     from rlvr.trainer import train as run_train
 
-    cfg = _config(config, ctx.args, **{"model.name": model, "task.name": task, "run.output_dir": output_dir})
+    cfg = _config(config, ctx.args + _report_to(report_to),
+                  **{"model.name": model, "task.name": task, "run.output_dir": output_dir})
     if num_processes > 1 and world_size_from_env() == 1:  # become a launcher of N copies of this command
         import os
 
@@ -155,11 +166,12 @@ def run(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)"),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="shortcut for run.output_dir"),
     resume: bool = typer.Option(False, "--resume", help="skip finished stages, resume GRPO from its checkpoint"),
+    report_to: list[str] = typer.Option([], "--report-to", help=REPORT_TO_HELP),
 ):
     """The pipeline: evaluate the base model, SFT, GRPO, and print the before/after table."""
     from rlvr.pipeline import run_pipeline
 
-    cfg = _config(config, ctx.args, **{"run.output_dir": output_dir})
+    cfg = _config(config, ctx.args + _report_to(report_to), **{"run.output_dir": output_dir})
     run_pipeline(cfg, resume=resume)
 
 
