@@ -63,6 +63,25 @@ def test_moves_by_one_level_per_window_and_stays_in_the_band():
     assert stream.metrics() == {"curriculum/level": 3.0, "curriculum/success": pytest.approx(0.0625)}
 
 
+def test_a_lower_level_that_is_no_easier_for_this_model_is_left():
+    """The measured case (bench_curriculum, an SFT model trained on 0-99, on 0-999): success 0 at
+    level 3, 0.22 at 2, 0.11 at 1. Target 0.5, band 0.15 (move below 0.35):
+    3 (0.00) -> 2 (unseen); 2 (0.22) -> 1 (unseen); 1 (0.11): bottom of the range, level 2 was seen
+    nearer the target (|0.22 - 0.5| = 0.28 vs 0.39, by more than band/2 = 0.075) -> back to 2;
+    2 (0.22) again: level 1 was seen with lower success, so not down again -> stay at 2."""
+    stream = AdaptiveDifficulty(subtraction(), window=1, start_level=3, min_level=1, max_level=3)
+    assert stream.observe([0.0]) == 2
+    assert stream.observe([0.22]) == 1
+    assert stream.observe([0.11]) == 2
+    assert stream.observe([0.22]) == 2
+    assert stream.observe([0.6]) == 2  # inside the band
+    assert stream.observe([0.9]) == 3  # level 3 was seen with lower success (0.0): up is the right way
+    state = json.loads(json.dumps(stream.state_dict()))
+    again = AdaptiveDifficulty(subtraction(), window=1, start_level=3, min_level=1, max_level=3)
+    again.load_state_dict(state)
+    assert again.observe([0.2]) == stream.observe([0.2]) == 2
+
+
 def test_examples_are_drawn_at_the_current_level():
     stream = AdaptiveDifficulty(subtraction(), start_level=1, seed=3)
     for ex in (next(stream) for _ in range(20)):

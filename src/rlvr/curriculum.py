@@ -145,6 +145,7 @@ class AdaptiveDifficulty:
         self.position = 0
         self._open: list[float] = []
         self.last_success: float | None = None
+        self._seen: dict[int, float] = {}  # level -> mean success of its last window
 
     def __iter__(self):
         return self
@@ -158,7 +159,11 @@ class AdaptiveDifficulty:
         """Add the success rates (in [0, 1]) of groups drawn at the current level; return the level.
 
         Every `window` groups: level +1 if their mean is above target + band, -1 if below
-        target - band (within [min_level, max_level]); then a fresh window starts.
+        target - band (within [min_level, max_level]); then a fresh window starts. Each level's
+        last mean is remembered: a move down to a level seen with no higher success (or up to one
+        seen with no lower) is not made; then, as at the end of the range, the level goes to the one
+        seen nearest the target if it is clearly nearer (by more than band / 2) (lower levels are not always easier for a given model: an SFT model
+        trained on 0-99 did worse on 0-9 than on 0-99).
         """
         for rate in group_success_rates:
             self._open.append(float(rate))
@@ -166,11 +171,25 @@ class AdaptiveDifficulty:
                 continue
             mean = sum(self._open) / len(self._open)
             self.last_success, self._open = mean, []
-            if mean > self.target + self.band:
-                self.level = min(self.level + 1, self.max_level)
-            elif mean < self.target - self.band:
-                self.level = max(self.level - 1, self.min_level)
+            self._seen[self.level] = mean
+            self.level = self._next_level(mean)
         return self.level
+
+    def _next_level(self, mean: float) -> int:
+        """The level after a window of mean success `mean` at the current level."""
+        step = 1 if mean > self.target + self.band else -1 if mean < self.target - self.band else 0
+        if step == 0:
+            return self.level
+        neighbour = min(max(self.level + step, self.min_level), self.max_level)
+        seen = self._seen.get(neighbour)
+        # a move goes the wanted way unless that level was seen no better (an "easier" level that
+        # the model did no better on): then, and at the end of the range, the level seen nearest
+        # the target, if it is nearer than this one
+        if neighbour != self.level and (seen is None or (seen - mean) * step < 0):
+            return neighbour
+        distance = {level: abs(m - self.target) for level, m in self._seen.items()}
+        best = min(distance, key=lambda level: (distance[level], abs(level - self.level)))
+        return best if distance[self.level] - distance[best] > self.band / 2 else self.level
 
     def metrics(self) -> dict[str, float]:
         """`curriculum/level` and, once a window has closed, `curriculum/success` (its mean)."""
@@ -182,7 +201,8 @@ class AdaptiveDifficulty:
     def state_dict(self) -> dict:
         """JSON-serialisable state: with it, the resumed stream continues exactly."""
         return {"position": self.position, "level": self.level, "open": list(self._open),
-                "last_success": self.last_success, "seed": self.seed}
+                "last_success": self.last_success, "seed": self.seed,
+                "seen": {str(level): m for level, m in self._seen.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed", self.seed) != self.seed:
@@ -190,3 +210,4 @@ class AdaptiveDifficulty:
         self.position, self.level = int(state["position"]), int(state["level"])
         self._open = [float(x) for x in state.get("open", [])]
         self.last_success = state.get("last_success")
+        self._seen = {int(level): float(m) for level, m in state.get("seen", {}).items()}
