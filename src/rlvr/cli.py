@@ -88,9 +88,8 @@ def eval_cmd(
 
     import torch
 
-    from rlvr.evaluate import evaluate
+    from rlvr.evaluate import evaluate_config
     from rlvr.models import load_model
-    from rlvr.rollout import PromptFormat
     from rlvr.tasks import get_task
     from rlvr.trainer import make_sampler
 
@@ -101,12 +100,9 @@ def eval_cmd(
     t = get_task(cfg.task.name, **cfg.task.options)
     m, tok = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
     out = output_dir or Path("runs") / f"eval-{t.name.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    fmt = PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill)
     k = cfg.eval.samples
-    result = evaluate(make_sampler(cfg.sampling.backend, m, tok), tok, t, t.test_examples()[:cfg.eval.n], fmt=fmt,
-                      max_new_tokens=cfg.eval.max_new_tokens, samples=k, temperature=temperature,
-                      batch_size=cfg.eval.batch_size, generator=torch.Generator().manual_seed(seed),
-                      out_path=Path(out) / "eval.jsonl", stop_at_answer=cfg.sampling.stop_at_answer)
+    result = evaluate_config(make_sampler(cfg.sampling.backend, m, tok), tok, t, cfg, temperature=temperature,
+                             generator=torch.Generator().manual_seed(seed), out_path=Path(out) / "eval.jsonl")
     (Path(out) / "summary.json").write_text(json.dumps({"model": cfg.model.name, "task": cfg.task.name,
                                                         **result.summary()}, indent=1))
     label = f"mean@{k} " if k > 1 else ""

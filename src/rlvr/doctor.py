@@ -261,11 +261,12 @@ def assess(signal: SignalStats, memory: MemoryReport | None, cfg: Config) -> lis
 
 def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts: int = 8,
              examples: Iterator[Example] | None = None, policy_ready: bool = False,
-             measure_memory: bool = True) -> Diagnosis:
+             measure_memory: bool = True, sampler=None) -> Diagnosis:
     """Sample `num_prompts` groups and measure one update as `cfg` would; return the diagnosis.
 
     model: a fresh model (it gets the config's LoRA adapter) or, with policy_ready=True, the policy
-    the trainer already prepared. examples: default `first_examples(cfg, task)`, the prompts the
+    the trainer already prepared (and `sampler`, the trainer's, so its weights are prepared
+    once). examples: default `first_examples(cfg, task)`, the prompts the
     run's first step will see. Sampling and the measured update use their own generators, the
     global RNG is restored and the update runs at learning rate 0, so a run that follows is
     unchanged by the doctor.
@@ -286,7 +287,7 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
     task = task or get_task(cfg.task.name, **cfg.task.options)
     examples = examples if examples is not None else first_examples(cfg, task)
     policy.eval()
-    sampler = make_sampler(cfg.sampling.backend, policy, tokenizer)
+    sampler = sampler or make_sampler(cfg.sampling.backend, policy, tokenizer)
     with torch.random.fork_rng(devices=[]):  # the global RNG a following run uses is left as it was
         signal, exp = sample_signal(sampler, tokenizer, task, examples, cfg, num_prompts=num_prompts,
                                     generator=torch.Generator().manual_seed(cfg.run.seed + 12345),
@@ -348,13 +349,13 @@ class CannotLearn(RuntimeError):
     """Raised at step 0 with run.doctor=stop when the doctor finds a fatal problem (`rlvr` exits 2)."""
 
 
-def check_before_training(cfg: Config, policy, tokenizer, task, run_dir: Path, *,
+def check_before_training(cfg: Config, policy, tokenizer, task, run_dir: Path, *, sampler=None,
                           say: Callable[[str], None] = print) -> Diagnosis:
     """The doctor at the start of `rlvr train` (run.doctor: warn | stop): diagnose the run as
     configured on its first prompts, write RUN/doctor.json, print the findings, and with
     run.doctor=stop raise `CannotLearn` when a finding is fatal. The run that follows is unchanged
     (see `diagnose`): same weights, same global RNG."""
-    d = diagnose(cfg, model=policy, tokenizer=tokenizer, task=task, policy_ready=True,
+    d = diagnose(cfg, model=policy, tokenizer=tokenizer, task=task, policy_ready=True, sampler=sampler,
                  num_prompts=min(8, cfg.grpo.prompts_per_step))
     (Path(run_dir) / "doctor.json").write_text(json.dumps(d.to_dict(), indent=1, default=str))
     if not d.can_learn or any(f.severity != "ok" for f in d.findings):

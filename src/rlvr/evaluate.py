@@ -106,6 +106,22 @@ def write_jsonl(path: str | Path, records: list[dict]) -> None:
             f.write(json.dumps(r, default=str) + "\n")
 
 
+def evaluate_config(sampler, tokenizer, task: Task, cfg, *, out_path: str | Path | None = None,
+                    progress: bool = True, temperature: float | None = None,
+                    generator: torch.Generator | None = None) -> EvalResult:
+    """The held-out evaluation a run's `Config` describes: the first eval.n test examples in the
+    task's prompt format (chat, system prompt, prefill), eval.samples / max_new_tokens / batch_size,
+    at the sampling temperature when samples > 1 (or `temperature`). Every stage of a run (base,
+    SFT, GRPO, `rlvr eval --config`) calls this, so they measure the same thing."""
+    s = cfg.sampling
+    return evaluate(sampler, tokenizer, task, task.test_examples()[:cfg.eval.n],
+                    fmt=PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill),
+                    max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples,
+                    temperature=s.temperature if temperature is None else temperature,
+                    batch_size=cfg.eval.batch_size, generator=generator, progress=progress,
+                    out_path=out_path, stop_at_answer=s.stop_at_answer)
+
+
 def format_table(rows: list[dict]) -> str:
     """A plain before/after table: one row per stage, with the change from the first row."""
     if not rows:

@@ -35,9 +35,8 @@ def _row(stage: str, record: dict) -> dict:
 
 def run_pipeline(cfg: Config, *, resume: bool = False) -> list[dict]:
     """Run the stages in order and return the before/after rows (base, sft, grpo)."""
-    from rlvr.evaluate import evaluate
+    from rlvr.evaluate import evaluate_config
     from rlvr.models import load_model, merged_copy
-    from rlvr.rollout import PromptFormat
     from rlvr.sft import run_sft
     from rlvr.tasks import get_task
     from rlvr.trainer import make_sampler, peak_rss_gb, train, write_report_safely
@@ -60,11 +59,8 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> list[dict]:
     if resume and base_summary.exists():
         rows.append(json.loads(base_summary.read_text()))
     else:
-        fmt = PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill)
-        result = evaluate(make_sampler(cfg.sampling.backend, model, tokenizer), tokenizer, task,
-                          task.test_examples()[:cfg.eval.n], fmt=fmt, max_new_tokens=cfg.eval.max_new_tokens,
-                          batch_size=cfg.eval.batch_size, progress=not cfg.run.quiet,
-                          out_path=run_dir / "eval" / "base.jsonl", stop_at_answer=cfg.sampling.stop_at_answer)
+        result = evaluate_config(make_sampler(cfg.sampling.backend, model, tokenizer), tokenizer, task, cfg,
+                                 progress=not cfg.run.quiet, out_path=run_dir / "eval" / "base.jsonl")
         rows.append(_row("base", result.summary()))
         base_summary.write_text(json.dumps(rows[-1], indent=1))
         if not cfg.run.quiet:

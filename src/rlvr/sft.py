@@ -176,16 +176,12 @@ def run_sft(cfg: Config, *, model=None, tokenizer=None, task=None, resume: bool 
 
 def _evaluate(policy, tokenizer, task, cfg: Config, run_dir: Path, tracker, step: int, stage: str) -> dict:
     """Greedy accuracy on the first eval.n held-out examples (the same ones `rlvr train` uses)."""
-    from rlvr.evaluate import evaluate
+    from rlvr.evaluate import evaluate_config
     from rlvr.trainer import make_sampler
 
     policy.eval()
-    s = cfg.sampling
-    result = evaluate(make_sampler(s.backend, policy, tokenizer), tokenizer, task, task.test_examples()[:cfg.eval.n],
-                      fmt=PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill),
-                      max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples, temperature=s.temperature,
-                      batch_size=cfg.eval.batch_size, progress=not cfg.run.quiet,
-                      out_path=run_dir / "eval" / f"{stage}.jsonl", stop_at_answer=s.stop_at_answer)
+    result = evaluate_config(make_sampler(cfg.sampling.backend, policy, tokenizer), tokenizer, task, cfg,
+                             progress=not cfg.run.quiet, out_path=run_dir / "eval" / f"{stage}.jsonl")
     row = {"step": step, "stage": stage, **result.summary()}
     tracker.log_eval(row)
     return row

@@ -39,7 +39,7 @@ from rlvr.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlvr.config import Config, ConfigError, GRPOConfig, ModelConfig
 from rlvr.curriculum import group_success_rates
 from rlvr.distributed import Dist, NullTracker, setup_distributed
-from rlvr.evaluate import evaluate, format_table, verdict
+from rlvr.evaluate import evaluate_config, format_table, verdict
 from rlvr.policy import completion_logprobs
 from rlvr.rollout import PromptFormat, build_reward_fns, collect_experience, sampling_params
 
@@ -309,10 +309,8 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
         """Evaluate on the main process (the others wait) and record the row."""
         if dist.is_main:
             policy.eval()
-            result = evaluate(sampler, tokenizer, task, test_examples, fmt=fmt, max_new_tokens=cfg.eval.max_new_tokens,
-                              samples=cfg.eval.samples, temperature=s.temperature, batch_size=cfg.eval.batch_size,
-                              progress=not quiet, out_path=run_dir / "eval" / f"step-{step:06d}.jsonl",
-                              stop_at_answer=s.stop_at_answer)
+            result = evaluate_config(sampler, tokenizer, task, cfg, progress=not quiet,
+                                     out_path=run_dir / "eval" / f"step-{step:06d}.jsonl")
             row = {"step": step, "stage": name, **result.summary()}
             tracker.log_eval(row)
             say(f"eval [{name}] step {step}: accuracy {result.accuracy:.1%}  format {result.format_rate:.1%}  "
@@ -321,7 +319,7 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
         dist.barrier()
 
     if state["step"] == 0 and cfg.run.doctor != "off":
-        doctor_check(policy, tokenizer, task, run_dir, cfg, dist, say=log.warning if quiet else say)
+        doctor_check(policy, tokenizer, task, run_dir, cfg, dist, sampler=sampler, say=log.warning if quiet else say)
     if state["step"] == 0 and cfg.eval.on_start and test_examples:
         run_eval(0, "before")
     step = state["step"]
@@ -403,7 +401,7 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
     return result
 
 
-def doctor_check(policy, tokenizer, task, run_dir: Path, cfg: Config, dist, *, say) -> None:
+def doctor_check(policy, tokenizer, task, run_dir: Path, cfg: Config, dist, *, sampler, say) -> None:
     """`rlvr doctor` at step 0 (run.doctor: warn | stop), on one process; see doctor.check_before_training."""
     if dist.world > 1:
         if dist.is_main:
@@ -411,7 +409,7 @@ def doctor_check(policy, tokenizer, task, run_dir: Path, cfg: Config, dist, *, s
         return
     from rlvr.doctor import check_before_training
 
-    check_before_training(cfg, policy, tokenizer, task, run_dir, say=say)
+    check_before_training(cfg, policy, tokenizer, task, run_dir, sampler=sampler, say=say)
 
 
 def prepare_run_dir(cfg: Config, resume: bool, write: bool = True) -> Path:
