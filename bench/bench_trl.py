@@ -45,7 +45,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -56,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when imported by path
+import ceiling  # noqa: E402
 from ceiling import matmul_gflops  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -449,18 +449,12 @@ def format_table(summary: dict, s: Settings) -> str:
 
 
 def machine() -> dict:
-    import torch
-    import transformers
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
     try:
         import trl
         trl_version = trl.__version__
     except ImportError:
         trl_version = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "trl": trl_version}
+    return {**ceiling.machine(), "trl": trl_version}
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, Settings]:

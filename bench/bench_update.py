@@ -10,6 +10,7 @@ throughput as a fraction of this machine's matmul ceiling.
 
     .venv/bin/python bench/bench_update.py                  # ~4-5 minutes on 2 idle CPU cores
     .venv/bin/python bench/bench_update.py --rounds 2 --variants naive,lean+gc+mmap
+    .venv/bin/python bench/bench_update.py --rounds 2 --variants naive,lean+share --out bench/results/update.json
 
 Useful FLOPs of one step, LoRA on a frozen base (forward 2P + input-gradient backward 2P per token):
     4 * (P_backbone * N * T  +  V * H * N * K)      (lm_head counted on the K completion positions)
@@ -28,9 +29,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when imported by path
-from ceiling import matmul_gflops  # noqa: E402
+from ceiling import machine, matmul_gflops  # noqa: E402
 
-N_SEQ, PROMPT, COMPLETION = 32, 64, 64
+N_SEQ, PROMPT, COMPLETION, G = 32, 64, 64, 8
 BASES = {
     "naive": "model(...).logits at all T positions, log_softmax over V, gather (seed 004, the textbook)",
     "keep": "logits only at the K+1 completion positions (TRL's logits_to_keep) + selective log-softmax",
@@ -39,6 +40,7 @@ BASES = {
 FLAGS = {
     "gc": "gradient checkpointing of every decoder layer (model.activation_checkpointing_enable())",
     "mmap": "MALLOC_MMAP_THRESHOLD_=1048576: glibc serves blocks >= 1 MB by mmap and unmaps them on free",
+    "share": "each group's prompt run once, its G=8 completions on the prompt's keys/values (grpo.share_prompt)",
 }
 MMAP_THRESHOLD = 1 << 20
 
@@ -52,18 +54,22 @@ def _rss_gb() -> float:
 
 
 def _batch(generator, n: int, vocab: int):
-    """[N, P+K] random token ids; left-padded prompts and right-padded completions of varied length."""
+    """[N, P+K] random token ids in groups of G rows sharing a prompt (GRPO's layout); prompts
+    left-padded by 0-6 tokens, completions right-padded by 0-16. Also prompt_rows [N]."""
     import torch
 
-    ids = torch.randint(3, vocab, (n, PROMPT + COMPLETION), generator=generator)
+    group = torch.arange(n) // G  # [N]
+    prompts = torch.randint(3, vocab, (int(group.max()) + 1, PROMPT), generator=generator)  # [n/G, P]
+    completions = torch.randint(3, vocab, (n, COMPLETION), generator=generator)  # [N, K]
+    ids = torch.cat([prompts[group], completions], dim=1)  # [N, P+K]
     mask = torch.ones_like(ids)
     for i in range(n):
-        mask[i, : i % 8] = 0  # up to 7 pad tokens before the prompt
+        mask[i, : 2 * (group[i] % 4)] = 0  # the group's prompt padding
         mask[i, PROMPT + COMPLETION - (i % 5) * 4:] = 0  # completions end early by 0-16 tokens
-    return ids, mask
+    return ids, mask, group * G
 
 
-def _logprobs(variant: str, model, ids, mask, chunk_size: int):
+def _logprobs(variant: str, model, ids, mask, chunk_size: int, prompt_rows):
     from rlvr.algorithms.logprobs import selective_log_softmax
     from rlvr.policy import completion_logprobs, naive_completion_logprobs, position_ids_from_mask
 
@@ -74,7 +80,8 @@ def _logprobs(variant: str, model, ids, mask, chunk_size: int):
         logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
                        use_cache=False, logits_to_keep=COMPLETION + 1).logits[:, :-1]  # [N, K, V]
         return selective_log_softmax(logits, ids[:, -COMPLETION:])  # [N, K]
-    return completion_logprobs(model, ids, mask, COMPLETION, chunk_size=chunk_size)
+    rows = prompt_rows if "+share" in variant else None
+    return completion_logprobs(model, ids, mask, COMPLETION, chunk_size=chunk_size, prompt_rows=rows)
 
 
 def _cpu_s() -> float:
@@ -88,7 +95,7 @@ def _sys_s() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
 
-def _step(variant: str, model, ids, mask, chunk_size: int) -> dict:
+def _step(variant: str, model, ids, mask, rows, chunk_size: int) -> dict:
     """One forward + backward of the GRPO loss: wall seconds of each half and CPU seconds."""
     import torch
 
@@ -97,9 +104,9 @@ def _step(variant: str, model, ids, mask, chunk_size: int) -> dict:
 
     g = torch.Generator().manual_seed(1)
     rewards = torch.randint(0, 2, (ids.shape[0],), generator=g).float()
-    adv = group_advantages(rewards, 8 if ids.shape[0] % 8 == 0 else 1)
+    adv = group_advantages(rewards, G)
     cpu0, sys0, t0 = _cpu_s(), _sys_s(), time.perf_counter()
-    logp = _logprobs(variant, model, ids, mask, chunk_size)
+    logp = _logprobs(variant, model, ids, mask, chunk_size, rows)
     loss, _ = policy_loss(logp, logp.detach(), adv, mask[:, -COMPLETION:])
     t1 = time.perf_counter()
     loss.backward()
@@ -124,11 +131,11 @@ def worker(variant: str, chunk_size: int) -> None:
     base = model.get_base_model()
     vocab, hidden = base.config.vocab_size, base.config.hidden_size
     backbone = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n and "embed_tokens" not in n)
-    ids, mask = _batch(torch.Generator().manual_seed(0), N_SEQ, vocab)
+    ids, mask, rows = _batch(torch.Generator().manual_seed(0), N_SEQ, vocab)
     rss_loaded = _rss_gb()
     quarter = N_SEQ // 4
-    _step(variant, model, ids[:quarter], mask[:quarter], chunk_size)  # warm-up: kernels, allocator
-    timed = _step(variant, model, ids, mask, chunk_size)
+    _step(variant, model, ids[:quarter], mask[:quarter], rows[:quarter], chunk_size)  # warm-up
+    timed = _step(variant, model, ids, mask, rows, chunk_size)
     print(json.dumps({"variant": variant, **timed,
                       "rss_loaded_gb": rss_loaded, "backbone_params": backbone, "vocab": vocab, "hidden": hidden}))
 
@@ -155,9 +162,10 @@ def run_variant(variant: str, chunk_size: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="rounds >= 2 alternate the variants' order")
-    parser.add_argument("--variants", default="naive,lean,lean+gc,lean+gc+mmap",
-                        help="comma-separated base[+gc][+mmap], bases: " + ", ".join(BASES))
+    parser.add_argument("--variants", default="naive,lean,lean+share,lean+gc,lean+gc+mmap",
+                        help="comma-separated base[+share][+gc][+mmap], bases: " + ", ".join(BASES))
     parser.add_argument("--chunk-size", type=int, default=512)
+    parser.add_argument("--out", help="also write the runs and the summary to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -166,7 +174,8 @@ def main() -> None:
     import torch
 
     variants = args.variants.split(",")
-    print(f"batch {N_SEQ} x ({PROMPT} prompt + {COMPLETION} completion) tokens, LoRA r=16 all-linear, "
+    print(f"batch {N_SEQ} x ({PROMPT} prompt + {COMPLETION} completion) tokens ({N_SEQ // G} prompts x G={G}), "
+          "LoRA r=16 all-linear, "
           f"fp32, {torch.get_num_threads()} threads, lm_head chunk {args.chunk_size} rows")
     ceilings = [matmul_gflops()]
     results: dict[str, list[dict]] = {v: [] for v in variants}
@@ -177,27 +186,37 @@ def main() -> None:
             print(f"  round {r + 1} {v}: {results[v][-1]['forward_s'] + results[v][-1]['backward_s']:.1f} s",
                   flush=True)
     ceilings.append(matmul_gflops())
-    report(results, max(ceilings))
+    summary = report(results, max(ceilings))
+    if args.out:
+        record = {"settings": {"n_seq": N_SEQ, "prompt": PROMPT, "completion": COMPLETION, "G": G,
+                               "lora": "r16 all-linear", "chunk_size": args.chunk_size, "rounds": args.rounds,
+                               "threads": torch.get_num_threads()},
+                  "machine": machine(), "matmul_gflops": ceilings, "runs": results, "summary": summary}
+        Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {args.out}")
 
 
-def report(results: dict[str, list[dict]], ceiling: float) -> None:
+def report(results: dict[str, list[dict]], ceiling: float) -> dict:
     """One row per variant (its least-disturbed run), then the ratios against naive."""
     tokens = N_SEQ * (PROMPT + COMPLETION)
     print(f"\nfp32 matmul ceiling (2048^3, best of two measurements): {ceiling:.0f} GFLOP/s")
     print(f"{'variant':<13} {'peak RSS GB':>11} {'loaded GB':>9} {'fwd s':>6} {'bwd s':>6} {'step s':>6} "
           f"{'CPU s':>6} {'sys s':>6} {'tokens/s':>8} {'% ceiling':>9}")
-    summary = {}
+    summary, summary_json = {}, {}
     for v, runs in results.items():
         best = min(runs, key=lambda x: x["forward_s"] + x["backward_s"])  # least disturbed run
         seconds = best["forward_s"] + best["backward_s"]
-        flops = 4 * (best["backbone_params"] * tokens + best["vocab"] * best["hidden"] * N_SEQ * COMPLETION)
+        run = N_SEQ // G * PROMPT + N_SEQ * COMPLETION if "+share" in v else tokens  # tokens the backbone ran
+        flops = 4 * (best["backbone_params"] * run + best["vocab"] * best["hidden"] * N_SEQ * COMPLETION)
         peak = max(x["peak_rss_gb"] for x in runs)
         summary[v] = (peak, seconds, min(x["cpu_s"] for x in runs))
+        summary_json[v] = {"peak_rss_gb": peak, "step_s": seconds, "tokens_per_s": tokens / seconds,
+                           "ceiling_frac": flops / seconds / 1e9 / ceiling}
         print(f"{v:<13} {peak:>11.2f} {best['rss_loaded_gb']:>9.2f} {best['forward_s']:>6.1f} "
               f"{best['backward_s']:>6.1f} {seconds:>6.1f} {best['cpu_s']:>6.1f} {best['sys_s']:>6.1f} "
               f"{tokens / seconds:>8.0f} {100 * flops / seconds / 1e9 / ceiling:>8.1f}%")
-    print(f"(tokens/s counts all {tokens} prompt + completion tokens of the step; % ceiling = 4 x params FLOPs "
-          "per token / step time / matmul ceiling)")
+    print(f"(tokens/s counts all {tokens} prompt + completion tokens of the step, the same work for every "
+          "variant; % ceiling = 4 x params FLOPs per token the backbone actually ran / step time / matmul ceiling)")
     first, *others = summary  # ratios against the first variant listed
     base_peak, base_s, base_cpu = summary[first]
     for v in others:
@@ -206,6 +225,7 @@ def report(results: dict[str, list[dict]], ceiling: float) -> None:
               f"(CPU seconds x{cpu / base_cpu:.2f})")
     for name, text in {**BASES, **FLAGS}.items():
         print(f"  {name}: {text}")
+    return summary_json
 
 
 if __name__ == "__main__":

@@ -1,8 +1,23 @@
-"""The fp32 matmul ceiling the benchmarks report against (shared by the bench/ scripts)."""
+"""What the bench/ scripts share: the fp32 matmul ceiling they report against, and the machine."""
 
 from __future__ import annotations
 
+import os
+import platform
 import time
+
+
+def machine() -> dict:
+    """The CPU, core count and library versions, for a benchmark record."""
+    import torch
+    import transformers
+
+    cpu = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                   cpu)
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__}
 
 
 def matmul_gflops(n: int = 2048, seconds: float = 3.0) -> float:

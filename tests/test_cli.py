@@ -7,9 +7,7 @@ import os
 import subprocess
 import sys
 
-import pytest
 
-from conftest import ROOT
 
 RLVR = [sys.executable, "-m", "rlvr"]
 

@@ -17,12 +17,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import ROOT, DigitTask, char_model
-from rlvr.buffer import Buffer
+from conftest import ROOT, char_model
+from rlvr.buffer import Buffer, shuffled_order
 from rlvr.checkpoint import latest_checkpoint
 from rlvr.config import load_config
 from rlvr.distributed import (Dist, combine_metrics, relaunch_command, setup_distributed, shard_bounds,
@@ -41,22 +42,36 @@ def test_shards_are_contiguous_and_cover_everything():
     assert [shard_for_rank("abcdefg", r, 3) for r in range(3)] == [list("abc"), list("de"), list("fg")]
 
 
-def test_optimizer_batches_are_split_not_changed():
+@pytest.mark.parametrize("by_group", [False, True])
+def test_optimizer_batches_are_split_not_changed(by_group):
     """Each process's rows of optimizer batch s, put together, are one process's batch s."""
-    rollouts = list(range(11))  # stand-ins: only their positions matter
-    one = Buffer(rollouts).optimizer_batches(3, 2, torch.Generator().manual_seed(5))
+    rollouts = [SimpleNamespace(i=i, group=i // 3) for i in range(11)]  # 4 groups: 3, 3, 3, 2
+    groups = [r.group for r in rollouts]
+    one = Buffer(rollouts).optimizer_batches(3, 2, torch.Generator().manual_seed(5), by_group)
     shards = []
     for rank in range(2):
         lo, hi = shard_bounds(len(rollouts), rank, 2)
-        shards.append(shard_optimizer_batches(rollouts[lo:hi], lo, len(rollouts), 3, 2,
-                                              torch.Generator().manual_seed(5)))
+        shards.append(shard_optimizer_batches(rollouts[lo:hi], lo, groups, 3, 2,
+                                              torch.Generator().manual_seed(5), by_group))
     assert len(one) == len(shards[0]) == len(shards[1]) == 3  # ceil(11 / 3) = 4 rows per step: 4, 4, 3
     for s, batch in enumerate(one):
-        together = [x for shard in shards for micro in shard[s] for x in micro]
-        assert sorted(together) == sorted(x for micro in batch for x in micro)
+        together = [x.i for shard in shards for micro in shard[s] for x in micro]
+        assert sorted(together) == sorted(x.i for micro in batch for x in micro)
         assert all(len(micro) <= 2 for shard in shards for micro in shard[s])
     # one process: the same batches, micro-batches and order as the buffer's own
-    assert shard_optimizer_batches(rollouts, 0, 11, 3, 2, torch.Generator().manual_seed(5)) == one
+    assert shard_optimizer_batches(rollouts, 0, groups, 3, 2, torch.Generator().manual_seed(5), by_group) == one
+
+
+def test_shuffled_order_by_group_keeps_groups_together():
+    groups = [0, 0, 0, 1, 1, 1, 2, 2]
+    order = shuffled_order(groups, torch.Generator().manual_seed(0), by_group=True)
+    assert sorted(order) == list(range(8))
+    runs = [groups[i] for i in order]
+    assert runs == sorted(runs, key=runs.index)  # each group is one contiguous run
+    assert [i for i in order if groups[i] == 1] == [3, 4, 5]  # in their own order
+    assert {tuple(shuffled_order(groups, torch.Generator().manual_seed(s), True)) for s in range(20)} != {tuple(order)}
+    plain = shuffled_order(groups, torch.Generator().manual_seed(0), by_group=False)
+    assert plain == torch.randperm(8, generator=torch.Generator().manual_seed(0)).tolist()
 
 
 def test_metrics_combine_by_kind():

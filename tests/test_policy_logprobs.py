@@ -141,3 +141,66 @@ def test_logits_to_keep_must_leave_a_prompt_token(tokenizer):
     for bad in (0, ids.shape[1]):
         with pytest.raises(ValueError, match="logits_to_keep"):
             completion_logprobs(model, ids, mask, bad)
+
+
+def _grouped_batch(seed=0):
+    """6 rows, 2 prompts x 3 completions: prompt 0 left-padded by 3, completions right-padded."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = torch.randint(3, 5000, (2, 8), generator=g)  # [P, Tp]
+    ids = torch.cat([prompts.repeat_interleave(3, 0), torch.randint(3, 5000, (6, K), generator=g)], 1)  # [N, T]
+    mask = torch.ones_like(ids)
+    mask[:3, :3] = 0  # rows of prompt 0: left padding
+    mask[1, -2:] = 0  # right padding of two completions
+    mask[4, -5:] = 0
+    return ids, mask, torch.tensor([0, 0, 0, 3, 3, 3])  # prompt_rows: first row with the same prompt
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_shared_prompt_forward_matches_one_forward_values_and_gradients(tokenizer, lora):
+    # Running each prompt once and its completions on the cached keys/values is the same function:
+    # values and gradients (LoRA, or every weight in full fine-tuning) equal the plain forward's.
+    model = _lora_model(tokenizer) if lora else tiny_random_model(seed=0, tokenizer=tokenizer)[0]
+    model.train()
+    ids, mask, rows = _grouped_batch()
+    adv = torch.tensor([1.0, -0.5, 2.0, -1.5, 0.5, 0.3])
+    params = [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for prompt_rows in (None, rows):
+        logp, entropy = completion_logprobs(model, ids, mask, K, chunk_size=5, with_entropy=True,
+                                            prompt_rows=prompt_rows)
+        loss, _ = policy_loss(logp, logp.detach(), adv, mask[:, -K:].float())
+        results.append((logp, entropy, torch.autograd.grad(loss, params)))
+    (plain, ent_plain, g_plain), (shared, ent_shared, g_shared) = results
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent_shared, ent_plain, atol=1e-5, rtol=0)
+    assert all(g.abs().sum() > 0 for g in g_plain)
+    for a, b in zip(g_shared, g_plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prompt_forward_runs_each_prompt_once(tokenizer):
+    model = _lora_model(tokenizer)
+    ids, mask, rows = _grouped_batch(1)
+    decoder, _ = decoder_and_head(model)
+    seen = []
+    hook = decoder.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["input_ids"].shape),
+                                             with_kwargs=True)
+    try:
+        with torch.no_grad():
+            completion_logprobs(model, ids, mask, K, prompt_rows=rows)
+    finally:
+        hook.remove()
+    assert seen == [(2, 8), (6, K)]  # 2 prompts once, then 6 completions on their cache
+
+
+def test_shared_prompt_forward_falls_back_under_checkpointing(tokenizer):
+    # Layer checkpointing turns the cache off: the shared path must not be taken (it would lose the
+    # prompt), and the result stays the plain forward's.
+    model = _lora_model(tokenizer)
+    ids, mask, rows = _grouped_batch(2)
+    expected = completion_logprobs(model, ids, mask, K).detach()
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    model.train()
+    got = completion_logprobs(model, ids, mask, K, prompt_rows=rows)
+    torch.testing.assert_close(got.detach(), expected, atol=1e-5, rtol=0)

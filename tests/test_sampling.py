@@ -10,7 +10,6 @@ import torch
 
 from rlvr.models import tiny_random_model
 from rlvr.sampling import Completion, FastSampler, HFSampler, SamplingParams, sample_tokens
-from rlvr.sampling import fast
 
 
 # ------------------------------------------------------------------------------------------------

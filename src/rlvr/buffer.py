@@ -10,7 +10,10 @@ Layout of a collated minibatch (prompts left-padded, completions right-padded):
     attention  [N, P + C]    0   0  1 1 1 | 1 1 1 1  0
     completion_mask [N, C]                  1 1 1 1  0
 
-so the last C positions are the completions of every row and `logits_to_keep = C`.
+so the last C positions are the completions of every row and `logits_to_keep = C`. `prompt_rows`
+[N] names, for each row, the first row with the same prompt: the update runs each prompt once for
+its G completions (`rlvr.policy.shared_prompt_hidden_states`), which is why micro-batches are made
+of whole groups when `grpo.share_prompt` is on (`optimizer_batches(by_group=True)`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Minibatch:
     old_logprobs: torch.Tensor  # [N, C]
     advantages: torch.Tensor  # [N]
     truncated: torch.Tensor  # [N] bool
+    prompt_rows: torch.Tensor  # [N] int64: the first row with the same prompt
 
     @property
     def logits_to_keep(self) -> int:
@@ -51,7 +55,8 @@ class Minibatch:
 
     def to(self, device) -> "Minibatch":
         return Minibatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.completion_mask,
-                                                    self.old_logprobs, self.advantages, self.truncated)))
+                                                    self.old_logprobs, self.advantages, self.truncated,
+                                                    self.prompt_rows)))
 
 
 def collate(rollouts: list[Rollout], pad_token_id: int) -> Minibatch:
@@ -73,7 +78,26 @@ def collate(rollouts: list[Rollout], pad_token_id: int) -> Minibatch:
             old[i, :lc] = torch.tensor(r.old_logprobs[:lc])
     advantages = torch.tensor([r.advantage for r in rollouts], dtype=torch.float32)  # [N]
     truncated = torch.tensor([r.truncated for r in rollouts], dtype=torch.bool)  # [N]
-    return Minibatch(input_ids, attention, completion_mask, old, advantages, truncated)
+    first: dict[tuple, int] = {}
+    prompt_rows = torch.tensor([first.setdefault(tuple(r.prompt_ids), i) for i, r in enumerate(rollouts)])  # [N]
+    return Minibatch(input_ids, attention, completion_mask, old, advantages, truncated, prompt_rows)
+
+
+def shuffled_order(groups: list[int], generator: torch.Generator, by_group: bool) -> list[int]:
+    """A random order of rollouts 0..len(groups)-1 (groups[i]: rollout i's group id).
+
+    by_group: the groups are shuffled and each group's rollouts stay together, in their order, so a
+    micro-batch holds whole groups and each prompt's forward is shared (`collate`). With one
+    optimizer step per batch this changes only the summation order of the gradient. Otherwise every
+    rollout is shuffled on its own (TRL's order).
+    """
+    if not by_group:
+        return torch.randperm(len(groups), generator=generator).tolist()
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    ids = list(members)
+    return [i for k in torch.randperm(len(ids), generator=generator).tolist() for i in members[ids[k]]]
 
 
 @dataclass
@@ -92,13 +116,14 @@ class Buffer:
         return sum(len(r.completion_ids) for r in self.rollouts)
 
     def optimizer_batches(self, steps_per_generation: int, micro_batch_size: int,
-                          generator: torch.Generator) -> list[list[list[Rollout]]]:
-        """Shuffle, split into `steps_per_generation` optimizer batches, each into micro-batches.
+                          generator: torch.Generator, by_group: bool = False) -> list[list[list[Rollout]]]:
+        """Shuffle (`shuffled_order`), split into `steps_per_generation` optimizer batches, each into
+        micro-batches.
 
         Sizes need not divide evenly (TRL #2858, Open-R1 #249): the last parts are smaller and the
         trainer weights each micro-batch by its share of the optimizer batch.
         """
-        order = torch.randperm(len(self.rollouts), generator=generator).tolist()
+        order = shuffled_order([r.group for r in self.rollouts], generator, by_group)
         shuffled = [self.rollouts[i] for i in order]
         per_step = math.ceil(len(shuffled) / max(1, steps_per_generation))
         batches = []

@@ -130,6 +130,8 @@ class GRPOConfig:
     """with dynamic_sampling: the most extra sampling rounds per step"""
     logprob_chunk_size: int = 1024
     """rows of logits computed at once in the update (memory knob; results do not depend on it)"""
+    share_prompt: bool = True
+    """micro-batches of whole groups, each prompt's forward run once for its G completions (same loss; false: TRL's per-completion shuffle)"""
 
 
 @dataclass

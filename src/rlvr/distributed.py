@@ -75,15 +75,20 @@ def shard_for_rank(items: Sequence, rank: int, world: int) -> list:
     return list(items[lo:hi])
 
 
-def shard_optimizer_batches(rollouts: list, offset: int, total: int, steps_per_generation: int,
-                            micro_batch_size: int, generator: torch.Generator) -> list[list[list]]:
-    """`Buffer.optimizer_batches` over the whole step's `total` rollouts, keeping this process's rows.
+def shard_optimizer_batches(rollouts: list, offset: int, groups: list[int], steps_per_generation: int,
+                            micro_batch_size: int, generator: torch.Generator,
+                            by_group: bool = False) -> list[list[list]]:
+    """`Buffer.optimizer_batches` over the whole step's rollouts, keeping this process's rows.
 
-    This process holds rollouts offset..offset+len(rollouts) of the step. The shuffle is over all
-    `total` (same generator state everywhere, so the same permutation), so optimizer batch s holds
-    the same rollouts as on one process; a process may own none of them (an empty list).
+    This process holds rollouts offset..offset+len(rollouts) of the step; `groups` are the group
+    ids of all of them (every process's, in rank order). The shuffle is over all of them (same
+    generator state everywhere, so the same permutation), so optimizer batch s holds the same
+    rollouts as on one process; a process may own none of them (an empty list).
     """
-    order = torch.randperm(total, generator=generator).tolist()
+    from rlvr.buffer import shuffled_order
+
+    total = len(groups)
+    order = shuffled_order(groups, generator, by_group)
     per_step = max(1, math.ceil(total / max(1, steps_per_generation)))
     batches = []
     for s in range(0, total, per_step):
@@ -237,15 +242,16 @@ class Dist:
                 self.wrapped = self.accelerator.prepare(LogprobModel(policy))
 
     def optimizer_batches(self, rollouts: list, steps_per_generation: int, micro_batch_size: int,
-                          generator: torch.Generator) -> list[list[list]]:
+                          generator: torch.Generator, by_group: bool = False) -> list[list[list]]:
         """This process's rows of each optimizer batch of the step (see `shard_optimizer_batches`)."""
         from rlvr.buffer import Buffer
 
         if self.world == 1:
-            return Buffer(rollouts).optimizer_batches(steps_per_generation, micro_batch_size, generator)
+            return Buffer(rollouts).optimizer_batches(steps_per_generation, micro_batch_size, generator, by_group)
         counts = [int(c) for c in self.gather([len(rollouts)])]
-        return shard_optimizer_batches(rollouts, sum(counts[:self.rank]), sum(counts), steps_per_generation,
-                                       micro_batch_size, generator)
+        groups = self.gather([r.group for r in rollouts])  # group ids of the whole step, in rank order
+        return shard_optimizer_batches(rollouts, sum(counts[:self.rank]), groups, steps_per_generation,
+                                       micro_batch_size, generator, by_group)
 
     def completion_logprobs(self, policy, *args, **kwargs):
         """`rlvr.policy.completion_logprobs`, through DDP when there is more than one process."""

@@ -231,6 +231,8 @@ def measure_update_memory(policy, cfg: Config, *, prompt_ids: list[int], batch_s
     learning rate 0 whose state (m, v) is allocated first, as it is from the second step of a run
     on; the weights do not change. The rise counts that state, the gradients and the activations. With full
     fine-tuning and beta > 0 the frozen reference copy is left out here (the estimate counts it).
+    Prompt sharing (grpo.share_prompt) is off here, as in the estimate: with it a step needs less, so
+    both are upper bounds.
     """
     from rlvr.buffer import Buffer, Rollout
     from rlvr.trainer import make_optimizer, update_policy
@@ -242,7 +244,8 @@ def measure_update_memory(policy, cfg: Config, *, prompt_ids: list[int], batch_s
                         group=i // 2) for i in range(batch_size)]
     beta = cfg.grpo.beta if cfg.model.use_peft else 0.0
     grpo = dataclasses.replace(cfg.grpo, learning_rate=0.0, weight_decay=0.0, num_iterations=1,
-                               steps_per_generation=1, per_device_train_batch_size=batch_size, beta=beta)
+                               steps_per_generation=1, per_device_train_batch_size=batch_size, beta=beta,
+                               share_prompt=False)
     optimizer, scheduler = make_optimizer(policy, grpo, 1)
     was_training = policy.training
     device = next(policy.parameters()).device

@@ -27,6 +27,8 @@ but the layers' activations (~6 GB) are the big item, so layer checkpointing is 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor
 
@@ -58,10 +60,18 @@ def decoder_and_head(model):
     return decoder, head
 
 
-def completion_hidden_states(model, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int) -> Tensor:
-    """Final hidden states at the K positions that predict input_ids[:, -K:]: [N, K, H]."""
+def completion_hidden_states(model, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int,
+                             prompt_rows: Tensor | None = None) -> Tensor:
+    """Final hidden states at the K positions that predict input_ids[:, -K:]: [N, K, H].
+
+    prompt_rows [N] (optional): for each row, the index of a row with the same prompt columns
+    (the first one, as `buffer.collate` computes it). Rows sharing a prompt then run its forward
+    once (`shared_prompt_hidden_states`), when the model allows it.
+    """
     _check_keep(input_ids, logits_to_keep)
     decoder, _ = decoder_and_head(model)
+    if prompt_rows is not None and _can_share_prompts(model, prompt_rows):
+        return shared_prompt_hidden_states(decoder, input_ids, attention_mask, logits_to_keep, prompt_rows)
     out = decoder(
         input_ids=input_ids,  # [N, T]
         attention_mask=attention_mask,  # [N, T]
@@ -70,6 +80,46 @@ def completion_hidden_states(model, input_ids: Tensor, attention_mask: Tensor, l
     )
     hidden = out.last_hidden_state  # [N, T, H]
     return hidden[:, -logits_to_keep - 1:-1]  # [N, K, H]
+
+
+def _can_share_prompts(model, prompt_rows: Tensor) -> bool:
+    """Worth it (some prompt appears twice) and possible: layer checkpointing turns the cache off."""
+    checkpointing = getattr(_base_model(model), "is_gradient_checkpointing", False) and torch.is_grad_enabled()
+    return not checkpointing and int(prompt_rows.unique().numel()) < prompt_rows.numel()
+
+
+def shared_prompt_hidden_states(decoder, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int,
+                                prompt_rows: Tensor) -> Tensor:
+    """`completion_hidden_states` with each distinct prompt run once: [N, K, H].
+
+    GRPO scores G completions of the same prompt, so a plain forward computes every prompt G times.
+    Here the P distinct prompts run once, their keys/values are indexed out to the N rows (a view
+    per layer; in the backward pass the N rows' gradients are summed into the P prompts), and the
+    completions run on top of that cache. Same numbers as one forward over [prompt | completion]
+    (causal attention: a prompt position never sees the completion), for (P*Tp + N*K) / (N*(Tp+K))
+    of the work: with G = 8, ~60 prompt and ~60 completion tokens, about half.
+    """
+    reps, inverse = torch.unique(prompt_rows, return_inverse=True)  # [P] row per prompt, [N] in [0, P)
+    tp = input_ids.shape[1] - logits_to_keep
+    prompt_mask = attention_mask[reps, :tp]  # [P, Tp]
+    prompt = decoder(
+        input_ids=input_ids[reps, :tp],  # [P, Tp]
+        attention_mask=prompt_mask,
+        position_ids=position_ids_from_mask(prompt_mask),  # [P, Tp]
+        use_cache=True,
+    )
+    cache = getattr(prompt, "cache", None) or prompt.past_key_values  # transformers >= 5.2x names it cache
+    cache.batch_select_indices(inverse)  # every layer's keys/values: [P, ...] -> [N, ...]
+    name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    out = decoder(
+        input_ids=input_ids[:, tp:],  # [N, K]
+        attention_mask=attention_mask,  # [N, Tp + K]: the prompt part masks each row's padding
+        position_ids=position_ids_from_mask(attention_mask)[:, tp:],  # [N, K]
+        use_cache=True,
+        **{name: cache},
+    )
+    last_prompt = prompt.last_hidden_state[inverse, -1:]  # [N, 1, H]: predicts the first completion token
+    return torch.cat([last_prompt, out.last_hidden_state[:, :-1]], dim=1)  # [N, K, H]
 
 
 def _check_keep(input_ids: Tensor, logits_to_keep: int) -> None:
@@ -102,6 +152,7 @@ def completion_logprobs(
     temperature: float = 1.0,
     chunk_size: int = 512,
     with_entropy: bool = False,
+    prompt_rows: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Log-probs of the completion tokens input_ids[:, -K:] under softmax(logits / temperature), lean.
 
@@ -109,8 +160,9 @@ def completion_logprobs(
     logits_to_keep. Returns logp [N, K] fp32 (and the entropy [N, K], no grad, when with_entropy).
     Padding positions get a log-prob too; the loss masks them out.
     Peak extra memory: chunk_size x V floats for the logits, instead of N x T x V.
+    prompt_rows [N]: rows with equal prompts run the prompt once (`completion_hidden_states`).
     """
-    hidden = completion_hidden_states(model, input_ids, attention_mask, logits_to_keep)  # [N, K, H]
+    hidden = completion_hidden_states(model, input_ids, attention_mask, logits_to_keep, prompt_rows)  # [N, K, H]
     targets = input_ids[:, -logits_to_keep:]  # [N, K]
     _, head = decoder_and_head(model)
     head_fn = _head_fn(model, head)
@@ -151,4 +203,5 @@ __all__ = [
     "decoder_and_head",
     "naive_completion_logprobs",
     "position_ids_from_mask",
+    "shared_prompt_hidden_states",
 ]

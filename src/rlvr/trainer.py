@@ -171,7 +171,7 @@ def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, 
 
     for _ in range(cfg.num_iterations):
         for parts in dist.optimizer_batches(buffer.rollouts, cfg.steps_per_generation,
-                                            cfg.per_device_train_batch_size, generator):
+                                            cfg.per_device_train_batch_size, generator, by_group=cfg.share_prompt):
             masks = [_loss_mask(p, cfg.mask_truncated_completions) for p in parts]
             local_tok = sum(float(w) * len(r.completion_ids) for p, m in zip(parts, masks) for r, w in zip(p, m))
             n_seq, n_tok, n_micro = dist.all_sum(sum(len(p) for p in parts), local_tok, len(parts))  # all processes
@@ -182,9 +182,10 @@ def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, 
                 with dist.sync(last=i == len(parts) - 1):  # processes average gradients after the last
                     mb = collate(micro, pad_token_id).to(device)
                     mask = mb.completion_mask * mask_rows.to(device)[:, None]  # [n, C]
+                    rows = mb.prompt_rows if cfg.share_prompt else None  # each prompt's forward once
                     logp, entropy = dist.completion_logprobs(
                         model, mb.input_ids, mb.attention_mask, mb.logits_to_keep, temperature=temperature,
-                        chunk_size=cfg.logprob_chunk_size, with_entropy=True)  # [n, C], [n, C]
+                        chunk_size=cfg.logprob_chunk_size, with_entropy=True, prompt_rows=rows)  # [n, C], [n, C]
                     old = logp.detach() if cfg.num_iterations == 1 else mb.old_logprobs  # [n, C]
                     ref = _reference_logprobs(model, ref_model, mb, temperature, cfg) if cfg.beta > 0 else None
                     loss, m = policy_loss(logp, old, mb.advantages, mask, ref_logprobs=ref, beta=cfg.beta,
@@ -231,13 +232,13 @@ def _loss_mask(rollouts, mask_truncated: bool) -> torch.Tensor:
 
 def _reference_logprobs(model, ref_model, mb, temperature, cfg):
     """Log-probs under the reference: the adapter disabled (LoRA) or a frozen copy (full fine-tuning)."""
+    kwargs = dict(temperature=temperature, chunk_size=cfg.logprob_chunk_size,
+                  prompt_rows=mb.prompt_rows if cfg.share_prompt else None)
     with torch.no_grad():
         if ref_model is None:
             with model.disable_adapter():
-                return completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.logits_to_keep,
-                                           temperature=temperature, chunk_size=cfg.logprob_chunk_size)
-        return completion_logprobs(ref_model, mb.input_ids, mb.attention_mask, mb.logits_to_keep,
-                                   temperature=temperature, chunk_size=cfg.logprob_chunk_size)
+                return completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.logits_to_keep, **kwargs)
+        return completion_logprobs(ref_model, mb.input_ids, mb.attention_mask, mb.logits_to_keep, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
