@@ -143,3 +143,41 @@ def test_adaptive_difficulty_runs_and_resumes(tmp_path, tiny_smol):
 
     state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
     assert state["curriculum"] is not None
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_skipping_zero_advantage_rows_gives_the_same_step(loss_type):
+    """Flat groups (advantage 0) are left out of the forward/backward but still normalise the loss:
+    the weights after two steps equal those of the update that computes every row."""
+    import copy
+    import dataclasses
+
+    from rlvr.buffer import Buffer, Rollout
+    from rlvr.config import GRPOConfig
+    from rlvr.trainer import update_policy
+
+    model, tok = char_model(seed=1)
+    g = torch.Generator().manual_seed(0)
+    advantages = [0.0] * 4 + [1.2, -0.4, -0.4, -0.4] + [0.0] * 4 + [0.5, -0.5, 0.5, -0.5]  # groups 0 and 2 flat
+    rollouts = [Rollout(prompt_ids=[5 + i // 4, 6, 7], completion_ids=torch.randint(3, 50, (3 + i % 3,), generator=g).tolist(),
+                        old_logprobs=[0.0] * 5, advantage=a, truncated=False, group=i // 4)
+                for i, a in enumerate(advantages)]
+    cfg = dataclasses.replace(GRPOConfig(), loss_type=loss_type, per_device_train_batch_size=3, num_iterations=2,
+                              max_grad_norm=1e9)
+    results = []
+    for skip in (False, True):
+        policy = copy.deepcopy(model)
+        # plain SGD, no clipping: a wrongly scaled gradient shows (AdamW would normalise it away)
+        optimizer = torch.optim.SGD(policy.parameters(), lr=0.5)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
+        metrics = update_policy(policy, optimizer, scheduler, Buffer(list(rollouts)), cfg, temperature=1.0,
+                                max_completion_length=8, pad_token_id=tok.pad_token_id,
+                                generator=torch.Generator().manual_seed(3), skip_zero_advantage=skip)
+        results.append((policy, metrics))
+    (full, m_full), (lean, m_lean) = results
+    assert m_lean["update/skipped_frac"] == 0.5 and "update/skipped_frac" not in m_full
+    changed = 0
+    for a, b, before in zip(full.parameters(), lean.parameters(), model.parameters()):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+        changed += int(not torch.equal(a, before))
+    assert changed > 0

@@ -150,11 +150,17 @@ def _loss_weight(loss_type: str, micro: int, total: int, num_micro: int) -> floa
 
 def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, *, temperature: float,
                   max_completion_length: int, pad_token_id: int, generator: torch.Generator,
-                  ref_model=None, dist: Dist | None = None) -> dict:
+                  ref_model=None, dist: Dist | None = None, skip_zero_advantage: bool = True) -> dict:
     """num_iterations passes over the buffer; each pass is steps_per_generation optimizer steps.
 
     With several processes (`dist`), the buffer holds this process's groups; optimizer batches,
     loss weights and the skip decision are global, so the step equals one process's (rlvr.distributed).
+
+    Rows with advantage 0 (every row of a group whose rewards are all equal) have a zero loss
+    gradient when there is no KL term (beta = 0), whatever the ratio: with `skip_zero_advantage`
+    they are left out of the forward and backward passes, but still counted by the normalisers
+    (sequences, DAPO's tokens), so the step is the same. Not for bnpo, which normalises by each
+    micro-batch's own tokens. With half the groups flat, that halves the update's work.
     """
     dist = dist or Dist()
     device = next(model.parameters()).device
@@ -169,13 +175,20 @@ def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, 
         sums[key] = sums.get(key, 0.0) + float(value)
         counts[key] = counts.get(key, 0) + 1
 
+    skip = skip_zero_advantage and cfg.beta == 0 and cfg.loss_type != "bnpo"
+    micro_size = cfg.per_device_train_batch_size
     for _ in range(cfg.num_iterations):
-        for parts in dist.optimizer_batches(buffer.rollouts, cfg.steps_per_generation,
-                                            cfg.per_device_train_batch_size, generator, by_group=cfg.share_prompt):
+        for parts in dist.optimizer_batches(buffer.rollouts, cfg.steps_per_generation, micro_size, generator,
+                                            by_group=cfg.share_prompt):
             masks = [_loss_mask(p, cfg.mask_truncated_completions) for p in parts]
             local_tok = sum(float(w) * len(r.completion_ids) for p, m in zip(parts, masks) for r, w in zip(p, m))
             n_seq, n_tok, n_micro = dist.all_sum(sum(len(p) for p in parts), local_tok, len(parts))  # all processes
             n_tok = max(1, int(n_tok))
+            if skip:  # zero-gradient rows out; the normalisers above still count them
+                kept = [r for p in parts for r in p if r.advantage != 0.0]
+                add("update/skipped_frac", 1.0 - len(kept) / max(1, sum(len(p) for p in parts)))
+                parts = [kept[m:m + micro_size] for m in range(0, len(kept), micro_size)]
+                masks = [_loss_mask(p, cfg.mask_truncated_completions) for p in parts]
             if not parts:  # none of this batch's rows here: join the gradient all-reduce with a zero loss
                 _zero_pass(model, dist, pad_token_id, device)
             for i, (micro, mask_rows) in enumerate(zip(parts, masks)):
