@@ -88,6 +88,10 @@ class Settings:
     """a tiny random Llama with the SmolLM2 tokenizer instead of the bundled 135M model"""
     trl_mmap: bool = False
     """give TRL rlvr's allocator setting too (glibc mmap threshold 1 MB; `rlvr` sets it at start-up)"""
+    rlvr_skip: bool = False
+    """rlvr's default of leaving flat groups (advantage 0) out of the update; off here, so both sides
+    compute every row: the base model rarely scores, most groups are flat, and skipping them would
+    time an update with almost nothing in it"""
     seed: int = 0
 
     @property
@@ -180,6 +184,7 @@ def rlvr_overrides(s: Settings, run_dir: Path) -> list[str]:
         "grpo.adam_beta2=0.99", "grpo.warmup_ratio=0.0", "grpo.lr_scheduler_type=constant", "grpo.max_grad_norm=1.0",
         "grpo.epsilon=0.2", "grpo.beta=0.0", "grpo.loss_type=grpo", "grpo.scale_rewards=group",
         "grpo.mask_truncated_completions=false", "grpo.dynamic_sampling=false",
+        f"grpo.skip_zero_advantage={str(s.rlvr_skip).lower()}", "grpo.share_prompt=true",
         "eval.n=0", "eval.on_start=false", "curriculum.enabled=false",
     ]
 
@@ -470,6 +475,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Settings]:
     p.add_argument("--gradient-checkpointing", action="store_true", help="on for both sides (default off for both)")
     p.add_argument("--trl-mmap", action="store_true", help="give TRL rlvr's glibc mmap-threshold setting too")
     p.add_argument("--tiny", action="store_true", help="a tiny random model (smoke run)")
+    p.add_argument("--rlvr-skip", action="store_true",
+                   help="let rlvr skip flat groups in the update, its default (off: both sides compute every row)")
     p.add_argument("--out", type=Path, default=None, help=f"JSON results (default {DEFAULT_OUT.relative_to(ROOT)})")
     p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--worker-settings", help=argparse.SUPPRESS)
@@ -479,7 +486,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Settings]:
     s = Settings(steps=args.steps, prompts=args.prompts, generations=args.generations,
                  max_completion=args.max_completion, threads=args.threads, micro_batch=args.micro_batch,
                  learning_rate=args.lr, gradient_checkpointing=args.gradient_checkpointing, tiny=args.tiny,
-                 trl_mmap=args.trl_mmap)
+                 trl_mmap=args.trl_mmap, rlvr_skip=args.rlvr_skip)
     s.micro  # noqa: B018 - fail early on a micro-batch that does not divide B*G
     return args, s
 

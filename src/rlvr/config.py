@@ -130,6 +130,8 @@ class GRPOConfig:
     """with dynamic_sampling: the most extra sampling rounds per step"""
     logprob_chunk_size: int = 1024
     """rows of logits computed at once in the update (memory knob; results do not depend on it)"""
+    skip_zero_advantage: bool = True
+    """leave rows with advantage 0 (flat groups) out of the update when beta = 0: same step, less work (not bnpo)"""
     share_prompt: bool = True
     """micro-batches of whole groups, each prompt's forward run once for its G completions (same loss; false: TRL's per-completion shuffle)"""
 

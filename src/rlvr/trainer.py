@@ -150,7 +150,7 @@ def _loss_weight(loss_type: str, micro: int, total: int, num_micro: int) -> floa
 
 def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, *, temperature: float,
                   max_completion_length: int, pad_token_id: int, generator: torch.Generator,
-                  ref_model=None, dist: Dist | None = None, skip_zero_advantage: bool = True) -> dict:
+                  ref_model=None, dist: Dist | None = None, skip_zero_advantage: bool | None = None) -> dict:
     """num_iterations passes over the buffer; each pass is steps_per_generation optimizer steps.
 
     With several processes (`dist`), the buffer holds this process's groups; optimizer batches,
@@ -161,6 +161,7 @@ def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, 
     they are left out of the forward and backward passes, but still counted by the normalisers
     (sequences, DAPO's tokens), so the step is the same. Not for bnpo, which normalises by each
     micro-batch's own tokens. With half the groups flat, that halves the update's work.
+    skip_zero_advantage: None follows cfg.skip_zero_advantage.
     """
     dist = dist or Dist()
     device = next(model.parameters()).device
@@ -175,6 +176,8 @@ def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, 
         sums[key] = sums.get(key, 0.0) + float(value)
         counts[key] = counts.get(key, 0) + 1
 
+    if skip_zero_advantage is None:
+        skip_zero_advantage = cfg.skip_zero_advantage
     skip = skip_zero_advantage and cfg.beta == 0 and cfg.loss_type != "bnpo"
     micro_size = cfg.per_device_train_batch_size
     for _ in range(cfg.num_iterations):
