@@ -151,3 +151,22 @@ def test_drop_in_for_the_trainers_example_stream(tiny_smol):
                              generator=torch.Generator().manual_seed(0))
     assert stream.position == 2 and len(exp.rollouts) == 8
     assert stream.observe(group_success_rates(exp.correct, 4)) == 1  # a random model is never right: down
+
+
+def test_dynamic_sampling_reports_every_group_to_the_curriculum(tiny_smol):
+    """Groups dynamic sampling drops are part of what the level's success rate is: a random model
+    is never right, so each round's 2 groups are flat and dropped but for the last round's."""
+    from rlvr.rollout import PromptFormat, build_reward_fns, collect_experience, sampling_params
+    from rlvr.sampling.fast import FastSampler
+
+    model, tok = tiny_smol
+    task = subtraction()
+    stream = AdaptiveDifficulty(task, window=2, start_level=2, seed=0)
+    exp = collect_experience(FastSampler(model, tok), tok, task, stream, batch_size=2, num_generations=4,
+                             params=sampling_params(tok, max_new_tokens=4, temperature=1.0), fmt=PromptFormat(),
+                             reward_fns=build_reward_fns(task, {"accuracy": 1.0}), scale_rewards="group",
+                             dynamic_sampling=True, max_resample_rounds=2, reward_timeout=10.0,
+                             generator=torch.Generator().manual_seed(0))
+    assert len(exp.rollouts) == 8  # the last round's 2 groups are kept whatever they are
+    assert exp.group_success == [0.0] * 6  # 3 rounds x 2 groups: all of them observed
+    assert exp.metrics["signal/zero_std_groups"] == 1.0

@@ -220,6 +220,7 @@ class Dist:
 
         parts = self.gather([exp])
         merged = concat_experience(parts)
+        merged.group_success = exp.group_success  # already every process's
         merged.metrics = {**combine_metrics([p.metrics for p in parts]), **experience_metrics(merged, num_generations)}
         return merged
 

@@ -116,6 +116,9 @@ class Experience:
     correct: list[float]
     formatted: list[float]
     metrics: dict = field(default_factory=dict)
+    group_success: list[float] = field(default_factory=list)
+    """the success rate of every group sampled for the step, all processes', those dynamic sampling
+    dropped too: what adaptive difficulty observes (the kept groups alone would hide the flat ones)"""
 
 
 def collect_experience(sampler, tokenizer, task: Task, examples: Iterator[Example], *, batch_size: int,
@@ -133,6 +136,7 @@ def collect_experience(sampler, tokenizer, task: Task, examples: Iterator[Exampl
     g = num_generations
     parts: list[Experience] = []
     kept_groups, seen_groups, zero_groups = 0, 0, 0
+    success: list[float] = []
     t0 = time.perf_counter()
     gen_tokens = 0
     for round_ in range(1 + (max_resample_rounds if dynamic_sampling else 0)):
@@ -146,6 +150,7 @@ def collect_experience(sampler, tokenizer, task: Task, examples: Iterator[Exampl
                                  reward_fns, scale_rewards, reward_timeout, gather, progress)
         gen_tokens += sum(len(r.completion_ids) for r in part.rollouts)
         zero = part.metrics.pop("_zero_mask")  # [need] bool, every process's groups
+        success.extend(part.group_success)
         seen_groups += need
         zero_groups += int(zero.sum())
         if dynamic_sampling and round_ < max_resample_rounds:
@@ -157,6 +162,7 @@ def collect_experience(sampler, tokenizer, task: Task, examples: Iterator[Exampl
         if not dynamic_sampling:
             break
     exp = concat_experience(parts)
+    exp.group_success = success
     exp.metrics.update(experience_metrics(exp, g))
     exp.metrics["signal/zero_std_groups"] = zero_groups / max(1, seen_groups)
     exp.metrics["time/generate_s"] = time.perf_counter() - t0
@@ -191,7 +197,9 @@ def _sample_and_score(sampler, tokenizer, task, batch, seeds, offset, g, params,
     full = [fmt.prefill + t for t in texts]
     correct = [float(task.verify(prompt_lib.extract_answer(t), ex)) for t, ex in zip(full, examples)]
     formatted = reward_lib.format_reward(full)
-    return Experience(rollouts, examples, texts, result, correct, list(formatted), {"_zero_mask": zero})
+    everyone = torch.tensor(gather(correct), dtype=torch.float32).view(-1, g)  # [B, G] every process's groups
+    return Experience(rollouts, examples, texts, result, correct, list(formatted), {"_zero_mask": zero},
+                      everyone.mean(dim=1).tolist())
 
 
 def _is_chat(tokenizer, fmt: PromptFormat) -> bool:
@@ -206,7 +214,7 @@ def _keep_groups(exp: Experience, keep: torch.Tensor, g: int) -> Experience:
     rewards = reward_lib.RewardResult(total=sel(res.total), parts={k: sel(v) for k, v in res.parts.items()},
                                       errors=dict(res.errors))
     return Experience(sel(exp.rollouts), sel(exp.examples), sel(exp.completions), rewards,
-                      sel(exp.correct), sel(exp.formatted), exp.metrics)
+                      sel(exp.correct), sel(exp.formatted), exp.metrics, exp.group_success)
 
 
 def concat_experience(parts: list[Experience]) -> Experience:
@@ -224,7 +232,7 @@ def concat_experience(parts: list[Experience]) -> Experience:
                                       parts={k: [x for p in parts for x in p.rewards.parts[k]] for k in names},
                                       errors=errors)
     return Experience(cat("rollouts"), cat("examples"), cat("completions"), rewards, cat("correct"),
-                      cat("formatted"), {})
+                      cat("formatted"), {}, cat("group_success"))
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:

@@ -37,7 +37,6 @@ from rlvr.algorithms.losses import policy_loss
 from rlvr.buffer import Buffer, collate
 from rlvr.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlvr.config import Config, ConfigError, GRPOConfig, ModelConfig
-from rlvr.curriculum import group_success_rates
 from rlvr.distributed import Dist, NullTracker, setup_distributed
 from rlvr.evaluate import evaluate_config, format_table, verdict
 from rlvr.policy import completion_logprobs
@@ -370,7 +369,7 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
             step += 1
             metrics = {**seen.metrics, **upd, "memory/peak_rss_gb": peak_rss_gb()}
             if cfg.curriculum.enabled:
-                stream.observe(group_success_rates(seen.correct, cfg.grpo.num_generations))
+                stream.observe(seen.group_success)  # every group sampled, dynamic sampling's dropped ones too
                 metrics.update(stream.metrics())
             fired = alarms.update(metrics, step) if alarms is not None else []
             metrics.update(alarm_metrics(fired))
