@@ -33,3 +33,20 @@ def test_sft_learns_its_demonstrations_and_evaluates_before_and_after(tmp_path, 
         "sampling.max_completion_length=6", "eval.n=0", "run.quiet=true", "run.doctor=off",
     ])
     assert train(grpo).steps == 1
+
+
+def test_sft_use_peft_overrides_the_model_setting(tmp_path, tiny_dir):
+    """sft.use_peft=false: the warm-up fine-tunes every weight while GRPO (model.use_peft) keeps LoRA."""
+    cfg = load_config(None, [
+        f"model.name={tiny_dir}", "model.use_peft=true", "sft.use_peft=false", "task.name=subtraction",
+        "task.options={n: 100, high: 10}", f"run.output_dir={tmp_path / 'sft'}", "sft.num_examples=4",
+        "sft.batch_size=4", "eval.n=0", "run.quiet=true",
+    ])
+    _, policy = run_sft(cfg)
+    assert getattr(policy, "peft_config", None) is None
+    assert all(p.requires_grad for p in policy.parameters())
+    lora = load_config(None, [*[f"{k}={v}" for k, v in (("model.name", tiny_dir), ("task.name", "subtraction"))],
+                              "task.options={n: 100, high: 10}", f"run.output_dir={tmp_path / 'sft2'}",
+                              "sft.num_examples=4", "sft.batch_size=4", "eval.n=0", "run.quiet=true"])
+    _, policy = run_sft(lora)  # null: follows model.use_peft (true by default)
+    assert getattr(policy, "peft_config", None) is not None

@@ -148,6 +148,8 @@ class SFTConfig:
     """passes over the demonstrations"""
     learning_rate: float = 2e-4
     """AdamW peak learning rate (LoRA likes a higher rate than full fine-tuning)"""
+    use_peft: Any = None
+    """LoRA for the warm-up: true, false (full fine-tuning), or null to follow model.use_peft (GRPO's)"""
     batch_size: int = 8
     """demonstrations per optimizer step"""
     warmup_ratio: float = 0.05

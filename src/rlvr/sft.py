@@ -13,6 +13,7 @@ from it and attaches a fresh LoRA adapter.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -153,7 +154,8 @@ def run_sft(cfg: Config, *, model=None, tokenizer=None, task=None, resume: bool 
     g = torch.Generator().manual_seed(cfg.run.seed)
     chosen = [examples[i] for i in torch.randperm(len(examples), generator=g)[:cfg.sft.num_examples].tolist()]
     demos = load_demonstrations(cfg, task, chosen)
-    policy = prepare_policy(model, cfg.model)
+    model_cfg = cfg.model if cfg.sft.use_peft is None else dataclasses.replace(cfg.model, use_peft=bool(cfg.sft.use_peft))
+    policy = prepare_policy(model, model_cfg)
     rows = []
     with Tracker(run_dir, report_to=list(cfg.run.report_to), config=cfg.to_dict()) as tracker:
         if cfg.eval.n and cfg.eval.on_start:
