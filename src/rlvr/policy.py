@@ -84,7 +84,9 @@ def completion_hidden_states(model, input_ids: Tensor, attention_mask: Tensor, l
 
 def _can_share_prompts(model, prompt_rows: Tensor) -> bool:
     """Worth it (some prompt appears twice) and possible: layer checkpointing turns the cache off."""
-    checkpointing = getattr(_base_model(model), "is_gradient_checkpointing", False) and torch.is_grad_enabled()
+    base = _base_model(model)
+    name = "is_activation_checkpointing" if hasattr(type(base), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    checkpointing = getattr(base, name, False) and torch.is_grad_enabled()  # transformers 5 renamed it
     return not checkpointing and int(prompt_rows.unique().numel()) < prompt_rows.numel()
 
 

@@ -1,0 +1,102 @@
+"""Which GRPO settings raise held-out accuracy over an SFT model? Run them and record before/after.
+
+Each variant is `rlvr train --config CONFIG --model SFT_MODEL <overrides>` in its own run directory,
+evaluated greedily on the same first eval.n held-out examples at the end; the SFT model's own
+accuracy on those examples (the "before") is measured once with `rlvr eval --config`. Up to
+--parallel variants run at once, each on one thread (OMP_NUM_THREADS=1; on 2 cores, 2 at a time
+is what the measurements below used). The record (each variant's overrides, before/after accuracy,
+training accuracy per step, seconds) goes to bench/results/grpo_settings.json.
+
+    .venv/bin/python bench/bench_grpo_settings.py --sft runs/main/sft/final           # the variants below
+    .venv/bin/python bench/bench_grpo_settings.py --sft runs/main/sft/final --only lora_lr2e-4_ds
+
+An SFT model: the main job's runs/main/sft/final, or `rlvr sft --config configs/main.yaml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+VARIANTS: dict[str, list[str]] = {
+    # full fine-tuning of the RL stage, as the main job does
+    "full_dapo_lr3e-6": ["grpo.learning_rate=3e-6"],
+    "full_t0.7_lr1e-5": ["sampling.temperature=0.7", "grpo.learning_rate=1e-5"],
+    # LoRA r16 on top of the fully fine-tuned SFT model
+    "lora_t0.7_lr5e-5": ["model.use_peft=true", "sampling.temperature=0.7", "grpo.learning_rate=5e-5"],
+    "lora_lr2e-4_ds": ["model.use_peft=true", "grpo.learning_rate=2e-4", "grpo.dynamic_sampling=true",
+                       "grpo.max_steps=12", "eval.every=6"],
+    "lora_lr5e-4_ds": ["model.use_peft=true", "grpo.learning_rate=5e-4", "grpo.dynamic_sampling=true",
+                       "grpo.max_steps=12", "eval.every=6"],
+}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def run(cmd: list[str], log: Path) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    t0 = time.time()
+    with log.open("w") as f:
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    return time.time() - t0
+
+
+def before(args, out_dir: Path) -> dict:
+    """The SFT model's accuracy on the held-out examples every variant is evaluated on."""
+    run([sys.executable, "-m", "rlvr", "eval", "--config", args.config, "--model", args.sft,
+         "-o", str(out_dir / "sft_eval"), "run.threads=1"], out_dir / "sft_eval.log")
+    rows = read_jsonl(out_dir / "sft_eval" / "eval.jsonl")
+    return {"accuracy": sum(r["correct"] for r in rows) / max(1, len(rows)), "n": len(rows)}
+
+
+def variant(args, out_dir: Path, name: str) -> dict:
+    run_dir = out_dir / name
+    overrides = VARIANTS[name]
+    cmd = [sys.executable, "-m", "rlvr", "train", "--config", args.config, "--model", args.sft, "-o", str(run_dir),
+           "eval.on_start=false", "run.threads=1", "run.doctor=off", "run.quiet=true", *overrides]
+    seconds = run(cmd, out_dir / f"{name}.log")
+    evals = read_jsonl(run_dir / "eval.jsonl")
+    steps = read_jsonl(run_dir / "metrics.jsonl")
+    return {"overrides": overrides, "seconds": seconds,
+            "eval": [{k: e[k] for k in ("step", "accuracy", "format_rate", "mean_length")} for e in evals],
+            "train_accuracy": [round(s.get("train/accuracy", 0.0), 4) for s in steps],
+            "zero_signal": [round(s.get("signal/zero_std_groups", 0.0), 4) for s in steps]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sft", required=True, help="the SFT model (a run directory or its final/merged)")
+    p.add_argument("--config", default="configs/main.yaml")
+    p.add_argument("--only", nargs="*", default=None, help=f"variants to run (default all: {', '.join(VARIANTS)})")
+    p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-grpo-settings")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "grpo_settings.json")
+    args = p.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    names = args.only or list(VARIANTS)
+    record = {"sft_model": args.sft, "config": args.config, "date": time.strftime("%Y-%m-%d %H:%M"),
+              "before": before(args, args.work)}
+    print(f"SFT model: {record['before']['accuracy']:.1%} on {record['before']['n']} held-out examples")
+    with ThreadPoolExecutor(args.parallel) as pool:
+        results = dict(zip(names, pool.map(lambda n: variant(args, args.work, n), names)))
+    record["variants"] = results
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    for name, r in results.items():
+        last = r["eval"][-1]["accuracy"] if r["eval"] else float("nan")
+        print(f"{name:<22} after {last:.1%}  ({last - record['before']['accuracy']:+.1%})  {r['seconds'] / 60:.1f} min")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
