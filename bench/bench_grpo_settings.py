@@ -53,8 +53,9 @@ def run(cmd: list[str], log: Path) -> float:
 
 def before(args, out_dir: Path) -> dict:
     """The SFT model's accuracy on the held-out examples every variant is evaluated on."""
-    run([sys.executable, "-m", "rlvr", "eval", "--config", args.config, "--model", args.sft,
-         "-o", str(out_dir / "sft_eval"), "run.threads=1"], out_dir / "sft_eval.log")
+    if not args.collect:
+        run([sys.executable, "-m", "rlvr", "eval", "--config", args.config, "--model", args.sft,
+             "-o", str(out_dir / "sft_eval"), "run.threads=1"], out_dir / "sft_eval.log")
     rows = read_jsonl(out_dir / "sft_eval" / "eval.jsonl")
     return {"accuracy": sum(r["correct"] for r in rows) / max(1, len(rows)), "n": len(rows)}
 
@@ -64,7 +65,7 @@ def variant(args, out_dir: Path, name: str) -> dict:
     overrides = VARIANTS[name]
     cmd = [sys.executable, "-m", "rlvr", "train", "--config", args.config, "--model", args.sft, "-o", str(run_dir),
            "eval.on_start=false", "run.threads=1", "run.doctor=off", "run.quiet=true", *overrides]
-    seconds = run(cmd, out_dir / f"{name}.log")
+    seconds = None if args.collect else run(cmd, out_dir / f"{name}.log")
     evals = read_jsonl(run_dir / "eval.jsonl")
     steps = read_jsonl(run_dir / "metrics.jsonl")
     return {"overrides": overrides, "seconds": seconds,
@@ -81,9 +82,11 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-grpo-settings")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "grpo_settings.json")
+    p.add_argument("--collect", action="store_true",
+                   help="run nothing: read the runs already in --work (sft_eval/eval.jsonl and one directory per variant)")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    names = args.only or list(VARIANTS)
+    names = args.only or [n for n in VARIANTS if not args.collect or (args.work / n / "eval.jsonl").exists()]
     record = {"sft_model": args.sft, "config": args.config, "date": time.strftime("%Y-%m-%d %H:%M"),
               "before": before(args, args.work)}
     print(f"SFT model: {record['before']['accuracy']:.1%} on {record['before']['n']} held-out examples")
@@ -94,7 +97,8 @@ def main() -> None:
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     for name, r in results.items():
         last = r["eval"][-1]["accuracy"] if r["eval"] else float("nan")
-        print(f"{name:<22} after {last:.1%}  ({last - record['before']['accuracy']:+.1%})  {r['seconds'] / 60:.1f} min")
+        minutes = f"{r['seconds'] / 60:.1f} min" if r["seconds"] else ""
+        print(f"{name:<22} after {last:.1%}  ({last - record['before']['accuracy']:+.1%})  {minutes}")
     print(f"wrote {args.out}")
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -39,7 +40,8 @@ BASES = {
 }
 FLAGS = {
     "gc": "gradient checkpointing of every decoder layer (model.activation_checkpointing_enable())",
-    "mmap": "MALLOC_MMAP_THRESHOLD_=1048576: glibc serves blocks >= 1 MB by mmap and unmaps them on free",
+    "mmap": "MALLOC_MMAP_THRESHOLD_=1048576: glibc serves blocks >= 1 MB by mmap and unmaps them on free "
+            "(+mmapN: N MB)",
     "share": "each group's prompt run once, its G=8 completions on the prompt's keys/values (grpo.share_prompt)",
 }
 MMAP_THRESHOLD = 1 << 20
@@ -143,8 +145,9 @@ def worker(variant: str, chunk_size: int) -> None:
 def run_variant(variant: str, chunk_size: int) -> dict:
     """Run one variant in a fresh process; its own peak RSS comes from os.wait4 on that child."""
     env = dict(os.environ)
-    if "+mmap" in variant:
-        env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
+    mmap = re.search(r"\+mmap(\d*)", variant)  # +mmap: 1 MB, +mmap32: 32 MB
+    if mmap:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(int(mmap.group(1) or 1) * MMAP_THRESHOLD)
     cmd = [sys.executable, __file__, "--worker", variant, "--chunk-size", str(chunk_size)]
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
