@@ -181,3 +181,17 @@ def test_skipping_zero_advantage_rows_gives_the_same_step(loss_type):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
         changed += int(not torch.equal(a, before))
     assert changed > 0
+
+
+def test_all_groups_flat_skips_the_whole_update(tmp_path):
+    """A reward that never differs: every row is skipped, the step still runs (zero gradients) and
+    the weights move only by what AdamW does with a zero gradient (nothing, from a fresh state)."""
+    model, tok = char_model(seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = digit_config(tmp_path, f"task.rewards={{{ROOT / 'tests' / 'toy_rewards.py'}:constant_reward: 1.0}}",
+                       "grpo.max_steps=2")
+    train(cfg, model=model, tokenizer=tok, task=DigitTask("7"))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update/skipped_frac"] for r in rows] == [1.0, 1.0]
+    assert all(r["signal/zero_std_groups"] == 1.0 for r in rows)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

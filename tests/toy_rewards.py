@@ -14,3 +14,8 @@ def variety_reward(completions, **kwargs):
     """Distinct characters / length: differs between random completions, so every group has signal."""
     texts = [c if isinstance(c, str) else c[0]["content"] for c in completions]
     return [len(set(t)) / max(1, len(t)) for t in texts]
+
+
+def constant_reward(completions, **kwargs):
+    """The same score for everything: every group is flat, so there is nothing to learn."""
+    return [0.5 for _ in completions]
