@@ -136,19 +136,24 @@ def test_group_success_rates():
     assert group_success_rates([1, 0, 1, 1, 0, 0], 2) == [0.5, 1.0, 0.0]
 
 
-def test_drop_in_for_the_trainers_example_stream(tiny_smol):
-    """collect_experience takes the stream like ExampleStream; observe takes its groups' accuracy."""
+def _collect_from_stream(tiny_smol, stream, task, *, dynamic_sampling: bool, rounds: int):
+    """One step's experience of a tiny random model, 2 prompts x 4 samples drawn from `stream`."""
     from rlvr.rollout import PromptFormat, build_reward_fns, collect_experience, sampling_params
     from rlvr.sampling.fast import FastSampler
 
     model, tok = tiny_smol
+    return collect_experience(FastSampler(model, tok), tok, task, stream, batch_size=2, num_generations=4,
+                              params=sampling_params(tok, max_new_tokens=4, temperature=1.0), fmt=PromptFormat(),
+                              reward_fns=build_reward_fns(task, {"accuracy": 1.0}), scale_rewards="group",
+                              dynamic_sampling=dynamic_sampling, max_resample_rounds=rounds, reward_timeout=10.0,
+                              generator=torch.Generator().manual_seed(0))
+
+
+def test_drop_in_for_the_trainers_example_stream(tiny_smol):
+    """collect_experience takes the stream like ExampleStream; observe takes its groups' accuracy."""
     task = subtraction()
     stream = AdaptiveDifficulty(task, window=2, start_level=2, seed=0)
-    exp = collect_experience(FastSampler(model, tok), tok, task, stream, batch_size=2, num_generations=4,
-                             params=sampling_params(tok, max_new_tokens=4, temperature=1.0), fmt=PromptFormat(),
-                             reward_fns=build_reward_fns(task, {"accuracy": 1.0}), scale_rewards="group",
-                             dynamic_sampling=False, max_resample_rounds=0, reward_timeout=10.0,
-                             generator=torch.Generator().manual_seed(0))
+    exp = _collect_from_stream(tiny_smol, stream, task, dynamic_sampling=False, rounds=0)
     assert stream.position == 2 and len(exp.rollouts) == 8
     assert stream.observe(group_success_rates(exp.correct, 4)) == 1  # a random model is never right: down
 
@@ -156,17 +161,9 @@ def test_drop_in_for_the_trainers_example_stream(tiny_smol):
 def test_dynamic_sampling_reports_every_group_to_the_curriculum(tiny_smol):
     """Groups dynamic sampling drops are part of what the level's success rate is: a random model
     is never right, so each round's 2 groups are flat and dropped but for the last round's."""
-    from rlvr.rollout import PromptFormat, build_reward_fns, collect_experience, sampling_params
-    from rlvr.sampling.fast import FastSampler
-
-    model, tok = tiny_smol
     task = subtraction()
     stream = AdaptiveDifficulty(task, window=2, start_level=2, seed=0)
-    exp = collect_experience(FastSampler(model, tok), tok, task, stream, batch_size=2, num_generations=4,
-                             params=sampling_params(tok, max_new_tokens=4, temperature=1.0), fmt=PromptFormat(),
-                             reward_fns=build_reward_fns(task, {"accuracy": 1.0}), scale_rewards="group",
-                             dynamic_sampling=True, max_resample_rounds=2, reward_timeout=10.0,
-                             generator=torch.Generator().manual_seed(0))
+    exp = _collect_from_stream(tiny_smol, stream, task, dynamic_sampling=True, rounds=2)
     assert len(exp.rollouts) == 8  # the last round's 2 groups are kept whatever they are
     assert exp.group_success == [0.0] * 6  # 3 rounds x 2 groups: all of them observed
     assert exp.metrics["signal/zero_std_groups"] == 1.0
