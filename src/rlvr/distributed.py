@@ -249,10 +249,11 @@ class Dist:
 
         if self.world == 1:
             return Buffer(rollouts).optimizer_batches(steps_per_generation, micro_batch_size, generator, by_group)
-        counts = [int(c) for c in self.gather([len(rollouts)])]
-        groups = self.gather([r.group for r in rollouts])  # group ids of the whole step, in rank order
-        return shard_optimizer_batches(rollouts, sum(counts[:self.rank]), groups, steps_per_generation,
-                                       micro_batch_size, generator, by_group)
+        per_rank = self.gather([[r.group for r in rollouts]])  # each process's group ids, in rank order
+        offset = sum(len(ids) for ids in per_rank[:self.rank])
+        groups = [g for ids in per_rank for g in ids]
+        return shard_optimizer_batches(rollouts, offset, groups, steps_per_generation, micro_batch_size,
+                                       generator, by_group)
 
     def completion_logprobs(self, policy, *args, **kwargs):
         """`rlvr.policy.completion_logprobs`, through DDP when there is more than one process."""

@@ -25,6 +25,7 @@ from rlvr import prompts as prompt_lib
 from rlvr import rewards as reward_lib
 from rlvr.algorithms.advantages import group_advantages, zero_signal_groups
 from rlvr.buffer import Rollout
+from rlvr.curriculum import group_success_rates
 from rlvr.distributed import shard_bounds
 from rlvr.sampling.base import Completion, SamplingParams
 from rlvr.tasks.base import Example, Task
@@ -197,9 +198,8 @@ def _sample_and_score(sampler, tokenizer, task, batch, seeds, offset, g, params,
     full = [fmt.prefill + t for t in texts]
     correct = [float(task.verify(prompt_lib.extract_answer(t), ex)) for t, ex in zip(full, examples)]
     formatted = reward_lib.format_reward(full)
-    everyone = torch.tensor(gather(correct), dtype=torch.float32).view(-1, g)  # [B, G] every process's groups
-    return Experience(rollouts, examples, texts, result, correct, list(formatted), {"_zero_mask": zero},
-                      everyone.mean(dim=1).tolist())
+    success = group_success_rates(gather(correct), g)  # [B] every process's groups
+    return Experience(rollouts, examples, texts, result, correct, list(formatted), {"_zero_mask": zero}, success)
 
 
 def _is_chat(tokenizer, fmt: PromptFormat) -> bool:
