@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
+from rlvr.trainer import CtrlC
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
        "PYTHONPATH": str(ROOT / "src")}
@@ -60,3 +63,31 @@ def test_sigint_writes_a_checkpoint_and_the_run_resumes(tmp_path, tiny_dir):
     steps = [json.loads(line).get("step") for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert step + 1 in steps
     assert (run_dir / "final" / "merged" / "config.json").exists()
+
+
+class _PressesCtrlCWhileFinalised:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # Python code runs here, so the KeyboardInterrupt is raised in __del__
+            time.sleep(0.001)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ctrl_c_swallowed_by_a_finaliser_still_stops_the_loop():
+    """CPython ignores an exception raised in __del__, KeyboardInterrupt too: the flag keeps it."""
+    ctrl_c = CtrlC().install()
+    try:
+        _PressesCtrlCWhileFinalised()  # freed at once: the interrupt lands in __del__ and is swallowed
+        assert ctrl_c.requested
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.check()
+    finally:
+        ctrl_c.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_without_the_flag_that_ctrl_c_is_lost():
+    """The failure CtrlC guards against, shown with Python's own handler."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _PressesCtrlCWhileFinalised()  # prints "Exception ignored in ..." and carries on

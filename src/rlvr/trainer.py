@@ -25,7 +25,9 @@ import json
 import logging
 import math
 import resource
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,40 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive steps with a NaN or inf loss or gradient."""
+
+
+class CtrlC:
+    """Ctrl-C as a flag as well as the usual KeyboardInterrupt, so that it cannot be lost.
+
+    Python raises KeyboardInterrupt wherever the main thread happens to be. If that is inside a
+    finaliser (a `__del__`, a weakref callback), CPython prints "Exception ignored" and the interrupt
+    is gone: a run pressed with Ctrl-C went on training (seen once in tests/test_interrupt.py). The
+    flag survives; the loop checks it after every step. Installed only over Python's default handler
+    in the main thread (a shell's background job ignores SIGINT, and keeps ignoring it).
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def install(self) -> "CtrlC":
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed, even if its exception was swallowed."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 @dataclass
@@ -350,8 +386,10 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
         save_checkpoint(run_dir, at, model=policy, optimizer=optimizer, scheduler=scheduler, generators=gens,
                         trainer_state=state, keep=cfg.run.keep_checkpoints)
 
+    ctrl_c = CtrlC().install()
     try:
         while step < cfg.grpo.max_steps:
+            ctrl_c.check()
             policy.eval()
             gen_bar = tqdm(desc="generate", unit="tok", leave=False, disable=quiet)
             exp = collect_experience(
@@ -397,6 +435,8 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
                   "continue with the same command and --resume", file=sys.stderr, flush=True)
         tracker.close()
         raise
+    finally:
+        ctrl_c.restore()
     bar.close()
     if step % max(1, cfg.run.save_steps) != 0:
         checkpoint(step)
