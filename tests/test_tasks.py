@@ -103,6 +103,7 @@ def test_subtraction_levels():
 
 def test_subtraction_demonstration_exact():
     assert subtraction_steps(512, 387) == (
+        "512 > 387\n"
         "ones: 2<7, borrow: 12-7=5\n"
         "tens: 1-1=0, 0<8, borrow: 10-8=2\n"
         "hundreds: 5-1=4, 4-3=1\n"
@@ -110,8 +111,9 @@ def test_subtraction_demonstration_exact():
     )
     assert subtraction_steps(7, 512).splitlines()[0] == "7 < 512, so -(512 - 7)"
     assert subtraction_steps(7, 512).splitlines()[-1] == "= -505"
+    assert subtraction_steps(12, 12).splitlines()[0] == "12 = 12"
     # borrowing through zeros: 1000 - 1 = 999
-    assert subtraction_steps(1000, 1).splitlines()[1] == "tens: 0-1<0, borrow: 10-1=9"
+    assert subtraction_steps(1000, 1).splitlines()[2] == "tens: 0-1<0, borrow: 10-1=9"
 
 
 def test_subtraction_demonstration_columns_spell_the_result():

@@ -96,11 +96,16 @@ def subtraction_steps(a: int, b: int) -> str:
     """Column subtraction written out digit by digit, borrowing spelled out (~40-75 tokens).
 
     For 512 - 387:
+        512 > 387
         ones: 2<7, borrow: 12-7=5
         tens: 1-1=0, 0<8, borrow: 10-8=2
         hundreds: 5-1=4, 4-3=1
         = 125
-    A negative result is computed as -(b - a); negative inputs fall back to one line.
+    A negative result is computed as -(b - a) ("7 < 512, so -(512 - 7)"). The comparison line
+    comes first whatever the sign, so the model copies `a` before it decides (one token, `<`, `>`
+    or `=`): when only negative results had it, the first token had to decide, without any
+    scratch work, and a 135M model took the negative branch for 57 of 90 positive results.
+    Negative inputs fall back to one line.
     """
     if a < 0 or b < 0:
         return f"{a} - {b} = {a - b}"
@@ -108,6 +113,8 @@ def subtraction_steps(a: int, b: int) -> str:
     if a < b:
         lines.append(f"{a} < {b}, so -({b} - {a})")
         top, bottom = b, a
+    else:
+        lines.append(f"{a} {'>' if a > b else '='} {b}")
     lines += _column_lines(top, bottom)
     lines.append(f"= {a - b}")
     return "\n".join(lines)
