@@ -76,14 +76,15 @@ def test_subtraction_question_and_label_agree(order):
 
 def test_subtraction_reproduces_seed_000():
     task = get_task("subtraction")  # n=8000, seed=42, [0, 1000), 20% test
-    assert (len(task.train_examples()), len(task.test_examples())) == (6400, 1600)
+    # seed 000's 6,400 / 1,600 split, less the 13 training rows that repeat a test problem
+    assert (len(task.train_examples()), len(task.test_examples())) == (6387, 1600)
     rng = np.random.default_rng(42)  # seed 000's generator, verbatim
     numbers1 = rng.integers(0, 1000, 8000)
     numbers2 = rng.integers(0, 1000, 8000)
     seed_rows = sorted(zip(numbers2.tolist(), numbers1.tolist(), (numbers2 - numbers1).tolist()))
     ours = sorted((e.metadata["minuend"], e.metadata["subtrahend"], int(e.answer))
                   for e in task.train_examples() + task.test_examples())
-    assert ours == seed_rows  # seed 000 shows "n2 n1" and labels n2 - n1: first minus second
+    assert set(ours) == set(seed_rows) and len(ours) == 8000 - 13  # seed 000 shows "n2 n1" and labels n2 - n1: first minus second
     flipped = get_task("subtraction", n=50, order="second_minus_first")
     same = get_task("subtraction", n=50)
     assert [int(e.answer) for e in flipped.train_examples()] == [-int(e.answer) for e in same.train_examples()]
@@ -341,3 +342,20 @@ def test_hf_task_from_a_local_dataset_dir(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.stdout.splitlines()[0] == "3 3 test 0"
     assert "column 'question' not found" in proc.stderr and "columns present: problem, solution" in proc.stderr
+
+
+@pytest.mark.parametrize("high", [10, 100, 1000])
+def test_subtraction_held_out_problems_are_never_trained_on(high):
+    # 8,000 draws from 0-99 repeat problems: about half the test problems were also training ones
+    task = get_task("subtraction", high=high)
+    train = {e.question for e in task.train_examples()}
+    test = [e.question for e in task.test_examples()]
+    assert train and test and not train & set(test)
+
+
+def test_split_train_test_drops_training_items_that_are_test_items():
+    items = ["a", "b", "a", "c", "b", "d"]
+    plain_train, plain_test = split_train_test(items, n_test=2, seed=0)
+    train, test = split_train_test(items, n_test=2, seed=0, key=str)
+    assert test == plain_test  # the held-out set does not change
+    assert train == [x for x in plain_train if x not in plain_test]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, TypeVar
@@ -104,9 +104,15 @@ def normalize_text(text: str) -> str:
 
 
 def split_train_test(
-    items: Sequence[T], *, test_fraction: float = 0.2, n_test: int | None = None, seed: int = 42
+    items: Sequence[T], *, test_fraction: float = 0.2, n_test: int | None = None, seed: int = 42,
+    key: Callable[[T], Any] | None = None,
 ) -> tuple[list[T], list[T]]:
-    """Shuffle with `seed`, then cut: the test set is `n_test` items, else `test_fraction` of them."""
+    """Shuffle with `seed`, then cut: the test set is `n_test` items, else `test_fraction` of them.
+
+    With `key`, training items whose key is also a test item's are dropped, so that drawing with
+    replacement from a small space (subtraction 0-99: 10,000 problems, 8,000 draws) cannot put a
+    held-out problem in training. The test set is the same with or without `key`.
+    """
     if n_test is None:
         if not 0.0 <= test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
@@ -115,4 +121,8 @@ def split_train_test(
         raise ValueError(f"n_test={n_test} but only {len(items)} examples")
     order = random.Random(seed).sample(range(len(items)), len(items))
     shuffled = [items[i] for i in order]
-    return shuffled[n_test:], shuffled[:n_test]
+    train, test = shuffled[n_test:], shuffled[:n_test]
+    if key is not None:
+        held_out = {key(item) for item in test}
+        train = [item for item in train if key(item) not in held_out]
+    return train, test

@@ -50,7 +50,10 @@ class SubtractionTask(Task):
         numbers1 = rng.integers(low, high, n)  # [n]
         numbers2 = rng.integers(low, high, n)  # [n]
         examples = [self._example(int(b), int(a)) for a, b in zip(numbers1, numbers2, strict=True)]
-        self._train, self._test = split_train_test(examples, test_fraction=test_fraction, seed=seed)
+        if (high - low) ** 2 <= n:  # a small range (0-9: 100 problems): each distinct problem once
+            examples = list({e.question: e for e in examples}.values())
+        self._train, self._test = split_train_test(examples, test_fraction=test_fraction, seed=seed,
+                                                    key=lambda e: e.question)  # no test problem in training
 
     def _example(self, first: int, second: int) -> Example:
         """`first` and `second` are the pair in seed 000's displayed order."""
