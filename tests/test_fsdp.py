@@ -1,0 +1,129 @@
+"""FSDP2 on 2 CPU processes (gloo): sharded training gives the same weights as 1 process, and resumes.
+
+Real runs in subprocesses, as a user starts them: `accelerate launch --config_file
+configs/accelerate/fsdp.yaml --num_processes 2 -m rlvr train` on the tiny random character-level
+Llama of test_distributed.py and its toy digit task. Every process runs one thread.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+from rlvr.config import load_config
+from rlvr.distributed import _state_by_index, _state_by_name
+from rlvr.trainer import train
+from test_distributed import Launch, char_dir, free_port, metrics, overrides, weights  # noqa: F401 - char_dir is a fixture
+
+# the worker processes import this checkout's rlvr, whatever is installed
+ENV = {"PYTHONPATH": str(ROOT / "src")}
+
+
+def fsdp_launch(args: list[str], tmp_path: Path, name: str) -> Launch:
+    log_dir = tmp_path / f"{name}-logs"
+    log_dir.mkdir()
+    return Launch([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                   str(ROOT / "configs" / "accelerate" / "fsdp.yaml"), "--num_processes", "2",
+                   "--main_process_port", str(free_port()), "-m", "rlvr", "train", *args], log_dir, env=ENV)
+
+
+def run_fsdp(args: list[str], tmp_path: Path, name: str, timeout: float = 120) -> None:
+    with fsdp_launch(args, tmp_path, name) as run:
+        assert run.wait(timeout=timeout) == 0, run.stderr()[-3000:]
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert sorted(a) == sorted(b)
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_optimizer_state_by_name_and_back():
+    """The one-process optimizer layout (indices) <-> torch.distributed.checkpoint's (names)."""
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    opt = torch.optim.AdamW([{"params": [model[0].weight, model[1].weight]}, {"params": [model[0].bias], "lr": 0.1}])
+    model(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    state = opt.state_dict()
+    names = [["0.weight", "1.weight"], ["0.bias"]]
+    by_name = _state_by_name(state, names)
+    assert list(by_name["state"]) == ["0.weight", "1.weight", "0.bias"]
+    assert by_name["param_groups"][1]["params"] == ["0.bias"] and by_name["param_groups"][1]["lr"] == 0.1
+    back = _state_by_index(by_name)
+    assert back["param_groups"] == state["param_groups"]
+    assert back["state"].keys() == state["state"].keys()
+    assert all(back["state"][i]["exp_avg"] is state["state"][i]["exp_avg"] for i in state["state"])
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("setup", [
+    # DAPO, full fine-tuning: 3 prompts split 2 + 1, two optimizer steps per batch, micro-batches of 4
+    # (so the processes have different numbers of them: the short one adds zero passes), batch-std advantages
+    ["grpo.loss_type=dapo", "grpo.prompts_per_step=3", "grpo.steps_per_generation=2",
+     "grpo.per_device_train_batch_size=4", "grpo.scale_rewards=batch"],
+    # GRPO with LoRA, a KL term against the adapter-free model (a sharded forward too), two passes
+    ["grpo.loss_type=grpo", "grpo.prompts_per_step=3", "model.use_peft=true", "model.lora_r=4",
+     "grpo.learning_rate=0.005", "grpo.beta=0.04", "grpo.num_iterations=2", "grpo.per_device_train_batch_size=4"],
+], ids=["dapo-full", "grpo-lora-kl"])
+def test_fsdp_trains_the_same_weights_as_one_process(tmp_path, char_dir, setup):  # noqa: F811
+    """3 steps on 2 FSDP processes == 3 steps on one process, to 1e-5 in every weight."""
+    from transformers import AutoModelForCausalLM
+
+    steps = [*setup, "grpo.max_steps=3", "run.save_steps=0", "eval.n=4"]
+    run_fsdp(overrides(char_dir, tmp_path / "two", *steps), tmp_path, "two")
+    train(load_config(None, overrides(char_dir, tmp_path / "one", *steps)))
+    one, two = weights(tmp_path / "one" / "final" / "merged"), weights(tmp_path / "two" / "final" / "merged")
+    start = weights(char_dir)
+    diff = max_diff(one, two)
+    moved = max(float((one[k] - start[k]).abs().max()) for k in start)
+    print(f"max |w_1proc - w_fsdp| = {diff:.2e}; max |w - w_start| = {moved:.2e}")
+    assert moved > 1e-3  # training did change the weights
+    assert diff < 1e-5
+    m1, m2 = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [m["step"] for m in m2] == [1, 2, 3]
+    # sharded: outside generation each process held half of the weights (hence of gradients and Adam state)
+    assert [m["fsdp/local_param_frac"] for m in m2] == pytest.approx([0.5] * 3, abs=0.02)
+    assert "fsdp/local_param_frac" not in m1[0]
+    for key in ("reward/digit_reward/mean", "completion/length_mean", "optim/grad_norm", "train/groups"):
+        assert [m[key] for m in m2] == pytest.approx([m[key] for m in m1], rel=1e-4, abs=1e-6), key
+    # the main process evaluated on gathered weights: the same accuracy as one process
+    evals = [json.loads(line) for line in (tmp_path / "two" / "eval.jsonl").read_text().splitlines()]
+    evals1 = [json.loads(line) for line in (tmp_path / "one" / "eval.jsonl").read_text().splitlines()]
+    assert [e["accuracy"] for e in evals] == [e["accuracy"] for e in evals1]
+    # the final model is a plain Hugging Face model
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "final" / "merged")
+    assert float((model.lm_head.weight - two["model.embed_tokens.weight"]).abs().max()) == 0.0
+    if "model.use_peft=true" in setup:
+        assert (tmp_path / "two" / "final" / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.timeout(180)
+def test_an_fsdp_checkpoint_holds_the_full_state_and_resumes(tmp_path, char_dir):  # noqa: F811
+    """2 FSDP steps, then resumed on FSDP to step 4 == 4 steps on one process; the FSDP checkpoint
+    holds the same full weights and Adam state as the one-process checkpoint of step 2."""
+    from safetensors.torch import load_file
+
+    common = ["grpo.loss_type=dapo", "grpo.prompts_per_step=3", "grpo.per_device_train_batch_size=4",
+              "grpo.lr_scheduler_type=constant", "grpo.warmup_ratio=0",  # the same schedule when stopped at 2
+              "run.save_steps=1", "run.keep_checkpoints=5"]
+    args = overrides(char_dir, tmp_path / "two", *common, "grpo.max_steps=4")
+    run_fsdp([*args, "grpo.max_steps=2"], tmp_path, "first")
+    ckpt_two = tmp_path / "two" / "checkpoints" / "step-000002"
+    run_fsdp([*args, "--resume"], tmp_path, "resumed")
+    train(load_config(None, overrides(char_dir, tmp_path / "one", *common, "grpo.max_steps=4")))
+    ckpt_one = tmp_path / "one" / "checkpoints" / "step-000002"
+    w_diff = max_diff(load_file(str(ckpt_one / "trainable.safetensors")), load_file(str(ckpt_two / "trainable.safetensors")))
+    o1, o2 = (torch.load(c / "optim_rng.pt", weights_only=False)["optimizer"] for c in (ckpt_one, ckpt_two))
+    assert o1["param_groups"] == o2["param_groups"]
+    assert o1["state"].keys() == o2["state"].keys() and len(o1["state"]) > 0
+    o_diff = max(float((o1["state"][i][k] - o2["state"][i][k]).abs().max())
+                 for i in o1["state"] for k in ("exp_avg", "exp_avg_sq", "step"))
+    final_diff = max_diff(weights(tmp_path / "one" / "final" / "merged"), weights(tmp_path / "two" / "final" / "merged"))
+    print(f"checkpoint: weights {w_diff:.2e}, Adam state {o_diff:.2e}; after resuming: {final_diff:.2e}")
+    assert w_diff < 1e-5 and o_diff < 1e-5
+    assert final_diff < 1e-5
+    assert [m["step"] for m in metrics(tmp_path / "two")] == [1, 2, 3, 4]
