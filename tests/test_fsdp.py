@@ -68,7 +68,11 @@ def test_optimizer_state_by_name_and_back():
     # GRPO with LoRA, a KL term against the adapter-free model (a sharded forward too), two passes
     ["grpo.loss_type=grpo", "grpo.prompts_per_step=3", "model.use_peft=true", "model.lora_r=4",
      "grpo.learning_rate=0.005", "grpo.beta=0.04", "grpo.num_iterations=2", "grpo.per_device_train_batch_size=4"],
-], ids=["dapo-full", "grpo-lora-kl"])
+    # transformers' generate (which decodes in lockstep under FSDP unless told not to) for sampling and
+    # the main process's evaluation, and layer checkpointing (recomputed forwards in the backward pass)
+    ["grpo.loss_type=grpo", "grpo.prompts_per_step=3", "grpo.per_device_train_batch_size=4",
+     "sampling.backend=hf", "model.gradient_checkpointing=true"],
+], ids=["dapo-full", "grpo-lora-kl", "hf-sampler-checkpointing"])
 def test_fsdp_trains_the_same_weights_as_one_process(tmp_path, char_dir, setup):  # noqa: F811
     """3 steps on 2 FSDP processes == 3 steps on one process, to 1e-5 in every weight."""
     from transformers import AutoModelForCausalLM
