@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import ROOT
 from rlvr.config import load_config
-from rlvr.distributed import _state_by_index, _state_by_name
+from rlvr.distributed import Dist, DistributedError, _configure_fsdp, _state_by_index, _state_by_name
 from rlvr.trainer import train
 from test_distributed import Launch, char_dir, free_port, metrics, overrides, weights  # noqa: F401 - char_dir is a fixture
 
@@ -59,6 +60,39 @@ def test_optimizer_state_by_name_and_back():
     assert all(back["state"][i]["exp_avg"] is state["state"][i]["exp_avg"] for i in state["state"])
 
 
+@pytest.mark.parametrize("env, mixed, refused", [
+    ({"FSDP_VERSION": "1"}, "no", "fsdp_version 1"),
+    ({"FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "true"}, "no", "fsdp_offload_params"),
+    ({"FSDP_VERSION": "2", "FSDP_ACTIVATION_CHECKPOINTING": "true"}, "no", "model.gradient_checkpointing"),
+    ({"FSDP_VERSION": "2"}, "bf16", "mixed_precision bf16"),
+])
+def test_fsdp_options_rlvr_cannot_honour_are_refused(monkeypatch, env, mixed, refused):
+    """What `accelerate launch` exports from an FSDP config; on CPU accelerate holds no FSDP plugin."""
+    for key, value in {"ACCELERATE_USE_FSDP": "true", **env}.items():
+        monkeypatch.setenv(key, value)
+    accelerator = SimpleNamespace(state=SimpleNamespace(), mixed_precision=mixed)
+    with pytest.raises(DistributedError, match=refused):
+        _configure_fsdp(Dist(), accelerator)
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    for key in ("FSDP_OFFLOAD_PARAMS", "FSDP_ACTIVATION_CHECKPOINTING"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")
+    dist = Dist()
+    _configure_fsdp(dist, SimpleNamespace(state=SimpleNamespace(), mixed_precision="no"))
+    assert dist.fsdp and not dist.reshard_after_forward
+
+
+@pytest.mark.timeout(120)
+def test_deepspeed_is_refused_at_start(tmp_path, char_dir):  # noqa: F811
+    """On CPU accelerate ignores a DeepSpeed config (as it does FSDP): rlvr stops with a clear message."""
+    args = overrides(char_dir, tmp_path / "run", "grpo.max_steps=1")
+    with Launch([sys.executable, "-m", "rlvr", "train", "--num-processes", "2", *args], tmp_path,
+                env={**ENV, "ACCELERATE_USE_DEEPSPEED": "true"}) as run:
+        assert run.wait(timeout=100) != 0
+    assert "accelerate is configured for DEEPSPEED, which rlvr does not support" in run.stderr()
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("setup", [
     # DAPO, full fine-tuning: 3 prompts split 2 + 1, two optimizer steps per batch, micro-batches of 4
@@ -68,11 +102,12 @@ def test_optimizer_state_by_name_and_back():
     # GRPO with LoRA, a KL term against the adapter-free model (a sharded forward too), two passes
     ["grpo.loss_type=grpo", "grpo.prompts_per_step=3", "model.use_peft=true", "model.lora_r=4",
      "grpo.learning_rate=0.005", "grpo.beta=0.04", "grpo.num_iterations=2", "grpo.per_device_train_batch_size=4"],
-    # transformers' generate (which decodes in lockstep under FSDP unless told not to) for sampling and
-    # the main process's evaluation, and layer checkpointing (recomputed forwards in the backward pass)
-    ["grpo.loss_type=grpo", "grpo.prompts_per_step=3", "grpo.per_device_train_batch_size=4",
+    # full fine-tuning with a KL term (against a frozen copy, not sharded), transformers' generate (which
+    # decodes in lockstep under FSDP unless told not to) for sampling and the main process's evaluation,
+    # and layer checkpointing (forwards recomputed in the backward pass)
+    ["grpo.loss_type=grpo", "grpo.prompts_per_step=3", "grpo.per_device_train_batch_size=4", "grpo.beta=0.04",
      "sampling.backend=hf", "model.gradient_checkpointing=true"],
-], ids=["dapo-full", "grpo-lora-kl", "hf-sampler-checkpointing"])
+], ids=["dapo-full", "grpo-lora-kl", "full-kl-hf-sampler-checkpointing"])
 def test_fsdp_trains_the_same_weights_as_one_process(tmp_path, char_dir, setup):  # noqa: F811
     """3 steps on 2 FSDP processes == 3 steps on one process, to 1e-5 in every weight."""
     from transformers import AutoModelForCausalLM

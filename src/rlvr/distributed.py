@@ -29,9 +29,26 @@ How one step is split across W processes (rank r of W):
   non-zero; checkpoints are atomic, so the last one stays usable, and it resumes on any number of
   processes (it holds global state only).
 
-Not handled: FSDP and DeepSpeed (refused at start: the sampler reads the full weights, which FSDP
-shards, and DeepSpeed's engine wants to step the optimizer itself), multi-node resume without a
-shared run directory (every process reads the checkpoint).
+**FSDP** (an accelerate config with `distributed_type: FSDP`, fsdp_version 2;
+configs/accelerate/fsdp.yaml): the same split of the work, but the weights, gradients and AdamW
+state are sharded over the processes instead of replicated. accelerate's own FSDP exists on
+accelerators only (on CPU its Accelerator ignores the config and runs DDP), so `Dist.prepare`
+applies torch's `fully_shard` itself, on accelerate's process group: each transformer block is a
+unit, and the LogprobModel is the root (the embeddings, final norm and head, which the log-prob
+forward reads directly). The loss weights are the same (FSDP's reduce-scatter averages gradients
+like DDP). Every forward all-gathers and every backward reduce-scatters with the
+other processes, so every process must run the same passes in the same order: the one with fewer
+micro-batches adds zero-loss passes (`missing_passes`), gradients are reduced after every
+micro-batch, and prompt forwards are not shared (they call the decoder once or twice by the rows).
+Where full weights are needed they are gathered explicitly, on every process at the same point:
+around sampling and the main process's evaluation (`full_weights`: gathered once, not inside the
+decode loop, where processes generate different numbers of tokens), and into the main process for
+checkpoints and the final model (`full_state`, `full_model`: the same files as without FSDP). The
+optimizer is built, and resumed, on the full weights, then moved onto the shards.
+
+Not handled: DeepSpeed (refused at start: its engine steps its own optimizer), FSDP's CPU offload,
+its activation checkpointing and mixed precision (refused; layer checkpointing through the model
+works), multi-node resume without a shared run directory (every process reads the checkpoint).
 """
 
 from __future__ import annotations
@@ -362,7 +379,8 @@ class Dist:
         For generation and evaluation, where processes decode different numbers of tokens: the
         weights are all-gathered once on entry (every process must enter), no forward inside
         gathers or frees anything (no collective inside a decode loop), and they are freed on exit,
-        with what `sampler` derived from them (FastSampler's fused copies).
+        with what `sampler` derived from them (FastSampler's fused copies, which would otherwise
+        keep a full-size copy between generations).
         """
         if not self.fsdp:
             yield
@@ -455,29 +473,40 @@ def _plain_copy(policy, state: dict):
 
 
 def setup_distributed() -> Dist:
-    """`Dist()` without a launcher; under one, an Accelerator (gloo on CPU) and this process's rank."""
+    """`Dist()` without a launcher; under one, an Accelerator (gloo on CPU) and this process's rank.
+
+    What `accelerate launch` exported is read before accelerate acts on it: on CPU its Accelerator
+    ignores an FSDP or DeepSpeed config (plain gloo data parallel), and without DeepSpeed installed it
+    fails on a DeepSpeed one with an ImportError that does not say rlvr would refuse it anyway.
+    """
     if world_size_from_env() <= 1:
         return Dist()
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
+    env = lambda name: os.environ.get(name, "false").lower() == "true"  # noqa: E731 - what accelerate launch sets
+    for kind in ("DEEPSPEED", "MEGATRON_LM"):
+        if env(f"ACCELERATE_USE_{kind}"):
+            raise _unsupported(kind)
     timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S))
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout),
                                                DistributedDataParallelKwargs(broadcast_buffers=False)])
     kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
-    env = lambda name: os.environ.get(name, "false").lower() == "true"  # noqa: E731 - what accelerate launch sets
-    if kind in ("DEEPSPEED", "MEGATRON_LM", "XLA") or env("ACCELERATE_USE_DEEPSPEED") or env("ACCELERATE_USE_MEGATRON_LM"):
-        kind = "DEEPSPEED" if env("ACCELERATE_USE_DEEPSPEED") else kind
-        raise DistributedError(
-            f"accelerate is configured for {kind}, which rlvr does not support: its update steps a plain PyTorch "
-            "optimizer (DeepSpeed's engine steps its own) and its sampler reads the full weights between updates. "
-            "Use data parallel (configs/accelerate/ddp.yaml) or FSDP (configs/accelerate/fsdp.yaml); "
-            "see README 'Scaling up'")
+    if kind in ("DEEPSPEED", "MEGATRON_LM", "XLA"):
+        raise _unsupported(kind)
     dist = Dist(rank=accelerator.process_index, world=accelerator.num_processes, accelerator=accelerator)
     if kind == "FSDP" or env("ACCELERATE_USE_FSDP"):
         _configure_fsdp(dist, accelerator)
     return dist
+
+
+def _unsupported(kind: str) -> DistributedError:
+    return DistributedError(
+        f"accelerate is configured for {kind}, which rlvr does not support: its update steps a plain PyTorch "
+        "optimizer (DeepSpeed's engine steps its own) and its sampler reads the full weights between updates. "
+        "Use data parallel (configs/accelerate/ddp.yaml) or FSDP (configs/accelerate/fsdp.yaml); "
+        "see README 'Scaling up'")
 
 
 def _configure_fsdp(dist: Dist, accelerator) -> None:
