@@ -43,6 +43,19 @@ def max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+def checkpoint_diffs(one: Path, two: Path) -> tuple[float, float]:
+    """Max differences of two checkpoints' trainable weights and Adam state (same layout asserted)."""
+    from safetensors.torch import load_file
+
+    w_diff = max_diff(load_file(str(one / "trainable.safetensors")), load_file(str(two / "trainable.safetensors")))
+    o1, o2 = (torch.load(c / "optim_rng.pt", weights_only=False)["optimizer"] for c in (one, two))
+    assert o1["param_groups"] == o2["param_groups"]
+    assert o1["state"].keys() == o2["state"].keys() and len(o1["state"]) > 0
+    o_diff = max(float((o1["state"][i][k] - o2["state"][i][k]).abs().max())
+                 for i in o1["state"] for k in ("exp_avg", "exp_avg_sq", "step"))
+    return w_diff, o_diff
+
+
 def test_optimizer_state_by_name_and_back():
     """The one-process optimizer layout (indices) <-> torch.distributed.checkpoint's (names)."""
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
@@ -112,16 +125,19 @@ def test_fsdp_trains_the_same_weights_as_one_process(tmp_path, char_dir, setup):
     """3 steps on 2 FSDP processes == 3 steps on one process, to 1e-5 in every weight."""
     from transformers import AutoModelForCausalLM
 
-    steps = [*setup, "grpo.max_steps=3", "run.save_steps=0", "eval.n=4"]
+    steps = [*setup, "grpo.max_steps=3", "run.save_steps=3", "eval.n=4"]
     run_fsdp(overrides(char_dir, tmp_path / "two", *steps), tmp_path, "two")
     train(load_config(None, overrides(char_dir, tmp_path / "one", *steps)))
     one, two = weights(tmp_path / "one" / "final" / "merged"), weights(tmp_path / "two" / "final" / "merged")
     start = weights(char_dir)
     diff = max_diff(one, two)
     moved = max(float((one[k] - start[k]).abs().max()) for k in start)
-    print(f"max |w_1proc - w_fsdp| = {diff:.2e}; max |w - w_start| = {moved:.2e}")
+    ckpt_w, ckpt_adam = checkpoint_diffs(*(tmp_path / run / "checkpoints" / "step-000003" for run in ("one", "two")))
+    print(f"max |w_1proc - w_fsdp| = {diff:.2e}; max |w - w_start| = {moved:.2e}; "
+          f"checkpoint: trainable {ckpt_w:.2e}, Adam state {ckpt_adam:.2e}")
     assert moved > 1e-3  # training did change the weights
     assert diff < 1e-5
+    assert ckpt_w < 1e-5 and ckpt_adam < 1e-5  # the LoRA tensors, or all weights, gathered from the shards
     m1, m2 = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [m["step"] for m in m2] == [1, 2, 3]
     # sharded: outside generation each process held half of the weights (hence of gradients and Adam state)
@@ -144,8 +160,6 @@ def test_fsdp_trains_the_same_weights_as_one_process(tmp_path, char_dir, setup):
 def test_an_fsdp_checkpoint_holds_the_full_state_and_resumes(tmp_path, char_dir):  # noqa: F811
     """2 FSDP steps, then resumed on FSDP to step 4 == 4 steps on one process; the FSDP checkpoint
     holds the same full weights and Adam state as the one-process checkpoint of step 2."""
-    from safetensors.torch import load_file
-
     common = ["grpo.loss_type=dapo", "grpo.prompts_per_step=3", "grpo.per_device_train_batch_size=4",
               "grpo.lr_scheduler_type=constant", "grpo.warmup_ratio=0",  # the same schedule when stopped at 2
               "run.save_steps=1", "run.keep_checkpoints=5"]
@@ -154,13 +168,7 @@ def test_an_fsdp_checkpoint_holds_the_full_state_and_resumes(tmp_path, char_dir)
     ckpt_two = tmp_path / "two" / "checkpoints" / "step-000002"
     run_fsdp([*args, "--resume"], tmp_path, "resumed")
     train(load_config(None, overrides(char_dir, tmp_path / "one", *common, "grpo.max_steps=4")))
-    ckpt_one = tmp_path / "one" / "checkpoints" / "step-000002"
-    w_diff = max_diff(load_file(str(ckpt_one / "trainable.safetensors")), load_file(str(ckpt_two / "trainable.safetensors")))
-    o1, o2 = (torch.load(c / "optim_rng.pt", weights_only=False)["optimizer"] for c in (ckpt_one, ckpt_two))
-    assert o1["param_groups"] == o2["param_groups"]
-    assert o1["state"].keys() == o2["state"].keys() and len(o1["state"]) > 0
-    o_diff = max(float((o1["state"][i][k] - o2["state"][i][k]).abs().max())
-                 for i in o1["state"] for k in ("exp_avg", "exp_avg_sq", "step"))
+    w_diff, o_diff = checkpoint_diffs(tmp_path / "one" / "checkpoints" / "step-000002", ckpt_two)
     final_diff = max_diff(weights(tmp_path / "one" / "final" / "merged"), weights(tmp_path / "two" / "final" / "merged"))
     print(f"checkpoint: weights {w_diff:.2e}, Adam state {o_diff:.2e}; after resuming: {final_diff:.2e}")
     assert w_diff < 1e-5 and o_diff < 1e-5
