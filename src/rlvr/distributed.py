@@ -484,9 +484,8 @@ def setup_distributed() -> Dist:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
-    env = lambda name: os.environ.get(name, "false").lower() == "true"  # noqa: E731 - what accelerate launch sets
     for kind in ("DEEPSPEED", "MEGATRON_LM"):
-        if env(f"ACCELERATE_USE_{kind}"):
+        if _launched_with(kind):
             raise _unsupported(kind)
     timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S))
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
@@ -496,9 +495,14 @@ def setup_distributed() -> Dist:
     if kind in ("DEEPSPEED", "MEGATRON_LM", "XLA"):
         raise _unsupported(kind)
     dist = Dist(rank=accelerator.process_index, world=accelerator.num_processes, accelerator=accelerator)
-    if kind == "FSDP" or env("ACCELERATE_USE_FSDP"):
+    if kind == "FSDP" or _launched_with("FSDP"):
         _configure_fsdp(dist, accelerator)
     return dist
+
+
+def _launched_with(kind: str) -> bool:
+    """Whether `accelerate launch` was given a config of this kind (FSDP, DEEPSPEED, ...)."""
+    return os.environ.get(f"ACCELERATE_USE_{kind}", "false").lower() == "true"
 
 
 def _unsupported(kind: str) -> DistributedError:
