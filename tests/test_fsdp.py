@@ -145,10 +145,10 @@ def test_fsdp_trains_the_same_weights_as_one_process(tmp_path, char_dir, setup):
     assert "fsdp/local_param_frac" not in m1[0]
     for key in ("reward/digit_reward/mean", "completion/length_mean", "optim/grad_norm", "train/groups"):
         assert [m[key] for m in m2] == pytest.approx([m[key] for m in m1], rel=1e-4, abs=1e-6), key
-    # the main process evaluated on gathered weights: the same accuracy as one process
-    evals = [json.loads(line) for line in (tmp_path / "two" / "eval.jsonl").read_text().splitlines()]
-    evals1 = [json.loads(line) for line in (tmp_path / "one" / "eval.jsonl").read_text().splitlines()]
-    assert [e["accuracy"] for e in evals] == [e["accuracy"] for e in evals1]
+    # the main process evaluated on gathered weights: the same completions as one process
+    evals = [[json.loads(line) for line in (tmp_path / run / "eval" / "step-000003.jsonl").read_text().splitlines()]
+             for run in ("one", "two")]
+    assert len(evals[1]) == 4 and [e["completion"] for e in evals[1]] == [e["completion"] for e in evals[0]]
     # the final model is a plain Hugging Face model
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "final" / "merged")
     assert float((model.lm_head.weight - two["model.embed_tokens.weight"]).abs().max()) == 0.0
