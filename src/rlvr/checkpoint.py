@@ -40,16 +40,20 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return max(done, key=lambda p: int(p.name[len(PREFIX):]), default=None)
 
 
-def _trainable_state(model) -> dict[str, torch.Tensor]:
-    """Only what training changes: the LoRA tensors, or every weight for full fine-tuning."""
+def _trainable_state(model, state: dict | None = None) -> dict[str, torch.Tensor]:
+    """Only what training changes: the LoRA tensors, or every weight for full fine-tuning.
+
+    state: the model's full state dict when `model.state_dict()` would not give it (FSDP shards).
+    """
     try:
         from peft import PeftModel, get_peft_model_state_dict
 
         if isinstance(model, PeftModel):
-            return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+            return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model, state).items()}
     except ImportError:  # pragma: no cover
         pass
-    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    state = model.state_dict() if state is None else state
+    return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
 
 
 def _load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
@@ -84,8 +88,13 @@ def set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, *, model, optimizer, scheduler,
-                    generators: dict[str, torch.Generator], trainer_state: dict, keep: int = 2) -> Path:
-    """Write checkpoint `step` atomically; prune old ones, keeping the `keep` newest."""
+                    generators: dict[str, torch.Generator], trainer_state: dict, keep: int = 2,
+                    model_state: dict | None = None, optimizer_state: dict | None = None) -> Path:
+    """Write checkpoint `step` atomically; prune old ones, keeping the `keep` newest.
+
+    model_state, optimizer_state: full state dicts gathered from shards (FSDP, `Dist.full_state`),
+    instead of the model's and optimizer's own.
+    """
     from safetensors.torch import save_file
 
     root = checkpoint_dir(run_dir)
@@ -93,8 +102,10 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, optimizer, schedul
     final = root / f"{PREFIX}{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
     try:
-        save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        save_file(_trainable_state(model, model_state), str(tmp / "trainable.safetensors"))
+        if optimizer_state is None:
+            optimizer_state = optimizer.state_dict()
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                     "rng": rng_state(generators)}, tmp / "optim_rng.pt")
         # state.json last: its presence marks the checkpoint complete.
         (tmp / "state.json").write_text(json.dumps({**trainer_state, "step": step}, indent=1))

@@ -227,18 +227,23 @@ def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, 
                 add("update/skipped_frac", 1.0 - len(kept) / max(1, sum(len(p) for p in parts)))
                 parts = [kept[m:m + micro_size] for m in range(0, len(kept), micro_size)]
                 masks = [_loss_mask(p, cfg.mask_truncated_completions) for p in parts]
-            if not parts:  # none of this batch's rows here: join the gradient all-reduce with a zero loss
-                _zero_pass(model, dist, pad_token_id, device)
+            # none of this batch's rows here: join DDP's gradient all-reduce with a zero-loss pass. Under
+            # FSDP every pass is collective: top up to the busiest process's number of passes
+            zero_ref = cfg.beta > 0 and ref_model is None and dist.fsdp  # its reference forward is collective too
+            for _ in range(dist.missing_passes(max(1, len(parts))) + (not parts)):
+                _zero_pass(model, dist, pad_token_id, device, reference=zero_ref)
             for i, (micro, mask_rows) in enumerate(zip(parts, masks)):
                 with dist.sync(last=i == len(parts) - 1):  # processes average gradients after the last
                     mb = collate(micro, pad_token_id).to(device)
                     mask = mb.completion_mask * mask_rows.to(device)[:, None]  # [n, C]
-                    rows = mb.prompt_rows if cfg.share_prompt else None  # each prompt's forward once
+                    # each prompt's forward once; not under FSDP, where all processes must run the same
+                    # collectives, and a shared-prompt forward runs the decoder once or twice by the rows
+                    rows = mb.prompt_rows if cfg.share_prompt and not dist.fsdp else None
                     logp, entropy = dist.completion_logprobs(
                         model, mb.input_ids, mb.attention_mask, mb.logits_to_keep, temperature=temperature,
                         chunk_size=cfg.logprob_chunk_size, with_entropy=True, prompt_rows=rows)  # [n, C], [n, C]
                     old = logp.detach() if cfg.num_iterations == 1 else mb.old_logprobs  # [n, C]
-                    ref = _reference_logprobs(model, ref_model, mb, temperature, cfg) if cfg.beta > 0 else None
+                    ref = _reference_logprobs(model, ref_model, mb, temperature, cfg, dist) if cfg.beta > 0 else None
                     loss, m = policy_loss(logp, old, mb.advantages, mask, ref_logprobs=ref, beta=cfg.beta,
                                           epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,
                                           max_completion_length=max_completion_length, num_items_in_batch=n_tok,
@@ -268,11 +273,15 @@ def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, 
     return dist.mean_metrics(metrics)
 
 
-def _zero_pass(model, dist: Dist, pad_token_id: int, device) -> None:
+def _zero_pass(model, dist: Dist, pad_token_id: int, device, reference: bool = False) -> None:
     """Forward and backward a 2-token placeholder with loss 0 (zero gradients): a process without
-    rows in an optimizer batch still takes part in DDP's gradient all-reduce."""
+    rows in an optimizer batch still takes part in DDP's gradient all-reduce. reference: also the
+    reference forward of a micro-batch (FSDP with LoRA and beta > 0: it gathers weights too)."""
     ids = torch.full((1, 2), pad_token_id, dtype=torch.long, device=device)  # [1, 2]
     logp = dist.completion_logprobs(model, ids, torch.ones_like(ids), 1)  # [1, 1]
+    if reference:
+        with torch.no_grad(), model.disable_adapter():
+            dist.completion_logprobs(model, ids, torch.ones_like(ids), 1)
     dist.backward(logp.sum() * 0.0)
 
 
@@ -281,14 +290,20 @@ def _loss_mask(rollouts, mask_truncated: bool) -> torch.Tensor:
     return torch.tensor([0.0 if (mask_truncated and r.truncated) else 1.0 for r in rollouts])
 
 
-def _reference_logprobs(model, ref_model, mb, temperature, cfg):
-    """Log-probs under the reference: the adapter disabled (LoRA) or a frozen copy (full fine-tuning)."""
+def _reference_logprobs(model, ref_model, mb, temperature, cfg, dist: Dist | None = None):
+    """Log-probs under the reference: the adapter disabled (LoRA) or a frozen copy (full fine-tuning).
+
+    Under FSDP the adapter-disabled forward runs through the sharded model (`dist`), like the
+    policy's; the frozen copy of full fine-tuning is not sharded (every process holds it whole).
+    """
+    fsdp = dist is not None and dist.fsdp
     kwargs = dict(temperature=temperature, chunk_size=cfg.logprob_chunk_size,
-                  prompt_rows=mb.prompt_rows if cfg.share_prompt else None)
+                  prompt_rows=mb.prompt_rows if cfg.share_prompt and not fsdp else None)
     with torch.no_grad():
         if ref_model is None:
+            forward = dist.completion_logprobs if fsdp else completion_logprobs
             with model.disable_adapter():
-                return completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.logits_to_keep, **kwargs)
+                return forward(model, mb.input_ids, mb.attention_mask, mb.logits_to_keep, **kwargs)
         return completion_logprobs(ref_model, mb.input_ids, mb.attention_mask, mb.logits_to_keep, **kwargs)
 
 
@@ -337,7 +352,7 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
     if ckpt is not None:
         state = load_checkpoint(ckpt, model=policy, optimizer=optimizer, scheduler=scheduler, generators=gens)
         log.info("resumed from %s (step %d)", ckpt, state["step"])
-    dist.prepare(policy)  # gradient averaging over processes (DDP), when there are several
+    dist.prepare(policy, optimizer)  # gradient averaging (DDP) or sharding (FSDP), when there are several processes
     train_examples = task.train_examples()
     test_examples = task.test_examples()[:cfg.eval.n]
     if cfg.curriculum.enabled:
@@ -359,16 +374,17 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
 
     def run_eval(step: int, name: str) -> None:
         """Evaluate on the main process (the others wait) and record the row."""
-        if dist.is_main:
-            policy.eval()
-            result = evaluate_config(sampler, tokenizer, task, cfg, progress=not quiet,
-                                     out_path=run_dir / "eval" / f"step-{step:06d}.jsonl")
-            row = {"step": step, "stage": name, **result.summary()}
-            tracker.log_eval(row)
-            say(f"eval [{name}] step {step}: accuracy {result.accuracy:.1%}  format {result.format_rate:.1%}  "
-                f"length {result.mean_length:.1f}  ({result.n} examples, {result.seconds:.0f}s)")
-            state["eval_rows"].append(row)
-        dist.barrier()
+        with dist.full_weights(sampler):  # FSDP: every process gathers the weights, the main one uses them
+            if dist.is_main:
+                policy.eval()
+                result = evaluate_config(sampler, tokenizer, task, cfg, progress=not quiet,
+                                         out_path=run_dir / "eval" / f"step-{step:06d}.jsonl")
+                row = {"step": step, "stage": name, **result.summary()}
+                tracker.log_eval(row)
+                say(f"eval [{name}] step {step}: accuracy {result.accuracy:.1%}  format {result.format_rate:.1%}  "
+                    f"length {result.mean_length:.1f}  ({result.n} examples, {result.seconds:.0f}s)")
+                state["eval_rows"].append(row)
+            dist.barrier()
 
     if state["step"] == 0 and cfg.run.doctor != "off":
         doctor_check(policy, tokenizer, task, run_dir, cfg, dist, sampler=sampler, say=log.warning if quiet else say)
@@ -378,13 +394,15 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
     bar = tqdm(total=cfg.grpo.max_steps, initial=step, desc=stage, unit="step", disable=quiet)
 
     def checkpoint(at: int) -> None:
+        model_state, optimizer_state = dist.full_state(policy, optimizer)  # FSDP: gathered from the shards
         if not dist.is_main:
             return
         state.update(step=at, examples_seen=stream.position,
                      curriculum=stream.state_dict() if cfg.curriculum.enabled else None,
                      alarms=alarms.state_dict() if alarms is not None else None)
         save_checkpoint(run_dir, at, model=policy, optimizer=optimizer, scheduler=scheduler, generators=gens,
-                        trainer_state=state, keep=cfg.run.keep_checkpoints)
+                        trainer_state=state, keep=cfg.run.keep_checkpoints, model_state=model_state,
+                        optimizer_state=optimizer_state)
 
     ctrl_c = CtrlC().install()
     try:
@@ -392,12 +410,13 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
             ctrl_c.check()
             policy.eval()
             gen_bar = tqdm(desc="generate", unit="tok", leave=False, disable=quiet)
-            exp = collect_experience(
-                sampler, tokenizer, task, stream, batch_size=cfg.grpo.prompts_per_step,
-                num_generations=cfg.grpo.num_generations, params=params, fmt=fmt, reward_fns=reward_fns,
-                scale_rewards=cfg.grpo.scale_rewards, dynamic_sampling=cfg.grpo.dynamic_sampling,
-                max_resample_rounds=cfg.grpo.max_resample_rounds, reward_timeout=cfg.task.reward_timeout,
-                generator=gens["sample"], progress=gen_bar.update, shard=dist.shard, gather=dist.gather)
+            with dist.full_weights(sampler):  # FSDP: the sampler reads full weights
+                exp = collect_experience(
+                    sampler, tokenizer, task, stream, batch_size=cfg.grpo.prompts_per_step,
+                    num_generations=cfg.grpo.num_generations, params=params, fmt=fmt, reward_fns=reward_fns,
+                    scale_rewards=cfg.grpo.scale_rewards, dynamic_sampling=cfg.grpo.dynamic_sampling,
+                    max_resample_rounds=cfg.grpo.max_resample_rounds, reward_timeout=cfg.task.reward_timeout,
+                    generator=gens["sample"], progress=gen_bar.update, shard=dist.shard, gather=dist.gather)
             gen_bar.close()
             seen = dist.gather_experience(exp, cfg.grpo.num_generations)  # all processes' groups (exp on one)
             upd = update_policy(policy, optimizer, scheduler, Buffer(exp.rollouts), cfg.grpo,
@@ -405,7 +424,7 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
                                 pad_token_id=tokenizer.pad_token_id, generator=gens["shuffle"], ref_model=ref_model,
                                 dist=dist)
             step += 1
-            metrics = {**seen.metrics, **upd, "memory/peak_rss_gb": peak_rss_gb()}
+            metrics = {**seen.metrics, **upd, "memory/peak_rss_gb": peak_rss_gb(), **dist.metrics}
             if cfg.curriculum.enabled:
                 stream.observe(seen.group_success)  # every group sampled, dynamic sampling's dropped ones too
                 metrics.update(stream.metrics())
@@ -442,9 +461,10 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
         checkpoint(step)
     if test_examples:
         run_eval(step, "after")
+    final_model = dist.full_model(policy)  # FSDP: gathered into a plain copy on the main process
     if not dist.is_main:
         return TrainResult(run_dir, step)
-    save_final(policy, tokenizer, run_dir)
+    save_final(final_model, tokenizer, run_dir)
     tracker.close()
     result = TrainResult(run_dir, step, state["eval_rows"], time.time() - t_start, peak_rss_gb())
     write_summary(run_dir, result, cfg)

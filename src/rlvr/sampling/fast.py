@@ -671,6 +671,12 @@ class FastSampler:
         """Free the KV cache kept between calls (it is reused while the next call fits in it)."""
         self._cached_engine = None
 
+    def forget_weights(self) -> None:
+        """Drop the weights derived from the model (fused copies, references to its tensors): for
+        when its tensors are freed or refilled behind autograd's back (FSDP resharding)."""
+        self._weights = None
+        self._cached_engine = None
+
     def _lean_weights(self) -> dict | None:
         versions = _source_versions(self.model)
         if self._weights is not None and self._weights[0] == versions:

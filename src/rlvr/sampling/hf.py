@@ -82,6 +82,9 @@ class HFSampler:
                 input_ids=ids, attention_mask=mask, generation_config=self._config(params, num_samples, pad),
                 tokenizer=self.tokenizer if params.stop_strings else None,
                 streamer=_Progress(progress) if progress is not None else None,
+                # never decode in lockstep with other processes (transformers does for an FSDP model):
+                # rlvr gathers the full weights first (Dist.full_weights) and ranks make different calls
+                synced_gpus=False,
             )
         finally:
             base.generation_config = saved
