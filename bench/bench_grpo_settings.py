@@ -48,6 +48,9 @@ VARIANTS: dict[str, list[str]] = {
     # 16 completions per prompt: hard prompts get a right answer more often
     "lora_lr2e-4_ds_g16": ["model.use_peft=true", "grpo.learning_rate=2e-4", "grpo.dynamic_sampling=true",
                            "grpo.num_generations=16", "grpo.max_steps=10", "eval.every=5"],
+    # sampling nearer the greedy answer: the signal comes from near-ties, where greedy can flip
+    "lora_t0.7_lr2e-4_ds": ["model.use_peft=true", "sampling.temperature=0.7", "grpo.learning_rate=2e-4",
+                            "grpo.dynamic_sampling=true", "grpo.max_steps=10", "eval.every=5"],
     "lora_lr2e-4_ds_24": ["model.use_peft=true", "grpo.learning_rate=2e-4", "grpo.dynamic_sampling=true",
                           "grpo.max_steps=24", "eval.every=6"],
 }

@@ -19,3 +19,31 @@ def variety_reward(completions, **kwargs):
 def constant_reward(completions, **kwargs):
     """The same score for everything: every group is flat, so there is nothing to learn."""
     return [0.5 for _ in completions]
+
+
+class _CtrlCWhileFinalised:
+    """Presses Ctrl-C inside its own finaliser, where CPython prints and drops the KeyboardInterrupt."""
+
+    def __del__(self):
+        import os
+        import signal
+        import time
+
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # Python code runs here, so the KeyboardInterrupt is raised (and lost) here
+            time.sleep(0.001)
+
+
+_ctrl_c_calls = 0
+
+
+def ctrl_c_in_finaliser_reward(completions, answer, **kwargs):
+    """digit_reward; its second call presses Ctrl-C inside a finaliser (runs in-process: trusted)."""
+    global _ctrl_c_calls
+    _ctrl_c_calls += 1
+    if _ctrl_c_calls == 2:
+        _CtrlCWhileFinalised()  # freed at once
+    return digit_reward(completions, answer)
+
+
+ctrl_c_in_finaliser_reward.rlvr_trusted = True

@@ -54,6 +54,7 @@ works), multi-node resume without a shared run directory (every process reads th
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import math
 import os
@@ -466,7 +467,8 @@ def _plain_copy(policy, state: dict):
     with init_empty_weights():
         plain = AutoModelForCausalLM.from_config(_base_model(policy).config)
         if isinstance(policy, PeftModel):
-            plain = get_peft_model(plain, policy.peft_config[policy.active_adapter])
+            plain = get_peft_model(plain, policy.peft_config[policy.active_adapter], adapter_name=policy.active_adapter)
+    _base_model(plain).generation_config = copy.deepcopy(_base_model(policy).generation_config)  # pad/eos as loaded
     plain.load_state_dict(state, assign=True)
     _base_model(plain).tie_weights()  # `assign` gave tied weights two tensors
     return plain.eval()
@@ -532,6 +534,8 @@ def _configure_fsdp(dist: Dist, accelerator) -> None:
         refused.append("fsdp_offload_params: true (not supported)")
     if plugin.activation_checkpointing:
         refused.append("fsdp_activation_checkpointing: true (use model.gradient_checkpointing=true)")
+    if plugin.cpu_ram_efficient_loading:  # transformers would zero the buffers of ranks > 0 and await a broadcast
+        refused.append("fsdp_cpu_ram_efficient_loading: true (every process loads the full model: set false)")
     if accelerator.mixed_precision != "no":
         refused.append(f"mixed_precision {accelerator.mixed_precision} (set 'no': model.dtype sets the dtype)")
     if refused:

@@ -448,6 +448,13 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
             if cfg.run.save_steps and step % cfg.run.save_steps == 0:
                 checkpoint(step)
     except KeyboardInterrupt:
+        if dist.fsdp:  # gathering the shards is collective, and each process stopped somewhere else
+            if dist.is_main:
+                print(f"interrupted: under FSDP no checkpoint is gathered on Ctrl-C; the last one saved "
+                      f"(run.save_steps) is in {run_dir}/checkpoints: continue with --resume",
+                      file=sys.stderr, flush=True)
+            tracker.close()
+            raise
         checkpoint(step)
         if dist.is_main:
             print(f"interrupted: checkpoint of step {step} written in {run_dir}/checkpoints; "

@@ -675,7 +675,7 @@ class FastSampler:
         """Drop the weights derived from the model (fused copies, references to its tensors): for
         when its tensors are freed or refilled behind autograd's back (FSDP resharding)."""
         self._weights = None
-        self._cached_engine = None
+        self.release()
 
     def _lean_weights(self) -> dict | None:
         versions = _source_versions(self.model)

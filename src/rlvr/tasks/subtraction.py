@@ -96,7 +96,7 @@ class SubtractionTask(Task):
 
 
 def subtraction_steps(a: int, b: int) -> str:
-    """Column subtraction written out digit by digit, borrowing spelled out (~40-75 tokens).
+    """Column subtraction written out digit by digit, borrowing spelled out (~45-85 tokens).
 
     For 512 - 387:
         512 > 387
