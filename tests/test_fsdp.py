@@ -8,6 +8,7 @@ Llama of test_distributed.py and its toy digit task. Every process runs one thre
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -78,7 +79,6 @@ def test_optimizer_state_by_name_and_back():
     ({"FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "true"}, "no", "fsdp_offload_params"),
     ({"FSDP_VERSION": "2", "FSDP_ACTIVATION_CHECKPOINTING": "true"}, "no", "model.gradient_checkpointing"),
     ({"FSDP_VERSION": "2"}, "bf16", "mixed_precision bf16"),
-    ({"FSDP_VERSION": "2", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}, "no", "fsdp_cpu_ram_efficient_loading"),
 ])
 def test_fsdp_options_rlvr_cannot_honour_are_refused(monkeypatch, env, mixed, refused):
     """What `accelerate launch` exports from an FSDP config; on CPU accelerate holds no FSDP plugin."""
@@ -88,12 +88,14 @@ def test_fsdp_options_rlvr_cannot_honour_are_refused(monkeypatch, env, mixed, re
     with pytest.raises(DistributedError, match=refused):
         _configure_fsdp(Dist(), accelerator)
     monkeypatch.setenv("FSDP_VERSION", "2")
-    for key in ("FSDP_OFFLOAD_PARAMS", "FSDP_ACTIVATION_CHECKPOINTING", "FSDP_CPU_RAM_EFFICIENT_LOADING"):
+    for key in ("FSDP_OFFLOAD_PARAMS", "FSDP_ACTIVATION_CHECKPOINTING"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")  # accelerate launch's default
     dist = Dist()
     _configure_fsdp(dist, SimpleNamespace(state=SimpleNamespace(), mixed_precision="no"))
     assert dist.fsdp and not dist.reshard_after_forward
+    assert os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "false"  # every process loads the full model
 
 
 @pytest.mark.timeout(120)

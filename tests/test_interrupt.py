@@ -33,8 +33,11 @@ def test_sigint_writes_a_checkpoint_and_the_run_resumes(tmp_path, tiny_dir):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "rlvr", "train", "--model", str(tiny_dir), "--task", "subtraction",
            "-o", str(run_dir), *TRAIN]
+    # SIGINT as a terminal delivers it: a shell ignores it in background jobs (`cmd &`), the child
+    # would inherit that, and Python then keeps ignoring it (the "lost Ctrl-C" of earlier runs)
     proc = subprocess.Popen([*cmd, "grpo.max_steps=10000"], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 300
         while _steps_logged(run_dir) < 2:  # let it get going: two steps done, no checkpoint saved yet

@@ -534,12 +534,13 @@ def _configure_fsdp(dist: Dist, accelerator) -> None:
         refused.append("fsdp_offload_params: true (not supported)")
     if plugin.activation_checkpointing:
         refused.append("fsdp_activation_checkpointing: true (use model.gradient_checkpointing=true)")
-    if plugin.cpu_ram_efficient_loading:  # transformers would zero the buffers of ranks > 0 and await a broadcast
-        refused.append("fsdp_cpu_ram_efficient_loading: true (every process loads the full model: set false)")
     if accelerator.mixed_precision != "no":
         refused.append(f"mixed_precision {accelerator.mixed_precision} (set 'no': model.dtype sets the dtype)")
     if refused:
         raise DistributedError("the accelerate FSDP config asks for what rlvr does not do: " + "; ".join(refused))
     dist.fsdp = True
+    # every process loads the full model itself (accelerate launch exports "true" by default, which makes
+    # transformers leave the weights of ranks > 0 empty and wait for a broadcast rlvr does not make)
+    os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
     dist.reshard_after_forward = bool(plugin.reshard_after_forward)
     dist.wrap = tuple(plugin.transformer_cls_names_to_wrap or ())

@@ -56,9 +56,10 @@ class CtrlC:
 
     Python raises KeyboardInterrupt wherever the main thread happens to be. If that is inside a
     finaliser (a `__del__`, a weakref callback), CPython prints "Exception ignored" and the interrupt
-    is gone: a run pressed with Ctrl-C went on training (seen once in tests/test_interrupt.py). The
-    flag survives; the loop checks it after every step. Installed only over Python's default handler
-    in the main thread (a shell's background job ignores SIGINT, and keeps ignoring it).
+    is gone, and the run would go on training (tests/test_interrupt.py shows it). The flag survives;
+    the loop checks it before every step. Installed only over Python's default handler, in the main
+    thread: a process started with SIGINT ignored (a shell's background job, `rlvr train &`) keeps
+    ignoring it, as Python itself does.
     """
 
     def __init__(self):
