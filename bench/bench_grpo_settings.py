@@ -36,9 +36,6 @@ VARIANTS: dict[str, list[str]] = {
                        "grpo.max_steps=12", "eval.every=6"],
     "lora_lr5e-4_ds": ["model.use_peft=true", "grpo.learning_rate=5e-4", "grpo.dynamic_sampling=true",
                        "grpo.max_steps=12", "eval.every=6"],
-    # more prompts per step (16 x 8): less noise per update
-    "lora_lr2e-4_ds_b16": ["model.use_peft=true", "grpo.learning_rate=2e-4", "grpo.dynamic_sampling=true",
-                           "grpo.prompts_per_step=16", "grpo.max_steps=10", "eval.every=5"],
     # the main job's GRPO stage (configs/main.yaml as it is), evaluated every 5 steps
     "main_grpo": ["eval.every=5"],
     # sampling nearer the greedy answer: the signal comes from near-ties, where greedy can flip

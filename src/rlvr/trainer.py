@@ -216,6 +216,10 @@ def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, 
         skip_zero_advantage = cfg.skip_zero_advantage
     skip = skip_zero_advantage and cfg.beta == 0 and cfg.loss_type != "bnpo"
     micro_size = cfg.per_device_train_batch_size
+    # each prompt's forward once; not under FSDP, where all processes must run the same collectives,
+    # and a shared-prompt forward runs the decoder once or twice by the rows
+    share = cfg.share_prompt and not dist.fsdp
+    zero_ref = cfg.beta > 0 and ref_model is None and dist.fsdp  # FSDP: the reference forward is collective too
     for _ in range(cfg.num_iterations):
         for parts in dist.optimizer_batches(buffer.rollouts, cfg.steps_per_generation, micro_size, generator,
                                             by_group=cfg.share_prompt):
@@ -230,21 +234,19 @@ def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, 
                 masks = [_loss_mask(p, cfg.mask_truncated_completions) for p in parts]
             # none of this batch's rows here: join DDP's gradient all-reduce with a zero-loss pass. Under
             # FSDP every pass is collective: top up to the busiest process's number of passes
-            zero_ref = cfg.beta > 0 and ref_model is None and dist.fsdp  # its reference forward is collective too
             for _ in range(dist.missing_passes(max(1, len(parts))) + (not parts)):
                 _zero_pass(model, dist, pad_token_id, device, reference=zero_ref)
             for i, (micro, mask_rows) in enumerate(zip(parts, masks)):
                 with dist.sync(last=i == len(parts) - 1):  # processes average gradients after the last
                     mb = collate(micro, pad_token_id).to(device)
                     mask = mb.completion_mask * mask_rows.to(device)[:, None]  # [n, C]
-                    # each prompt's forward once; not under FSDP, where all processes must run the same
-                    # collectives, and a shared-prompt forward runs the decoder once or twice by the rows
-                    rows = mb.prompt_rows if cfg.share_prompt and not dist.fsdp else None
+                    rows = mb.prompt_rows if share else None
                     logp, entropy = dist.completion_logprobs(
                         model, mb.input_ids, mb.attention_mask, mb.logits_to_keep, temperature=temperature,
                         chunk_size=cfg.logprob_chunk_size, with_entropy=True, prompt_rows=rows)  # [n, C], [n, C]
                     old = logp.detach() if cfg.num_iterations == 1 else mb.old_logprobs  # [n, C]
-                    ref = _reference_logprobs(model, ref_model, mb, temperature, cfg, dist) if cfg.beta > 0 else None
+                    ref = (_reference_logprobs(model, ref_model, mb, rows, temperature, cfg, dist)
+                           if cfg.beta > 0 else None)
                     loss, m = policy_loss(logp, old, mb.advantages, mask, ref_logprobs=ref, beta=cfg.beta,
                                           epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,
                                           max_completion_length=max_completion_length, num_items_in_batch=n_tok,
@@ -291,18 +293,16 @@ def _loss_mask(rollouts, mask_truncated: bool) -> torch.Tensor:
     return torch.tensor([0.0 if (mask_truncated and r.truncated) else 1.0 for r in rollouts])
 
 
-def _reference_logprobs(model, ref_model, mb, temperature, cfg, dist: Dist | None = None):
+def _reference_logprobs(model, ref_model, mb, prompt_rows, temperature, cfg, dist: Dist):
     """Log-probs under the reference: the adapter disabled (LoRA) or a frozen copy (full fine-tuning).
 
     Under FSDP the adapter-disabled forward runs through the sharded model (`dist`), like the
     policy's; the frozen copy of full fine-tuning is not sharded (every process holds it whole).
     """
-    fsdp = dist is not None and dist.fsdp
-    kwargs = dict(temperature=temperature, chunk_size=cfg.logprob_chunk_size,
-                  prompt_rows=mb.prompt_rows if cfg.share_prompt and not fsdp else None)
+    kwargs = dict(temperature=temperature, chunk_size=cfg.logprob_chunk_size, prompt_rows=prompt_rows)
     with torch.no_grad():
         if ref_model is None:
-            forward = dist.completion_logprobs if fsdp else completion_logprobs
+            forward = dist.completion_logprobs if dist.fsdp else completion_logprobs
             with model.disable_adapter():
                 return forward(model, mb.input_ids, mb.attention_mask, mb.logits_to_keep, **kwargs)
         return completion_logprobs(ref_model, mb.input_ids, mb.attention_mask, mb.logits_to_keep, **kwargs)
