@@ -170,8 +170,8 @@ class Launch:
             except OSError:
                 continue
             rank = [e[5:] for e in environ if e.startswith(b"RANK=")]
-            if rank and b"rlvr" in cmdline:
-                found[int(rank[0])] = pid
+            if rank and b"rlvr" in cmdline:  # a forked reward child has its worker's environ and cmdline:
+                found.setdefault(int(rank[0]), pid)  # keep the worker, listed before its children
         return found
 
     def wait_for(self, condition, timeout: float) -> None:
