@@ -139,6 +139,14 @@ def overrides(model_dir: Path, out: Path, *extra: str) -> list[str]:
             "run.log_samples_every=0", "run.threads=1", *extra]
 
 
+def checkpoint_step(out: Path) -> int:
+    """The step of the run's newest complete checkpoint (0 if none). Older checkpoints are rotated
+    away, and a fast machine runs a tiny-model step in well under the tests' polling interval, so a
+    test cannot wait for one particular step's directory to appear."""
+    ckpt = latest_checkpoint(out)
+    return int(ckpt.name.removeprefix("step-")) if ckpt is not None else 0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -260,12 +268,12 @@ def test_a_killed_process_fails_the_run_cleanly_and_the_checkpoint_resumes_on_on
     """SIGKILL rank 1 after step 2 (accelerate launch): non-zero exit within seconds, the last
     checkpoint intact; it resumes on one process."""
     out = tmp_path / "run"
-    args = overrides(char_dir, out, "grpo.prompts_per_step=2", "grpo.max_steps=500", "run.save_steps=1")
+    args = overrides(char_dir, out, "grpo.prompts_per_step=2", "grpo.max_steps=100000", "run.save_steps=1")
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "--main_process_port", str(free_port()), "-m", "rlvr", "train", *args]
     with Launch(launcher, tmp_path, env={"RLVR_DIST_TIMEOUT": "30"}) as run:
-        run.wait_for(lambda: (out / "checkpoints" / "step-000002" / "state.json").exists(), timeout=120)
+        run.wait_for(lambda: checkpoint_step(out) >= 2, timeout=120)
         os.kill(run.workers()[1], signal.SIGKILL)
         killed = time.monotonic()
         code = run.wait(timeout=60)
@@ -287,10 +295,10 @@ def test_a_killed_process_fails_the_run_cleanly_and_the_checkpoint_resumes_on_on
 def test_a_frozen_process_times_out_instead_of_hanging(tmp_path, char_dir):
     """SIGSTOP rank 1: rank 0's next collective times out (RLVR_DIST_TIMEOUT=10) with a clear message."""
     out = tmp_path / "run"
-    args = overrides(char_dir, out, "grpo.prompts_per_step=2", "grpo.max_steps=500", "run.save_steps=1")
+    args = overrides(char_dir, out, "grpo.prompts_per_step=2", "grpo.max_steps=100000", "run.save_steps=1")
     with Launch([sys.executable, "-m", "rlvr", "train", "--num-processes", "2", *args], tmp_path,
                 env={"RLVR_DIST_TIMEOUT": "10"}) as run:
-        run.wait_for(lambda: (out / "checkpoints" / "step-000001" / "state.json").exists(), timeout=120)
+        run.wait_for(lambda: checkpoint_step(out) >= 1, timeout=120)
         workers = run.workers()
         os.kill(workers[1], signal.SIGSTOP)
         frozen = time.monotonic()
