@@ -9,6 +9,7 @@ import pytest
 
 from rlvr.rewards import (
     REWARDS,
+    arithmetic_statements,
     completion_text,
     example_columns,
     format_reward,
@@ -167,9 +168,37 @@ def test_length_penalty():
         make_length_penalty(max_length=10, soft_length=10)
 
 
+def test_arithmetic_statements_by_hand():
+    # the subtraction demonstration of 16 - 91: all five statements true
+    demo = "16 < 91, so -(91 - 16)\nones: 1<6, borrow: 11-6=5\ntens: 9-1=8, 8-1=7\n= -75"
+    assert arithmetic_statements(demo) == [True, True, True, True, True]
+    # the SFT model on 1 - 91: 1 < 91 (true), 1<1 (false), 11-1=9 (false), 9-1=8 (true), 8-9=0 (false)
+    slip = "1 < 91, so -(91 - 1)\nones: 1<1, borrow: 11-1=9\ntens: 9-1=8, 8-9=0\n= -19"
+    assert arithmetic_statements(slip) == [True, False, False, True, False]
+    # precedence, left-to-right subtraction, decimals, negatives, x/0 is false, no statement in "1,000"
+    assert arithmetic_statements("3 + 4 * 2 = 11; 7 - 2 - 1 = 4; 0.5*4=2; -5+2=-3; 10/0=1; 8/3=2.67; 1,000") == [
+        True, True, True, True, False, False]
+    assert arithmetic_statements("5 <= 5, 6 >= 7, 2 ≤ 3") == [True, False, True]
+    # not statements: parts of longer expressions, words, too many digits
+    assert arithmetic_statements("(91 - 16) = 75") == []  # a parenthesised left side is not read
+    assert arithmetic_statements("a1-1=0 x<2 " + "1" * 40 + "-1=0") == []
+
+
+def test_arithmetic_reward():
+    reward = get_reward("arithmetic")
+    good = "<think>\n98 > 47\nones: 8-7=1\ntens: 9-4=5\n= 51\n</think>\n<answer>51</answer>"
+    half = "<think>2+2=4, 2+2=5</think><answer>1+1=3</answer>"  # the answer's own statement is not reasoning
+    scores = reward([good, half, "<think>no numbers</think><answer>3</answer>", "3-1=2 <answer>2</answer>",
+                     "<think>4-1=3, 4-1=2"])
+    assert scores[:2] == [1.0, 0.5] and math.isnan(scores[2])
+    assert scores[3:] == [1.0, 0.5]  # no think block: the text before the answer; an unclosed think block
+    assert is_trusted(reward)
+    assert get_reward("arithmetic", prefill="<think>")(["2-1=1</think><answer>1</answer>"]) == [1.0]
+
+
 def test_registry_and_loading(tmp_path):
     task = get_task("subtraction", n=10)
-    assert set(REWARDS) == {"format", "format_strict", "accuracy", "length"}
+    assert set(REWARDS) == {"format", "format_strict", "accuracy", "length", "arithmetic"}
     for name in REWARDS:
         fn = get_reward(name, task=task)
         assert is_trusted(fn) and fn([GOOD], _example=[task.train_examples()[0]])[0] <= 1.0
@@ -320,7 +349,7 @@ def test_builtin_rewards_on_hostile_completions():
         "<think>a</think><answer>__import__('os').system('x')</answer>",
         "<think>a</think><answer>9**9**9</answer>",
     ]
-    funcs = [(name, get_reward(name, task=task), 1.0) for name in ("accuracy", "format", "format_strict", "length")]
+    funcs = [(name, get_reward(name, task=task), 1.0) for name in ("accuracy", "format", "format_strict", "length", "arithmetic")]
     result = score(funcs, hostile, example_columns([ex] * len(hostile)))
     assert result.parts["accuracy"] == [0.0] * 5 and result.errors == {name: 0 for name, _, _ in funcs}
     assert result.parts["format_strict"] == [0.0, 0.0, 1.0, 1.0, 1.0]

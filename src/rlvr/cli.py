@@ -106,7 +106,7 @@ def eval_cmd(
     (Path(out) / "summary.json").write_text(json.dumps({"model": cfg.model.name, "task": cfg.task.name,
                                                         **result.summary()}, indent=1))
     label = f"mean@{k} " if k > 1 else ""
-    typer.echo(f"{t.name}: {label}accuracy {result.accuracy:.1%}" + (f"  pass@{k} {result.pass_at_k:.1%}" if k > 1 else "")
+    typer.echo(f"{t.name}: {label}accuracy {result.accuracy:.1%}" + (f"  pass@{k} {result.pass_at_k:.1%}  maj@{k} {result.maj_at_k:.1%}" if k > 1 else "")
                + f"  format {result.format_rate:.1%}  mean length {result.mean_length:.1f} tokens"
                f"  truncated {result.truncated_frac:.1%}  ({result.n} examples, {result.seconds:.0f}s, "
                f"{result.tokens_per_s:.0f} tok/s)  -> {out}/eval.jsonl")

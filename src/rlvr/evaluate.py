@@ -1,4 +1,4 @@
-"""Held-out evaluation: accuracy, format rate, length, pass@k / mean@k, and before/after tables.
+"""Held-out evaluation: accuracy, format rate, length, mean@k / pass@k / maj@k, and before/after tables.
 
 Evaluation scores answers with the task's own `verify`, the same function the accuracy reward
 calls during training, so the number that training pushes up is the number reported here.
@@ -27,6 +27,11 @@ class EvalResult:
     """mean over examples of the mean correctness of its k samples (mean@k; greedy accuracy for k=1)"""
     pass_at_k: float
     """fraction of examples with at least one correct sample among k"""
+    maj_at_k: float
+    """fraction of examples whose most frequent answer among k is correct (majority vote; greedy
+    accuracy for k=1). Sharpening the sampled distribution, which is most of what a few GRPO steps
+    do, moves greedy answers towards the majority: maj@k above greedy accuracy is headroom a short
+    GRPO run can take, maj@k at or below it means greedy gains need new skill, not sharpening."""
     format_rate: float
     mean_length: float
     truncated_frac: float
@@ -82,6 +87,22 @@ def evaluate(sampler, tokenizer, task: Task, examples: list[Example], *, fmt: Pr
     return result
 
 
+def majority_correct(records: list[dict]) -> float:
+    """1.0 if the most frequent extracted answer of one example's samples is correct, else 0.0.
+
+    Votes are the answers as extracted and stripped; samples without an answer do not vote; a
+    tie goes to the answer seen first (deterministic). No answer at all counts as wrong.
+    """
+    votes: dict[str, list[dict]] = {}
+    for r in records:
+        if r["answer"] is not None and str(r["answer"]).strip():
+            votes.setdefault(str(r["answer"]).strip(), []).append(r)
+    if not votes:
+        return 0.0
+    winner = max(votes.values(), key=len)  # max keeps the first of equal counts
+    return float(winner[0]["correct"] > 0)
+
+
 def _aggregate(records: list[dict], k: int, seconds: float, tokens: int) -> EvalResult:
     by_example: dict[int, list[dict]] = {}
     for r in records:
@@ -91,6 +112,7 @@ def _aggregate(records: list[dict], k: int, seconds: float, tokens: int) -> Eval
     return EvalResult(
         accuracy=mean([mean([r["correct"] for r in rs]) for rs in by_example.values()]),
         pass_at_k=mean([float(any(r["correct"] > 0 for r in rs)) for rs in by_example.values()]),
+        maj_at_k=mean([majority_correct(rs) for rs in by_example.values()]),
         format_rate=mean([r["format"] for r in records]),
         mean_length=mean([r["length"] for r in records]),
         truncated_frac=mean([float(r["truncated"]) for r in records]),

@@ -29,7 +29,7 @@ def _stage_config(cfg: Config, run_dir: Path, name: str) -> Config:
 
 
 def _row(stage: str, record: dict) -> dict:
-    keys = ("accuracy", "pass_at_k", "format_rate", "mean_length", "truncated_frac", "n", "seconds")
+    keys = ("accuracy", "pass_at_k", "maj_at_k", "format_rate", "mean_length", "truncated_frac", "n", "seconds")
     return {"stage": stage, **{k: record[k] for k in keys if k in record}}
 
 
