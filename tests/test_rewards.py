@@ -353,3 +353,11 @@ def test_builtin_rewards_on_hostile_completions():
     result = score(funcs, hostile, example_columns([ex] * len(hostile)))
     assert result.parts["accuracy"] == [0.0] * 5 and result.errors == {name: 0 for name, _, _ in funcs}
     assert result.parts["format_strict"] == [0.0, 0.0, 1.0, 1.0, 1.0]
+
+
+def test_reward_metrics_skip_not_applicable():
+    from rlvr.rollout import _mean_std
+
+    # the arithmetic reward of [1.0, NaN, 0.0]: logged over the two completions it applies to
+    assert _mean_std([1.0, math.nan, 0.0]) == (0.5, 0.5)
+    assert _mean_std([math.nan]) == (0.0, 0.0) and _mean_std([]) == (0.0, 0.0)

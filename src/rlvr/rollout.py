@@ -236,9 +236,11 @@ def concat_experience(parts: list[Experience]) -> Experience:
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
-    if not xs:
-        return 0.0, 0.0
+    """Mean and std over the values that apply (a reward's NaN means "not applicable")."""
     t = torch.tensor(xs, dtype=torch.float64)
+    t = t[~t.isnan()]
+    if not t.numel():
+        return 0.0, 0.0
     return float(t.mean()), float(t.std(unbiased=False))
 
 
