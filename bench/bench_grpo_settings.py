@@ -41,9 +41,9 @@ VARIANTS: dict[str, list[str]] = {
     # sampling nearer the greedy answer: the signal comes from near-ties, where greedy can flip
     "lora_t0.7_lr2e-4_ds": ["model.use_peft=true", "sampling.temperature=0.7", "grpo.learning_rate=2e-4",
                             "grpo.dynamic_sampling=true", "grpo.max_steps=10", "eval.every=5"],
-    # the main job's GRPO stage with the arithmetic process reward: every `11-6=5` of the worked
-    # solution scored, so the completions of an all-wrong group are still ranked by their slips
-    "main_grpo_arith": ["task.rewards={accuracy: 0.7, arithmetic: 0.15, format: 0.15}", "eval.every=5"],
+    # the main job's GRPO stage with the `steps` process reward (the worked solution's statements
+    # the reasoning reproduces), so the completions of an all-wrong group are still ranked
+    "main_grpo_steps": ["task.rewards={accuracy: 0.7, steps: 0.15, format: 0.15}", "eval.every=5"],
     "lora_lr2e-4_ds_24": ["model.use_peft=true", "grpo.learning_rate=2e-4", "grpo.dynamic_sampling=true",
                           "grpo.max_steps=24", "eval.every=6"],
 }

@@ -9,7 +9,9 @@ import pytest
 
 from rlvr.rewards import (
     REWARDS,
-    arithmetic_statements,
+    reasoning_text,
+    statements,
+    steps_f1,
     completion_text,
     example_columns,
     format_reward,
@@ -168,37 +170,52 @@ def test_length_penalty():
         make_length_penalty(max_length=10, soft_length=10)
 
 
-def test_arithmetic_statements_by_hand():
-    # the subtraction demonstration of 16 - 91: all five statements true
+def test_statements_by_hand():
     demo = "16 < 91, so -(91 - 16)\nones: 1<6, borrow: 11-6=5\ntens: 9-1=8, 8-1=7\n= -75"
-    assert arithmetic_statements(demo) == [True, True, True, True, True]
-    # the SFT model on 1 - 91: 1 < 91 (true), 1<1 (false), 11-1=9 (false), 9-1=8 (true), 8-9=0 (false)
-    slip = "1 < 91, so -(91 - 1)\nones: 1<1, borrow: 11-1=9\ntens: 9-1=8, 8-9=0\n= -19"
-    assert arithmetic_statements(slip) == [True, False, False, True, False]
-    # precedence, left-to-right subtraction, decimals, negatives, x/0 is false, no statement in "1,000"
-    assert arithmetic_statements("3 + 4 * 2 = 11; 7 - 2 - 1 = 4; 0.5*4=2; -5+2=-3; 10/0=1; 8/3=2.67; 1,000") == [
-        True, True, True, True, False, False]
-    assert arithmetic_statements("5 <= 5, 6 >= 7, 2 ≤ 3") == [True, False, True]
-    # not statements: parts of longer expressions, words, too many digits
-    assert arithmetic_statements("(91 - 16) = 75") == []  # a parenthesised left side is not read
-    assert arithmetic_statements("a1-1=0 x<2 " + "1" * 40 + "-1=0") == []
+    assert statements(demo) == ["16<91", "1<6", "11-6=5", "9-1=8", "8-1=7"]
+    assert statements("3 + 4 * 2 = 11; 48 / 2 = 24; 2 × 3 = 6; -5+2=-3; 0.5*4=2; 5 <= 5; 1,000; = -75") == [
+        "3+4*2=11", "48/2=24", "2*3=6", "-5+2=-3", "0.5*4=2", "5<=5"]
+    # not statements: a parenthesised left side, numbers inside words, too many digits
+    assert statements("(91 - 16) = 75 a1-1=0 x<2 " + "1" * 40 + "-1=0") == []
 
 
-def test_arithmetic_reward():
-    reward = get_reward("arithmetic")
-    good = "<think>\n98 > 47\nones: 8-7=1\ntens: 9-4=5\n= 51\n</think>\n<answer>51</answer>"
-    half = "<think>2+2=4, 2+2=5</think><answer>1+1=3</answer>"  # the answer's own statement is not reasoning
-    scores = reward([good, half, "<think>no numbers</think><answer>3</answer>", "3-1=2 <answer>2</answer>",
-                     "<think>4-1=3, 4-1=2"])
-    assert scores[:2] == [1.0, 0.5] and math.isnan(scores[2])
-    assert scores[3:] == [1.0, 0.5]  # no think block: the text before the answer; an unclosed think block
+def test_steps_f1_by_hand():
+    ref = ["16<91", "1<6", "11-6=5", "9-1=8", "8-1=7"]
+    assert steps_f1(ref, ref) == 1.0
+    # 1 - 91 style slips: 2 of the 4 found are in the reference: 2 * 2 / (4 + 5)
+    assert steps_f1(["16<91", "1<1", "11-1=9", "9-1=8"], ref) == pytest.approx(4 / 9)
+    # padding with extra (even true) statements lowers it: 2 * 5 / (8 + 5)
+    assert steps_f1([*ref, "-1<12", "-16<12", "0<1"], ref) == pytest.approx(10 / 13)
+    # a repeated statement counts once per occurrence in the reference
+    assert steps_f1(["9-1=8", "9-1=8"], ["9-1=8"]) == pytest.approx(2 / 3)
+    assert steps_f1([], ref) == 0.0 and steps_f1([], []) == 1.0
+
+
+def test_steps_reward_against_the_worked_solution():
+    task = get_task("subtraction", n=10)
+    ex = task.train_examples()[0]
+    reward = get_reward("steps", task=task)
+    demo = task.demonstration(ex)
+    gamed = "<think>\n1<2, so 0<1, so -1<3\n</think>\n<answer>0</answer>"  # true statements, none of the solution's
+    scores = reward([demo, gamed, "<think>no numbers</think><answer>3</answer>"], _example=[ex] * 3)
+    assert scores == [1.0, 0.0, 0.0]
+    # the answer tag's content is not reasoning; no think block: the text before the answer counts
+    ref = statements(reasoning_text(demo))
+    assert reward([f"<think>{ref[0]}</think><answer>{' '.join(ref)}</answer>"], _example=[ex]) == [
+        pytest.approx(2 / (1 + len(ref)))]
+    assert reward([f"{' '.join(ref)} <answer>x</answer>"], _example=[ex]) == [1.0]
     assert is_trusted(reward)
-    assert get_reward("arithmetic", prefill="<think>")(["2-1=1</think><answer>1</answer>"]) == [1.0]
+
+    class NoDemo(type(task)):
+        def demonstration(self, example):
+            return None
+
+    assert math.isnan(get_reward("steps", task=NoDemo(n=10))([demo], _example=[ex])[0])
 
 
 def test_registry_and_loading(tmp_path):
     task = get_task("subtraction", n=10)
-    assert set(REWARDS) == {"format", "format_strict", "accuracy", "length", "arithmetic"}
+    assert set(REWARDS) == {"format", "format_strict", "accuracy", "length", "steps"}
     for name in REWARDS:
         fn = get_reward(name, task=task)
         assert is_trusted(fn) and fn([GOOD], _example=[task.train_examples()[0]])[0] <= 1.0
@@ -349,7 +366,7 @@ def test_builtin_rewards_on_hostile_completions():
         "<think>a</think><answer>__import__('os').system('x')</answer>",
         "<think>a</think><answer>9**9**9</answer>",
     ]
-    funcs = [(name, get_reward(name, task=task), 1.0) for name in ("accuracy", "format", "format_strict", "length", "arithmetic")]
+    funcs = [(name, get_reward(name, task=task), 1.0) for name in ("accuracy", "format", "format_strict", "length", "steps")]
     result = score(funcs, hostile, example_columns([ex] * len(hostile)))
     assert result.parts["accuracy"] == [0.0] * 5 and result.errors == {name: 0 for name, _, _ in funcs}
     assert result.parts["format_strict"] == [0.0, 0.0, 1.0, 1.0, 1.0]
@@ -358,6 +375,6 @@ def test_builtin_rewards_on_hostile_completions():
 def test_reward_metrics_skip_not_applicable():
     from rlvr.rollout import _mean_std
 
-    # the arithmetic reward of [1.0, NaN, 0.0]: logged over the two completions it applies to
+    # a reward of [1.0, NaN, 0.0] (NaN: not applicable): logged over the two completions it applies to
     assert _mean_std([1.0, math.nan, 0.0]) == (0.5, 0.5)
     assert _mean_std([math.nan]) == (0.0, 0.0) and _mean_std([]) == (0.0, 0.0)

@@ -31,7 +31,6 @@ import struct
 import sys
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -154,100 +153,87 @@ def make_length_penalty(*, max_length: int = 1024, soft_length: int | None = Non
     return length_penalty
 
 
-_NUM = r"\d{1,30}(?:\.\d{1,30})?"  # bounded: exact arithmetic stays cheap, no regex backtracking blow-up
-_EQUATION = re.compile(rf"(?<![\w.)])(-?{_NUM}(?:\s*[-+*/×]\s*{_NUM}){{1,16}})\s*=\s*(-?{_NUM})(?![\w.])")
-_COMPARISON = re.compile(rf"(?<![\w.)-])(-?{_NUM})\s*(<=|>=|<|>|≤|≥)\s*(-?{_NUM})(?![\w.])")
-_OPERAND = re.compile(rf"\s*(-?{_NUM})\s*([-+*/×]|$)")
+_NUM = r"-?\d{1,30}(?:\.\d{1,30})?"  # bounded: no regex backtracking blow-up on a long digit run
+_STATEMENT = re.compile(rf"(?<![\w.)])(?:{_NUM}(?:\s*[-+*/×]\s*{_NUM}){{1,16}}\s*=\s*{_NUM}"
+                        rf"|{_NUM}\s*(?:<=|>=|<|>|≤|≥)\s*{_NUM})(?![\w.])")
 
 
-def _exact(expression: str) -> Fraction | None:
-    """The exact value of `a op b op c ...` (+ - * / ×, * and / first, then left to right);
-    None for a division by zero. No eval: the model wrote it."""
-    terms: list[Fraction] = []  # the sum's terms, signs applied
-    sign, pos = Fraction(1), 0
-    product: Fraction | None = None
-    pending = "*"
-    while pos < len(expression):
-        m = _OPERAND.match(expression, pos)
-        if m is None:
-            return None
-        value, op, pos = Fraction(m.group(1)), m.group(2), m.end()
-        if product is None:
-            product = value
-        elif pending in "*×":
-            product *= value
-        else:
-            if value == 0:
-                return None
-            product /= value
-        if op in ("*", "×", "/"):
-            pending = op
-        else:  # + - or the end: the product is a term of the sum
-            terms.append(sign * product)
-            sign, product = (Fraction(-1) if op == "-" else Fraction(1)), None
-    return sum(terms, Fraction(0)) if product is None else None
+def statements(text: str) -> list[str]:
+    """The arithmetic statements of `text`, spaces removed, in order: equations whose left side
+    is numbers joined by + - * / × (`11-6=5`, `48/2 = 24`) and comparisons of two numbers
+    (`16 < 91`). Numbers of more than 30 digits and left sides of more than 17 numbers are not
+    read (bounded work per character)."""
+    return [re.sub(r"\s+", "", m.group()).replace("×", "*") for m in _STATEMENT.finditer(text)]
 
 
-def arithmetic_statements(text: str) -> list[bool]:
-    """Whether each arithmetic statement in `text` is true, in order of appearance.
+def reasoning_text(text: str) -> str:
+    """The reasoning of a completion: its think blocks (an unclosed one too), else the text
+    before the first answer tag."""
+    parsed = parse_completion(text)
+    thinks = parsed.thinks + ([parsed.open_think] if parsed.open_think is not None else [])
+    return "\n".join(thinks) if thinks else text.split(ANSWER_OPEN, 1)[0]
 
-    Statements are equations whose left side is numbers joined by + - * / × (`11-6=5`,
-    `48/2 = 24`, `3 + 4 * 2 = 11`) and comparisons of two numbers (`16 < 91`, `98 > 47`), as
-    subtraction's, countdown's and gsm8k's worked solutions write them. Exact (fractions), no
-    eval. A statement with a division by zero is false; numbers of more than 30 digits and
-    left sides of more than 17 numbers are not read as statements (bounded work per character).
+
+def steps_f1(found: Sequence[str], reference: Sequence[str]) -> float:
+    """F1 of two multisets of statements: 2 |found ∩ reference| / (|found| + |reference|)."""
+    from collections import Counter
+
+    if not found and not reference:
+        return 1.0
+    matched = sum((Counter(found) & Counter(reference)).values())
+    return 2 * matched / (len(found) + len(reference))
+
+
+def make_steps_reward(task: Task, *, prefill: str = "") -> RewardFn:
+    """How many of the worked solution's steps the reasoning gets right: the F1 between the
+    arithmetic statements (`statements`) of the completion's reasoning and those of the task's
+    own worked solution (`task.demonstration`); NaN ("not applicable", 0 in the total) for an
+    example without one.
+
+    A process reward: two wrong answers differ when one has more right columns, so a group whose
+    answers are all wrong still has signal. Checked against the reference, not merely for truth:
+    with a reward for the fraction of *true* statements, training accuracy fell in 5 GRPO steps
+    while the model began writing easy true comparisons (`16<12, so -1<12, so -16<12`) in place
+    of the subtraction (bench/results/grpo_arith_gamed.json). The F1 also takes points off for
+    extra statements.
+    For tasks with one canonical procedure (subtraction, gsm8k's worked solutions), not for
+    countdown, whose search has many right paths. Weight it below accuracy.
     """
-    found: list[tuple[int, bool]] = []
-    for m in _EQUATION.finditer(text):
-        left = _exact(m.group(1))
-        found.append((m.start(), left is not None and left == Fraction(m.group(2))))
-    for m in _COMPARISON.finditer(text):
-        a, op, b = Fraction(m.group(1)), m.group(2), Fraction(m.group(3))
-        truth = {"<": a < b, ">": a > b, "<=": a <= b, ">=": a >= b, "≤": a <= b, "≥": a >= b}[op]
-        found.append((m.start(), truth))
-    return [truth for _, truth in sorted(found)]
+    cache: dict[tuple[str, str], list[str] | None] = {}
 
-
-def make_arithmetic_reward(*, prefill: str = "") -> RewardFn:
-    """The fraction of true arithmetic statements in the reasoning (`arithmetic_statements`);
-    NaN ("not applicable", 0 in the total) when it has none.
-
-    A process reward a program can check: every `11-6=5` of a worked solution is scored, not
-    only the final answer, so two wrong answers differ when one has fewer slips, and a group
-    whose answers are all wrong still has signal. It says nothing about whether the right
-    numbers were used (the accuracy reward does): weight it below accuracy. A policy could raise
-    it by writing extra trivial statements; watch `reward/arithmetic` against accuracy.
-    The reasoning is the think blocks (an unclosed one too), else the text before the answer.
-    """
+    def reference(ex: Example) -> list[str] | None:
+        key = (ex.question, ex.answer)
+        if key not in cache:
+            demo = task.demonstration(ex)
+            cache[key] = None if demo is None else statements(reasoning_text(demo))
+        return cache[key]
 
     @trusted
-    def arithmetic_reward(completions: list, **columns: Any) -> list[float]:
+    def steps_reward(completions: list, _example: Sequence[Example] | None = None, **columns: Any) -> list[float]:
+        examples = _example if _example is not None else examples_from_columns(columns, len(completions))
         out = []
-        for c in completions:
-            text = _with_prefill(completion_text(c), prefill)
-            parsed = parse_completion(text)
-            thinks = parsed.thinks + ([parsed.open_think] if parsed.open_think is not None else [])
-            reasoning = "\n".join(thinks) if thinks else text.split(ANSWER_OPEN, 1)[0]
-            truths = arithmetic_statements(reasoning)
-            out.append(sum(truths) / len(truths) if truths else math.nan)
+        for c, ex in zip(completions, examples, strict=True):
+            ref = reference(ex)
+            found = statements(reasoning_text(_with_prefill(completion_text(c), prefill)))
+            out.append(math.nan if not ref else steps_f1(found, ref))
         return out
 
-    return arithmetic_reward
+    return steps_reward
 
 
 REWARDS: dict[str, Callable[..., RewardFn]] = {
     "format": lambda task=None, prefill="", **o: make_format_reward(strict=False, prefill=prefill, **o),
     "format_strict": lambda task=None, prefill="", **o: make_format_reward(strict=True, prefill=prefill, **o),
-    "accuracy": lambda task=None, prefill="", **o: make_accuracy_reward(_need(task), prefill=prefill, **o),
+    "accuracy": lambda task=None, prefill="", **o: make_accuracy_reward(_need(task, "accuracy"), prefill=prefill, **o),
     "length": lambda task=None, prefill="", **o: make_length_penalty(**o),
-    "arithmetic": lambda task=None, prefill="", **o: make_arithmetic_reward(prefill=prefill, **o),
+    "steps": lambda task=None, prefill="", **o: make_steps_reward(_need(task, "steps"), prefill=prefill, **o),
 }
 """name -> factory(task, prefill, **options) of the built-in rewards"""
 
 
-def _need(task: Task | None) -> Task:
+def _need(task: Task | None, name: str) -> Task:
     if task is None:
-        raise ValueError("the accuracy reward needs the task (get_reward('accuracy', task=...))")
+        raise ValueError(f"the {name} reward needs the task (get_reward({name!r}, task=...))")
     return task
 
 
