@@ -44,6 +44,10 @@ VARIANTS: dict[str, list[str]] = {
     # the main job's GRPO stage with the `steps` process reward (the worked solution's statements
     # the reasoning reproduces), so the completions of an all-wrong group are still ranked
     "main_grpo_steps": ["task.rewards={accuracy: 0.7, steps: 0.15, format: 0.15}", "eval.every=5"],
+    # the same with the batch's std: a group whose answers are all wrong no longer has its small
+    # `steps` differences scaled up to unit advantages by its own small std
+    "main_grpo_steps_batch": ["task.rewards={accuracy: 0.7, steps: 0.15, format: 0.15}", "eval.every=5",
+                              "grpo.scale_rewards=batch"],
     "lora_lr2e-4_ds_24": ["model.use_peft=true", "grpo.learning_rate=2e-4", "grpo.dynamic_sampling=true",
                           "grpo.max_steps=24", "eval.every=6"],
 }

@@ -192,10 +192,10 @@ def make_steps_reward(task: Task, *, prefill: str = "") -> RewardFn:
 
     A process reward: two wrong answers differ when one has more right columns, so a group whose
     answers are all wrong still has signal. Checked against the reference, not merely for truth:
-    with a reward for the fraction of *true* statements, training accuracy fell in 5 GRPO steps
-    while the model began writing easy true comparisons (`16<12, so -1<12, so -16<12`) in place
-    of the subtraction (bench/results/grpo_arith_gamed.json). The F1 also takes points off for
-    extra statements.
+    a reward for the fraction of *true* statements pays for easy irrelevant ones, and a sampled
+    completion wrote them after 5 GRPO steps with it (`16<12, so -1<12, so -16<12` for a wrong
+    answer; bench/results/grpo_process_rewards.json). The F1 also takes points off for extra
+    statements.
     For tasks with one canonical procedure (subtraction, gsm8k's worked solutions), not for
     countdown, whose search has many right paths. Weight it below accuracy.
     """
