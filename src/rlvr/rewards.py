@@ -30,6 +30,7 @@ import signal
 import struct
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -176,8 +177,6 @@ def reasoning_text(text: str) -> str:
 
 def steps_f1(found: Sequence[str], reference: Sequence[str]) -> float:
     """F1 of two multisets of statements: 2 |found ∩ reference| / (|found| + |reference|)."""
-    from collections import Counter
-
     if not found and not reference:
         return 1.0
     matched = sum((Counter(found) & Counter(reference)).values())
