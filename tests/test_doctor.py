@@ -182,7 +182,8 @@ def _compare_here(model_spec, use_peft, chunk, n, prompt, completion):
         model, tok = tiny_random_model(0, hidden_size=256, num_layers=4, tokenizer=load_tokenizer("smollm2-135m"))
     else:
         model, tok = load_model(model_spec)
-    cfg = load_config(None, [f"model.use_peft={use_peft}", f"grpo.logprob_chunk_size={chunk}"])
+    cfg = load_config(None, [f"model.use_peft={use_peft}", f"grpo.logprob_chunk_size={chunk}",
+                             "grpo.share_prompt=false"])  # the estimate has no prompt sharing
     policy = prepare_policy(model, cfg.model)
     ids = list(range(100, 100 + prompt))
     with torch.no_grad():  # page every weight in, as sampling does before the first update

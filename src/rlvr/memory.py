@@ -227,25 +227,30 @@ def measure_update_memory(policy, cfg: Config, *, prompt_ids: list[int], batch_s
                           pad_token_id: int, seed: int = 0) -> int | None:
     """Peak RSS rise (bytes) of one real `update_policy` call on `batch_size` full-length rows.
 
-    Rows are the given prompt + `completion_len` random tokens. The optimizer is a fresh AdamW at
-    learning rate 0 whose state (m, v) is allocated first, as it is from the second step of a run
-    on; the weights do not change. The rise counts that state, the gradients and the activations. With full
-    fine-tuning and beta > 0 the frozen reference copy is left out here (the estimate counts it).
-    Prompt sharing (grpo.share_prompt) is off here, as in the estimate: with it a step needs less, so
-    both are upper bounds.
+    Rows are the given prompt + `completion_len` random tokens, in groups of num_generations rows
+    with one prompt each (groups differ in the prompt's first token), so prompt sharing
+    (grpo.share_prompt) works as in the run: the probe is the step the run will take, at full
+    length, and never needs more memory than training does (with sharing measured as off, it set
+    the process's peak: 5.25 GB where the training steps of the same run peaked at 3.87 GB). The
+    estimate has no sharing: with it on, the measurement is the lower of the two. The optimizer is
+    a fresh AdamW at learning rate 0 whose state (m, v) is allocated first, as it is from the
+    second step of a run on; the weights do not change. The rise counts that state, the gradients
+    and the activations. With full fine-tuning and beta > 0 the frozen reference copy is left out
+    here (the estimate counts it).
     """
     from rlvr.buffer import Buffer, Rollout
     from rlvr.trainer import make_optimizer, update_policy
 
     g = torch.Generator().manual_seed(seed)
     vocab = model_dims(policy)["vocab_size"]
-    rollouts = [Rollout(prompt_ids=list(prompt_ids), completion_ids=torch.randint(vocab, (completion_len,), generator=g).tolist(),
+    size = max(1, cfg.grpo.num_generations)
+    prompts = [[(prompt_ids[0] + k) % vocab, *prompt_ids[1:]] for k in range(-(-batch_size // size))]
+    rollouts = [Rollout(prompt_ids=prompts[i // size], completion_ids=torch.randint(vocab, (completion_len,), generator=g).tolist(),
                         old_logprobs=[0.0] * completion_len, advantage=1.0 if i % 2 else -1.0, truncated=False,
-                        group=i // 2) for i in range(batch_size)]
+                        group=i // size) for i in range(batch_size)]
     beta = cfg.grpo.beta if cfg.model.use_peft else 0.0
     grpo = dataclasses.replace(cfg.grpo, learning_rate=0.0, weight_decay=0.0, num_iterations=1,
-                               steps_per_generation=1, per_device_train_batch_size=batch_size, beta=beta,
-                               share_prompt=False)
+                               steps_per_generation=1, per_device_train_batch_size=batch_size, beta=beta)
     optimizer, scheduler = make_optimizer(policy, grpo, 1)
     was_training = policy.training
     device = next(policy.parameters()).device
