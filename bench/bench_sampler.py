@@ -129,12 +129,13 @@ def main() -> None:
     parser.add_argument("--hf-sampler", action="store_true", help="also time HFSampler (generate + log-probs)")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one fast run")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--dtype", default="fp32", help="model dtype for both backends (fp32, bf16)")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # rounds show up as they finish, even through a pipe
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model, tok = load_model("smollm2-135m")
+    model, tok = load_model("smollm2-135m", dtype=args.dtype)
     prompts = make_prompts(tok, args.prompts)
     params = sum(p.numel() for p in model.parameters())  # tied embeddings counted once: the lm_head matmul
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
