@@ -86,6 +86,12 @@ class Settings:
     gradient_checkpointing: bool = False
     tiny: bool = False
     """a tiny random Llama with the SmolLM2 tokenizer instead of the bundled 135M model"""
+    model: str = "smollm2-135m"
+    """the model both sides start from (an `rlvr.models.load_model` spec: a path to a saved model too)"""
+    task_options: dict = dataclasses.field(default_factory=dict)
+    """options of the subtraction task (e.g. {"high": 100}, the main job's)"""
+    system_prompt: str | None = None
+    """the system prompt (None: the task's own)"""
     trl_mmap: bool = False
     """give TRL rlvr's allocator setting too (glibc mmap threshold 1 MB; `rlvr` sets it at start-up)"""
     rlvr_skip: bool = False
@@ -117,7 +123,7 @@ def policy_model(s: Settings):
 
     if s.tiny:
         return tiny_random_model(seed=s.seed)
-    return load_model("smollm2-135m", device="cpu", dtype="fp32")
+    return load_model(s.model, device="cpu", dtype="fp32")
 
 
 def model_shape(model) -> dict:
@@ -133,9 +139,9 @@ def bench_rows(s: Settings, tokenizer) -> list[dict]:
     from rlvr.tasks import get_task
     from rlvr.trainer import ExampleStream
 
-    task = get_task("subtraction")
+    task = get_task("subtraction", **s.task_options)
     stream = ExampleStream(task.train_examples(), s.seed)  # what rlvr.trainer.train iterates
-    fmt = PromptFormat()  # rlvr's default: the chat template, the task's system prompt, no prefill
+    fmt = PromptFormat(system_prompt=s.system_prompt)  # the chat template, no prefill (TRL has none)
     examples = [next(stream) for _ in range(s.steps * s.prompts)]
     return [{"prompt": fmt.text(tokenizer, task, ex), **ex.columns()} for ex in examples]
 
@@ -175,7 +181,8 @@ def rlvr_overrides(s: Settings, run_dir: Path) -> list[str]:
         "model.use_peft=true", f"model.lora_r={s.lora_r}", f"model.lora_alpha={s.lora_alpha}",
         "model.lora_dropout=0.0", "model.lora_target_modules=all-linear",
         f"model.gradient_checkpointing={str(s.gradient_checkpointing).lower()}",
-        "task.name=subtraction", f"task.rewards={rewards}",
+        "task.name=subtraction", f"task.rewards={rewards}", f"task.options={json.dumps(s.task_options)}",
+        *([f"task.system_prompt={json.dumps(s.system_prompt)}"] if s.system_prompt is not None else []),
         "sampling.backend=fast", f"sampling.temperature={s.temperature}", "sampling.top_p=1.0", "sampling.top_k=0",
         f"sampling.max_completion_length={s.max_completion}", "sampling.stop_at_answer=false",
         f"grpo.max_steps={s.steps}", f"grpo.prompts_per_step={s.prompts}", f"grpo.num_generations={s.generations}",
@@ -303,7 +310,7 @@ def run_trl(s: Settings, workdir: Path) -> dict:
     model, tokenizer = policy_model(s)
     shape = {**model_shape(model), "rss_loaded_gb": _rss_gb()}
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)  # TRL stops at these (and the tokenizer's)
-    fns = [r.fn for r in build_reward_fns(get_task("subtraction"), REWARDS)]
+    fns = [r.fn for r in build_reward_fns(get_task("subtraction", **s.task_options), REWARDS)]
     rows, seen = bench_rows(s, tokenizer), []
     fns[0] = _recording(fns[0], seen)
     clock, gen_s = step_clock(), []
@@ -475,6 +482,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Settings]:
     p.add_argument("--gradient-checkpointing", action="store_true", help="on for both sides (default off for both)")
     p.add_argument("--trl-mmap", action="store_true", help="give TRL rlvr's glibc mmap-threshold setting too")
     p.add_argument("--tiny", action="store_true", help="a tiny random model (smoke run)")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="the model both sides start from, e.g. the main job's SFT model runs/main/sft/final/merged")
+    p.add_argument("--task-config", type=Path, default=None,
+                   help="take the task options and system prompt from this rlvr config (e.g. configs/main.yaml)")
     p.add_argument("--rlvr-skip", action="store_true",
                    help="let rlvr skip flat groups in the update, its default (off: both sides compute every row)")
     p.add_argument("--out", type=Path, default=None, help=f"JSON results (default {DEFAULT_OUT.relative_to(ROOT)})")
@@ -486,7 +497,14 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Settings]:
     s = Settings(steps=args.steps, prompts=args.prompts, generations=args.generations,
                  max_completion=args.max_completion, threads=args.threads, micro_batch=args.micro_batch,
                  learning_rate=args.lr, gradient_checkpointing=args.gradient_checkpointing, tiny=args.tiny,
-                 trl_mmap=args.trl_mmap, rlvr_skip=args.rlvr_skip)
+                 trl_mmap=args.trl_mmap, rlvr_skip=args.rlvr_skip, model=args.model)
+    if args.task_config:
+        from rlvr.config import load_config
+
+        task = load_config(args.task_config).task
+        if task.name != "subtraction":
+            raise SystemExit(f"{args.task_config}: task {task.name!r}; this benchmark runs the subtraction task")
+        s.task_options, s.system_prompt = dict(task.options or {}), task.system_prompt
     s.micro  # noqa: B018 - fail early on a micro-batch that does not divide B*G
     return args, s
 
@@ -500,7 +518,7 @@ def main(argv=None) -> dict | None:
     torch.set_num_threads(s.threads)
     print(f"B={s.prompts} x G={s.generations}, {s.max_completion} tokens, {s.steps} steps, LoRA r={s.lora_r} "
           f"alpha={s.lora_alpha} all-linear, micro-batch {s.micro}, {s.threads} threads, "
-          f"{'tiny random model' if s.tiny else 'SmolLM2-135M'}, gradient checkpointing "
+          f"{'tiny random model' if s.tiny else s.model}, task options {s.task_options}, gradient checkpointing "
           f"{'on' if s.gradient_checkpointing else 'off'}", flush=True)
     ceilings = [matmul_gflops(seconds=1.0 if s.tiny else 3.0)]
     results: dict[str, list[dict]] = {side: [] for side in SIDES}

@@ -43,6 +43,8 @@ FLAGS = {
     "mmap": "MALLOC_MMAP_THRESHOLD_=1048576: glibc serves blocks >= 1 MB by mmap and unmaps them on free "
             "(+mmapN: N MB)",
     "share": "each group's prompt run once, its G=8 completions on the prompt's keys/values (grpo.share_prompt)",
+    "thp": "THP_MEM_ALLOC_ENABLE=1: PyTorch's CPU allocator asks for transparent huge pages (madvise) for "
+           "tensors >= 2 MB, so fresh memory faults in 2 MB pages instead of 4 KB ones",
 }
 MMAP_THRESHOLD = 1 << 20
 
@@ -148,6 +150,7 @@ def run_variant(variant: str, chunk_size: int) -> dict:
     mmap = re.search(r"\+mmap(\d*)", variant)  # +mmap: 1 MB, +mmap32: 32 MB
     if mmap:
         env["MALLOC_MMAP_THRESHOLD_"] = str(int(mmap.group(1) or 1) * MMAP_THRESHOLD)
+    env["THP_MEM_ALLOC_ENABLE"] = "1" if "+thp" in variant else "0"
     cmd = [sys.executable, __file__, "--worker", variant, "--chunk-size", str(chunk_size)]
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)

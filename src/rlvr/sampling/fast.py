@@ -27,8 +27,8 @@ Generation is most of a GRPO step, so the loop does only what sampling needs:
 
 Measured not to pay off here (2 CPU cores): torch.compile of the decode step (2-3 minutes of
 compiling per shape, no faster), SDPA for the one-token decode attention, MKL-prepacked weights
-(`mkl._mkl_linear`: no faster in a whole decode step), W @ x^T (the previous layout: faster on
-an older 2-core machine, 10% slower than x @ W^T on this one).
+(`mkl._mkl_linear`: no faster in a whole decode step), W @ x^T (the previous layout, chosen from
+isolated matmuls: 10% slower than x @ W^T in whole decode steps).
 
 The log-prob of each sampled token is log_softmax(logits / T) at that token: the distribution
 *before* top-k/top-p truncation, as in `HFSampler` (TRL #4159). Greedy (T = 0) gives log-prob 0.0.
