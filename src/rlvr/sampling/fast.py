@@ -17,7 +17,7 @@ Generation is most of a GRPO step, so the loop does only what sampling needs:
   deltas merged once per weight change (W + s B A), q/k/v and gate/up fused into one matmul
   each, RMSNorm weights and the attention scale folded into the matmuls, matmuls computed as
   weights stored transposed (x @ W^T as a row-major GEMM) and the lm_head packed for oneDNN
-  (`_Dense`: +18% in a decode step over F.linear), addmm for the residual adds,
+  (`_Dense`: +18% in a decode step over the earlier W @ x^T), addmm for the residual adds,
   grouped-query attention without `repeat_kv`, and logits only for the last position.
   Other architectures (or LoRA variants) run the HF forward with a `DynamicCache`
   (`_HFForward`): slower, never wrong.
@@ -245,9 +245,9 @@ class _Dense:
 
     The weight is kept in the layout the decode step multiplies fastest on a CPU, measured in a
     whole decode step (batch 64, 2 cores, `bench/bench_sampler.py`): transposed and contiguous,
-    W^T [K, out], so y = x @ W^T is a plain row-major GEMM (+10% over F.linear on W and over
-    W @ x^T); the lm_head (out >= PACKED_MIN_OUT) packed by oneDNN for a batch of `batch` rows
-    (another +7%: 180 against 150 GFLOP/s for [64, 576] x [576, 49152]). Both are copies of the
+    W^T [K, out], so y = x @ W^T is a plain row-major GEMM (+10% over computing W @ x^T); the
+    lm_head (out >= PACKED_MIN_OUT) packed by oneDNN for a batch of `batch` rows (another +8%;
+    alone, 180 against 150 GFLOP/s for [64, 576] x [576, 49152]). Both are copies of the
     weights, made once per weight change.
     """
 
