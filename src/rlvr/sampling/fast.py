@@ -233,6 +233,8 @@ def _linear(module) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 PACKED_MIN_OUT = 8192
 """a projection with at least this many outputs (the lm_head) is packed for oneDNN (`_Dense`)"""
+PACKED_BATCH = 64
+"""the batch size oneDNN's packed layout is chosen for (any batch size works)"""
 
 
 def _onednn_packs(weight: torch.Tensor) -> bool:
@@ -243,32 +245,27 @@ def _onednn_packs(weight: torch.Tensor) -> bool:
 class _Dense:
     """y = x @ W^T + b (+ residual, added in place), x [N, K] -> y [N, out] row-major.
 
-    The weight is kept in the layout the decode step multiplies fastest on a CPU, measured in a
-    whole decode step (batch 64, 2 cores, `bench/bench_sampler.py`): transposed and contiguous,
-    W^T [K, out], so y = x @ W^T is a plain row-major GEMM (+10% over computing W @ x^T); the
-    lm_head (out >= PACKED_MIN_OUT) packed by oneDNN for a batch of `batch` rows (another +8%;
-    alone, 180 against 150 GFLOP/s for [64, 576] x [576, 49152]). Both are copies of the
-    weights, made once per weight change.
+    Owns its copy of W [out, K] (`_fused` makes it), in the layout the decode step multiplies
+    fastest on a CPU, measured in whole decode steps (batch 64, 2 cores, `bench/bench_sampler.py`):
+    W^T contiguous, so y = x @ W^T is a plain row-major GEMM (+10% over computing W @ x^T); the
+    lm_head (out >= PACKED_MIN_OUT) packed by oneDNN for a batch of PACKED_BATCH rows (another +8%;
+    alone, 180 against 150 GFLOP/s for [64, 576] x [576, 49152]).
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, batch: int = 64):
-        self.b, self.out = bias, weight.shape[0]
-        self.packed = self.wt = None
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.b, self.wt, self.packed = bias, None, None
         if _onednn_packs(weight):
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch)
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACKED_BATCH)
         else:
-            self.wt = weight.detach().t().contiguous()  # [K, out]
+            self.wt = weight.t().contiguous()  # [K, out]
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1])
         if self.packed is not None:
-            y = torch.ops.mkldnn._linear_pointwise(x2, self.packed, self.b, "none", [], "")
+            y = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.b, "none", [], "")
         elif residual is not None and self.b is None:
-            residual.view(-1, self.out).addmm_(x2, self.wt)  # the residual add inside the GEMM
-            return residual
+            return residual.addmm_(x, self.wt)  # the residual add inside the GEMM
         else:
-            y = torch.mm(x2, self.wt) if self.b is None else torch.addmm(self.b, x2, self.wt)
-        y = y.view(*x.shape[:-1], self.out)
+            y = torch.mm(x, self.wt) if self.b is None else torch.addmm(self.b, x, self.wt)
         return y if residual is None else residual.add_(y)
 
 
@@ -280,9 +277,8 @@ def _fused(parts: list[tuple[torch.Tensor, torch.Tensor | None]], norm: torch.Te
     multiplies each part (the attention 1/sqrt(d) goes into W_q: exact for a power of two).
     """
     scales = scales or [1.0] * len(parts)
-    if len(parts) == 1 and norm is None and scales == [1.0]:
-        return _Dense(*parts[0])
-    weight = torch.cat([w * s for (w, _), s in zip(parts, scales)])  # [N, K]
+    scaled = [w * s if s != 1.0 else w for (w, _), s in zip(parts, scales)]
+    weight = torch.cat(scaled) if len(parts) > 1 else scaled[0]  # [N, K]
     if norm is not None:
         weight = weight * norm[None, :]
     bias = None
