@@ -43,6 +43,7 @@ FLAGS = {
     "mmap": "MALLOC_MMAP_THRESHOLD_=1048576: glibc serves blocks >= 1 MB by mmap and unmaps them on free "
             "(+mmapN: N MB)",
     "share": "each group's prompt run once, its G=8 completions on the prompt's keys/values (grpo.share_prompt)",
+    "peft": "peft's own LoRA forward (five autograd nodes per linear) instead of rlvr.lora's fused one",
     "thp": "THP_MEM_ALLOC_ENABLE=1: PyTorch's CPU allocator asks for transparent huge pages (madvise) for "
            "tensors >= 2 MB, so fresh memory faults in 2 MB pages instead of 4 KB ones",
 }
@@ -99,6 +100,11 @@ def _sys_s() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
 
+def _faults() -> int:
+    """Minor page faults so far: each is a fresh 4 KB page (or a 2 MB huge page) the kernel zeroed."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _step(variant: str, model, ids, mask, rows, chunk_size: int) -> dict:
     """One forward + backward of the GRPO loss: wall seconds of each half and CPU seconds."""
     import torch
@@ -109,14 +115,15 @@ def _step(variant: str, model, ids, mask, rows, chunk_size: int) -> dict:
     g = torch.Generator().manual_seed(1)
     rewards = torch.randint(0, 2, (ids.shape[0],), generator=g).float()
     adv = group_advantages(rewards, G)
-    cpu0, sys0, t0 = _cpu_s(), _sys_s(), time.perf_counter()
+    cpu0, sys0, faults0, t0 = _cpu_s(), _sys_s(), _faults(), time.perf_counter()
     logp = _logprobs(variant, model, ids, mask, chunk_size, rows)
     loss, _ = policy_loss(logp, logp.detach(), adv, mask[:, -COMPLETION:])
     t1 = time.perf_counter()
     loss.backward()
     t2 = time.perf_counter()
     model.zero_grad(set_to_none=True)
-    return {"forward_s": t1 - t0, "backward_s": t2 - t1, "cpu_s": _cpu_s() - cpu0, "sys_s": _sys_s() - sys0}
+    return {"forward_s": t1 - t0, "backward_s": t2 - t1, "cpu_s": _cpu_s() - cpu0, "sys_s": _sys_s() - sys0,
+            "page_faults": _faults() - faults0}
 
 
 def worker(variant: str, chunk_size: int) -> None:
@@ -127,7 +134,7 @@ def worker(variant: str, chunk_size: int) -> None:
 
     torch.manual_seed(0)
     model, _ = load_model("smollm2-135m", device="cpu", dtype="fp32")
-    model = attach_lora(model, r=16, alpha=32, target_modules="all-linear")
+    model = attach_lora(model, r=16, alpha=32, target_modules="all-linear", fused="+peft" not in variant)
     model.train()
     if "+gc" in variant:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -169,7 +176,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="rounds >= 2 alternate the variants' order")
     parser.add_argument("--variants", default="naive,lean,lean+share,lean+gc,lean+gc+mmap",
-                        help="comma-separated base[+share][+gc][+mmap], bases: " + ", ".join(BASES))
+                        help="comma-separated base[+share][+gc][+mmap][+peft][+thp], bases: " + ", ".join(BASES))
     parser.add_argument("--chunk-size", type=int, default=512)
     parser.add_argument("--out", help="also write the runs and the summary to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

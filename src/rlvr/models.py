@@ -259,8 +259,9 @@ def tiny_random_model(seed: int = 0, *, hidden_size: int = 64, num_layers: int =
 
 
 def attach_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0,
-                target_modules: list[str] | str = "all-linear"):
-    """Wrap a model with a fresh trainable LoRA adapter (peft).
+                target_modules: list[str] | str = "all-linear", fused: bool = True):
+    """Wrap a model with a fresh trainable LoRA adapter (peft); `fused`: its linears compute as one
+    autograd node each where they can (`rlvr.lora.fuse_lora`).
 
     A model that already carries an adapter (e.g. the output of `rlvr sft` loaded as a PeftModel) is
     merged first, so the new adapter trains on top of it (TRL #2872 "already has LoRA adapters").
@@ -271,7 +272,12 @@ def attach_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0,
         model = model.merge_and_unload()
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    if fused:
+        from rlvr.lora import fuse_lora
+
+        fuse_lora(model)
+    return model
 
 
 def merged_copy(model):

@@ -111,7 +111,7 @@ def prepare_policy(model, cfg: ModelConfig):
 
     if cfg.use_peft:
         model = attach_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                            target_modules=cfg.lora_target_modules)
+                            target_modules=cfg.lora_target_modules, fused=cfg.fused_lora)
     else:
         for p in model.parameters():
             p.requires_grad_(True)

@@ -1,0 +1,139 @@
+"""The fused LoRA linear (rlvr.lora): a hand-computed example, then the same values and gradients as
+peft's own LoRA forward on tiny Llama and Qwen2 models, and peft's forward wherever the layer is not
+plain LoRA."""
+
+import copy
+
+import pytest
+import torch
+
+from rlvr.lora import FusedLoraLinear, LoRALinearFunction, fuse_lora
+from rlvr.models import attach_lora, tiny_random_model
+from rlvr.policy import completion_logprobs
+
+
+def test_hand_computed_example():
+    # y = x W^T + b + s (x A^T) B^T with x = [1, 2], W = [[1, 0], [0, 1]], b = [0.5, -0.5],
+    # A = [[1, 1]], B = [[1], [2]], s = 2:  x A^T = 3,  y = [1, 2] + [0.5, -0.5] + 2 * 3 * [1, 2] = [7.5, 13.5]
+    x = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    w, b = torch.eye(2), torch.tensor([0.5, -0.5])
+    a = torch.tensor([[1.0, 1.0]], requires_grad=True)
+    bb = torch.tensor([[1.0], [2.0]], requires_grad=True)
+    y = LoRALinearFunction.apply(x, w, b, a, bb, 2.0)
+    assert y.tolist() == [[7.5, 13.5]]
+    # upstream gradient g = [1, 1]:  g (s B) = 2 * (1 + 2) = 6
+    # dx = g W + 6 A = [1, 1] + [6, 6];  dA = 6 x = [6, 12];  dB = s g^T (x A^T) = 2 * 3 * [1, 1]^T
+    y.backward(torch.ones(1, 2))
+    assert x.grad.tolist() == [[7.0, 7.0]]
+    assert a.grad.tolist() == [[6.0, 12.0]]
+    assert bb.grad.tolist() == [[6.0], [6.0]]
+
+
+def _with_lora(model, fused: bool, seed: int = 1):
+    model = attach_lora(model, r=4, alpha=8, fused=fused)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # LoRA B starts at 0: give it values so A gets a gradient too
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+def _qwen2(tokenizer):
+    import transformers
+
+    config = transformers.Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForCausalLM(config).float().eval()
+    with torch.no_grad():  # non-zero q/k/v biases, so the bias path counts
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.1)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_random_model(seed=0)[1]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_fused_matches_peft_values_and_gradients(tokenizer, arch, checkpointing):
+    base = tiny_random_model(seed=0, tokenizer=tokenizer)[0] if arch == "llama" else _qwen2(tokenizer)
+    plain = _with_lora(base, False)
+    fused = copy.deepcopy(plain)  # the same LoRA weights
+    assert fuse_lora(fused) == 2 * 7
+    assert sum(type(m) is FusedLoraLinear for m in fused.modules()) == 2 * 7
+    assert not any(type(m) is FusedLoraLinear for m in plain.modules())
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 5000, (3, 12), generator=g)  # [N, T]
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    results = []
+    for model in (fused, plain):
+        model.train()
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        logp = completion_logprobs(model, ids, mask, 5)  # [N, 5]
+        loss = (logp * torch.linspace(-1, 1, 5)).sum()
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+        results.append((logp.detach(), dict(zip(names, grads))))
+    (lp_f, gr_f), (lp_p, gr_p) = results
+    torch.testing.assert_close(lp_f, lp_p, atol=1e-5, rtol=0)
+    assert gr_f.keys() == gr_p.keys() and len(gr_f) == 2 * 2 * 7
+    for name in gr_f:
+        assert gr_p[name].abs().sum() > 0, name
+        torch.testing.assert_close(gr_f[name], gr_p[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_not_plain_lora_takes_peft_forward(tokenizer):
+    model = _with_lora(tiny_random_model(seed=0, tokenizer=tokenizer)[0], True)
+    base = tiny_random_model(seed=0, tokenizer=tokenizer)[0]
+    ids = torch.randint(3, 5000, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        lora_out = model(input_ids=ids).logits
+        with model.disable_adapter():  # adapters off: the base model's output exactly
+            torch.testing.assert_close(model(input_ids=ids).logits, base(input_ids=ids).logits, atol=0, rtol=0)
+        assert (lora_out - base(input_ids=ids).logits).abs().max() > 1e-3
+    layer = next(m for m in model.modules() if type(m) is FusedLoraLinear)
+    calls = []
+    original = LoRALinearFunction.apply
+    LoRALinearFunction.apply = lambda *a: calls.append(1) or original(*a)
+    try:
+        x = torch.randn(2, layer.in_features)
+        layer(x)
+        assert calls == [1]
+        layer.lora_dropout["default"] = torch.nn.Dropout(0.5)  # dropout: peft's forward
+        layer(x)
+        layer.lora_dropout["default"] = torch.nn.Identity()
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: peft's forward
+            layer(x)
+        layer.merge()  # merged: peft's forward (the base layer)
+        merged = layer(x)
+        layer.unmerge()
+        torch.testing.assert_close(layer(x), merged, atol=1e-5, rtol=0)
+        assert calls == [1, 1]
+    finally:
+        LoRALinearFunction.apply = original
+
+
+def test_fused_model_saves_and_merges_like_peft(tokenizer, tmp_path):
+    from peft import get_peft_model_state_dict
+
+    base = tiny_random_model(seed=0, tokenizer=tokenizer)[0]
+    fused, plain = _with_lora(copy.deepcopy(base), True), _with_lora(base, False)  # LoRA A: two draws
+    a, b = get_peft_model_state_dict(fused), get_peft_model_state_dict(plain)
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    fused.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").exists()
+    ids = torch.randint(3, 5000, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = fused(input_ids=ids).logits
+        merged = fused.merge_and_unload()
+        after = merged(input_ids=ids).logits
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+    assert fuse_lora(merged) == 0  # merged and unloaded: no LoRA layer left
