@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when imported by path
-from ceiling import machine, matmul_gflops  # noqa: E402
+from ceiling import machine, matmul_gflops
 
 N_SEQ, PROMPT, COMPLETION, G = 32, 64, 64, 8
 BASES = {
@@ -76,7 +76,11 @@ def _batch(generator, n: int, vocab: int):
 
 def _logprobs(variant: str, model, ids, mask, chunk_size: int, prompt_rows):
     from rlvr.algorithms.logprobs import selective_log_softmax
-    from rlvr.policy import completion_logprobs, naive_completion_logprobs, position_ids_from_mask
+    from rlvr.policy import (
+        completion_logprobs,
+        naive_completion_logprobs,
+        position_ids_from_mask,
+    )
 
     base = variant.split("+")[0]
     if base == "naive":
