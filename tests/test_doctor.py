@@ -89,6 +89,21 @@ def test_doctor_leaves_the_weights_unchanged():
         assert torch.equal(before[k], v), k
 
 
+def test_doctor_frees_the_samplers_copies_before_measuring_the_update():
+    """The fast sampler's weight copies and KV cache must not sit under the measured update (they set
+    the process's peak when they did)."""
+    from rlvr.trainer import make_sampler
+
+    model, tok = char_model(seed=0)
+    sampler = make_sampler("fast", model, tok)
+    held = []
+    original = sampler.forget_weights
+    sampler.forget_weights = lambda: (original(), held.append((sampler._weights, sampler._cached_engine)))
+    d = diagnose(digit_cfg("sampling.max_completion_length=4"), model=model, tokenizer=tok, task=DigitTask("7"),
+                 num_prompts=2, sampler=sampler)
+    assert held == [(None, None)] and (d.memory.measured_bytes is not None or not CAN_MEASURE)
+
+
 # ------------------------------------------------------------------ findings from constructed numbers (pure)
 
 

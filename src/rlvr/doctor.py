@@ -293,6 +293,12 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
                                     generator=torch.Generator().manual_seed(cfg.run.seed + 12345),
                                     device=next(policy.parameters()).device)
         longest = max((r.prompt_ids for r in exp.rollouts), key=len)
+        # as the trainer does before each update: the sampler's weight copies and KV cache are freed,
+        # so the probe's peak is the update's (with them, the doctor set the process's peak: 4.1 GB
+        # where the run's updates peaked near 3 GB, bench/bench_trl.py's SFT setting)
+        release = getattr(sampler, "forget_weights", None)
+        if release is not None:
+            release()
         memory = check_memory(policy, cfg, prompt_ids=longest, pad_token_id=tokenizer.pad_token_id,
                               measure=measure_memory)
     policy.eval()
