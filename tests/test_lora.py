@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from rlvr.lora import FusedLoraLinear, LoRALinearFunction, fuse_lora
+from rlvr.lora import FusedLoraLinear, GatedMLPFunction, LoRALinearFunction, fuse_gated_mlps, fuse_lora
 from rlvr.models import attach_lora, tiny_random_model
 from rlvr.policy import completion_logprobs
 
@@ -27,6 +27,28 @@ def test_hand_computed_example():
     assert x.grad.tolist() == [[7.0, 7.0]]
     assert a.grad.tolist() == [[6.0, 12.0]]
     assert bb.grad.tolist() == [[6.0], [6.0]]
+
+
+def test_gradcheck_in_double():
+    """Both functions' backward against finite differences (float64), every input needing a gradient."""
+    g = torch.Generator().manual_seed(0)
+
+    def t(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    x, w, b, a, bb = t(2, 3, 5), t(4, 5), t(4), t(2, 5), t(4, 2)
+    w.requires_grad_(False), b.requires_grad_(False)  # frozen base
+    assert torch.autograd.gradcheck(lambda x, a, bb: LoRALinearFunction.apply(x, w, b, a, bb, 1.5), (x, a, bb))
+    hidden, inter, r = 5, 6, 2
+    frozen = [t(inter, hidden).requires_grad_(False), None, t(inter, hidden).requires_grad_(False), None,
+              t(hidden, inter).requires_grad_(False), t(hidden).requires_grad_(False)]
+    lora = [t(r, hidden), t(inter, r), t(r, hidden), t(inter, r), t(r, inter), t(hidden, r)]
+
+    def mlp(x, *lora):
+        args = [v for k in range(3) for v in (frozen[2 * k], frozen[2 * k + 1], lora[2 * k], lora[2 * k + 1])]
+        return GatedMLPFunction.apply(x, *args, 2.0, 0.5, 3.0)
+
+    assert torch.autograd.gradcheck(mlp, (t(2, 3, hidden), *lora))
 
 
 def _with_lora(model, fused: bool, seed: int = 1):
@@ -65,6 +87,7 @@ def test_fused_matches_peft_values_and_gradients(tokenizer, arch, checkpointing)
     plain = _with_lora(base, False)
     fused = copy.deepcopy(plain)  # the same LoRA weights
     assert fuse_lora(fused) == 2 * 7
+    assert fuse_gated_mlps(fused) == 2
     assert sum(type(m) is FusedLoraLinear for m in fused.modules()) == 2 * 7
     assert not any(type(m) is FusedLoraLinear for m in plain.modules())
     g = torch.Generator().manual_seed(0)

@@ -16,15 +16,21 @@ serves large blocks by mmap, `models.limit_heap_fragmentation`), so each costs p
                dB = s g^T h                     [out, r]
 
 The frozen W gets no gradient (LoRA trains A and B only; the fused path is taken only then).
+`GatedMLPFunction` goes one step further for Llama-style MLPs, down(silu(gate(x)) * up(x)): one
+node for the three LoRA projections, which recomputes silu(g) * u in the backward pass instead of
+keeping it (twice) from the forward.
+
 Measured on one update of the 135M model, 32 x (64 + 64) tokens, prompts shared, rlvr's allocator
-setting (`bench/bench_update.py --rounds 2 --variants lean+share+mmap,lean+share+mmap+peft`, record
-bench/results/update_fused_lora.json): 14.7 s fused against 18.7 s with peft's forward (best of 2),
-3.7 M page faults against 5.4 M, peak 4.53 against 4.60 GB.
+setting (`bench/bench_update.py --rounds 2 --variants lean+share+mmap,lean+share+mmap+linear,
+lean+share+mmap+peft`, record bench/results/update_fused_lora.json, best of 2): peft's forward 16.8 s
+and 4.62 GB peak; fused linears 16.1 s, 4.54 GB; fused linears and MLPs 13.9 s, 3.74 GB (CPU
+seconds 27.2 against peft's 33.4).
 
 `fuse_lora(model)` switches peft's LoRA linears to `FusedLoraLinear`, a subclass whose forward
 takes this path when the layer is plain LoRA (one active adapter, no dropout, no DoRA or other
 variant, no LoRA bias, not merged, adapters enabled, no autocast, one dtype) and otherwise calls
-peft's own forward. Saving, merging and unloading are peft's, unchanged.
+peft's own forward; `fuse_gated_mlps(model)` does the same for whole MLPs. Saving, merging and
+unloading are peft's, unchanged. `models.attach_lora` applies both (config: model.fused_lora).
 """
 
 from __future__ import annotations
@@ -34,36 +40,86 @@ from peft.tuners.lora import Linear
 from torch import Tensor
 
 
+def _lora_forward(x2: Tensor, weight: Tensor, bias: Tensor | None, lora_a: Tensor, b_scaled: Tensor):
+    """y = x W^T + b + h (s B)^T and h = x A^T, for 2-D x: ([N, out], [N, r])."""
+    h = x2 @ lora_a.t()  # [N, r]
+    y = torch.nn.functional.linear(x2, weight, bias)  # [N, out]
+    return y.addmm_(h, b_scaled.t()), h
+
+
+def _lora_grads(g: Tensor, x2: Tensor, h: Tensor, lora_a: Tensor, b_scaled: Tensor, scale: float, need_a: bool,
+                need_b: bool):
+    """(g (s B) [N, r], dA [r, in] or None, dB [out, r] or None) for upstream gradient g [N, out]."""
+    gh = g @ b_scaled  # [N, r]
+    da = gh.t() @ x2 if need_a else None
+    db = (g.t() @ h).mul_(scale) if need_b else None
+    return gh, da, db
+
+
 class LoRALinearFunction(torch.autograd.Function):
     """y = x W^T + b + scale * (x A^T) B^T with gradients for x, A and B (W and b frozen)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, lora_a: Tensor, lora_b: Tensor,
                 scale: float) -> Tensor:
-        shape = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])  # [N, in]
-        h = x2 @ lora_a.t()  # [N, r]
         b_scaled = lora_b * scale  # [out, r]
-        y = torch.nn.functional.linear(x2, weight, bias)  # [N, out]
-        y.addmm_(h, b_scaled.t())
+        y, h = _lora_forward(x2, weight, bias, lora_a, b_scaled)
         ctx.save_for_backward(x2, weight, lora_a, b_scaled, h)
         ctx.scale = scale
         ctx.x_shape = x.shape
-        return y.view(*shape, y.shape[-1])
+        return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x2, weight, lora_a, b_scaled, h = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1])  # [N, out]
-        gh = g @ b_scaled  # [N, r]
-        dx = da = db = None
-        if ctx.needs_input_grad[0]:
-            dx = (g @ weight).addmm_(gh, lora_a).view(ctx.x_shape)  # [..., in]
-        if ctx.needs_input_grad[3]:
-            da = gh.t() @ x2  # [r, in]
-        if ctx.needs_input_grad[4]:
-            db = (g.t() @ h).mul_(ctx.scale)  # [out, r]
+        gh, da, db = _lora_grads(g, x2, h, lora_a, b_scaled, ctx.scale, *ctx.needs_input_grad[3:5])
+        dx = (g @ weight).addmm_(gh, lora_a).view(ctx.x_shape) if ctx.needs_input_grad[0] else None
         return dx, None, None, da, db, None
+
+
+class GatedMLPFunction(torch.autograd.Function):
+    """y = down(silu(gate(x)) * up(x)), each projection a LoRA linear (`LoRALinearFunction`'s
+    arithmetic), saving x, gate(x) and up(x) only: the product p = silu(g) * u, which autograd
+    would keep twice over (silu(g) for the product's gradient, p for down's LoRA A), is recomputed
+    in the backward pass. Per token and layer that is 2 x intermediate_size floats fewer (6 KB for
+    SmolLM2-135M, whose layer keeps ~40 KB).
+
+    Arguments: x, then (weight, bias, A, B) of gate, up and down, then their three scales."""
+
+    @staticmethod
+    def forward(ctx, x, wg, bg, ag, lbg, wu, bu, au, lbu, wd, bd, ad, lbd, sg, su, sd):
+        x2 = x.reshape(-1, x.shape[-1])  # [N, H]
+        bgs, bus, bds = lbg * sg, lbu * su, lbd * sd  # scaled B's: [I, r], [I, r], [H, r]
+        g, hg = _lora_forward(x2, wg, bg, ag, bgs)  # [N, I], [N, r]
+        u, hu = _lora_forward(x2, wu, bu, au, bus)  # [N, I], [N, r]
+        p = torch.nn.functional.silu(g).mul_(u)  # [N, I]
+        y, hd = _lora_forward(p, wd, bd, ad, bds)  # [N, H], [N, r]
+        ctx.save_for_backward(x2, g, u, hg, hu, hd, wg, ag, bgs, wu, au, bus, wd, ad, bds)
+        ctx.scales = (sg, su, sd)
+        ctx.x_shape = x.shape
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x2, g, u, hg, hu, hd, wg, ag, bgs, wu, au, bus, wd, ad, bds = ctx.saved_tensors
+        sg, su, sd = ctx.scales
+        need = ctx.needs_input_grad
+        dy = grad.reshape(-1, grad.shape[-1])  # [N, H]
+        act = torch.nn.functional.silu(g)  # [N, I], recomputed
+        ghd, dad, dbd = _lora_grads(dy, act * u, hd, ad, bds, sd, need[11], need[12])  # p = act * u, recomputed
+        dp = (dy @ wd).addmm_(ghd, ad)  # [N, I]
+        du = dp * act  # [N, I]
+        del act
+        dg = torch.ops.aten.silu_backward(dp.mul_(u), g)  # [N, I]: dp * u * silu'(g)
+        del dp
+        ghg, dag, dbg = _lora_grads(dg, x2, hg, ag, bgs, sg, need[3], need[4])
+        ghu, dau, dbu = _lora_grads(du, x2, hu, au, bus, su, need[7], need[8])
+        dx = None
+        if need[0]:
+            dx = (dg @ wg).addmm_(ghg, ag).addmm_(du, wu).addmm_(ghu, au).view(ctx.x_shape)  # [..., H]
+        return dx, None, None, dag, dbg, None, None, dau, dbu, None, None, dad, dbd, None, None, None
 
 
 def _plain_lora(layer, x: Tensor, args: tuple, kwargs: dict):
@@ -100,10 +156,47 @@ class FusedLoraLinear(Linear):
 
 
 def fuse_lora(model) -> int:
-    """Switch every peft `lora.Linear` in `model` to `FusedLoraLinear`, in place; returns how many."""
+    """Switch every peft `lora.Linear` in `model` to `FusedLoraLinear`, in place; returns how many.
+    Then `fuse_gated_mlps(model)` fuses whole MLPs on top."""
     n = 0
     for module in model.modules():
         if type(module) is Linear:
             module.__class__ = FusedLoraLinear
+            n += 1
+    return n
+
+
+_GATED_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"}  # forward: down(act(gate(x)) * up(x))
+
+
+def _fused_mlp_forward(self, x: Tensor) -> Tensor:
+    """A gated MLP's forward through `GatedMLPFunction` when its three projections are plain LoRA
+    and its activation is SiLU; otherwise the class's own forward."""
+    if isinstance(self.act_fn, (torch.nn.SiLU, _silu_activation())):
+        parts = [_plain_lora(proj, x, (), {}) if type(proj) is FusedLoraLinear else None
+                 for proj in (self.gate_proj, self.up_proj, self.down_proj)]
+        if all(part is not None for part in parts):
+            tensors = [t for proj, (a, b, _) in zip((self.gate_proj, self.up_proj, self.down_proj), parts)
+                       for t in (proj.base_layer.weight, proj.base_layer.bias, a, b)]
+            return GatedMLPFunction.apply(x, *tensors, *(scale for _, _, scale in parts))
+    return type(self).forward(self, x)
+
+
+def _silu_activation():
+    from transformers.activations import SiLUActivation
+
+    return SiLUActivation
+
+
+def fuse_gated_mlps(model) -> int:
+    """Give every Llama-style gated MLP in `model` (Llama, Mistral, Qwen2, Qwen3: down(silu(gate(x))
+    * up(x))) the `GatedMLPFunction` forward, in place; returns how many. The forward checks at each
+    call that the layer is still plain LoRA (after `merge_and_unload` it is not) and falls back."""
+    import types
+
+    n = 0
+    for module in model.modules():
+        if type(module).__name__ in _GATED_MLPS and "forward" not in vars(module):
+            module.forward = types.MethodType(_fused_mlp_forward, module)
             n += 1
     return n

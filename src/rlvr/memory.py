@@ -143,6 +143,8 @@ q, the attention output, the o_proj input, the residual (counted from autograd's
 a Llama decoder layer under LoRA; SDPA's flash kernel saves no T x T matrix)"""
 ACT_PER_INTERMEDIATE = 4
 """in units of the MLP size: gate and up outputs, silu(gate), silu(gate) * up"""
+ACT_PER_INTERMEDIATE_FUSED = 2
+"""the same with rlvr.lora's fused gated MLP (LoRA): gate and up outputs only, the rest recomputed"""
 ACT_PER_KV = 2
 """in units of the key/value width (kv heads x head dim): k and v"""
 LORA_ADAPTERS = 7
@@ -162,7 +164,8 @@ def estimate_update_memory(*, params: int, trainable_params: int, batch_size: in
                            completion_len: int, vocab_size: int, hidden_size: int, intermediate_size: int,
                            num_layers: int, kv_size: int | None = None, lora_rank: int = 0,
                            chunk_size: int = 1024, gradient_checkpointing: bool = False,
-                           reference_copy: bool = False, bytes_per_value: int = 4) -> MemoryEstimate:
+                           reference_copy: bool = False, bytes_per_value: int = 4,
+                           fused_mlp: bool = False) -> MemoryEstimate:
     """Peak extra bytes of one GRPO update (forward + backward + AdamW step) on top of the loaded model.
 
     With N = batch_size rows of T = seq_len tokens, K = completion_len, L layers, H hidden, I MLP
@@ -175,6 +178,7 @@ def estimate_update_memory(*, params: int, trainable_params: int, batch_size: in
                                                              and a workspace the size of the head)
         optimizer    = 3 P_trainable b                       (gradient + AdamW m and v)
         reference    = P b                                   (full fine-tuning with beta > 0 only)
+    fused_mlp (rlvr.lora's GatedMLPFunction): 2 I instead of 4 I in the activations.
     The activation constants were counted from autograd's saved tensors (10,120 values per token
     per layer on SmolLM2-135M with LoRA; the formula gives 10,096); the logits ones were fitted.
     Checked against 17 measured peaks (135M and a 4-layer 256-wide Llama with the 49k vocabulary;
@@ -182,7 +186,8 @@ def estimate_update_memory(*, params: int, trainable_params: int, batch_size: in
     """
     kv = hidden_size if kv_size is None else kv_size
     tokens = batch_size * seq_len
-    layer = ACT_PER_HIDDEN * hidden_size + ACT_PER_INTERMEDIATE * intermediate_size + ACT_PER_KV * kv
+    per_intermediate = ACT_PER_INTERMEDIATE_FUSED if fused_mlp else ACT_PER_INTERMEDIATE
+    layer = ACT_PER_HIDDEN * hidden_size + per_intermediate * intermediate_size + ACT_PER_KV * kv
     layer += LORA_ADAPTERS * lora_rank
     saved_layers = num_layers * layer if not gradient_checkpointing else num_layers * hidden_size + layer
     parts = {
@@ -213,7 +218,14 @@ def model_dims(model) -> dict:
             "intermediate_size": getattr(c, "intermediate_size", None) or 4 * hidden,
             "num_layers": c.num_hidden_layers,
             "kv_size": getattr(c, "num_key_value_heads", heads) * head_dim,
-            "lora_rank": rank, "bytes_per_value": max(4, value_bytes)}
+            "lora_rank": rank, "bytes_per_value": max(4, value_bytes), "fused_mlp": has_fused_mlps(model)}
+
+
+def has_fused_mlps(model) -> bool:
+    """True when the model's gated MLPs run through rlvr.lora's GatedMLPFunction."""
+    from rlvr.lora import _fused_mlp_forward
+
+    return any(getattr(vars(m).get("forward"), "__func__", None) is _fused_mlp_forward for m in model.modules())
 
 
 def micro_batch_size(cfg: Config) -> int:
