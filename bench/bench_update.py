@@ -43,8 +43,9 @@ FLAGS = {
     "mmap": "MALLOC_MMAP_THRESHOLD_=1048576: glibc serves blocks >= 1 MB by mmap and unmaps them on free "
             "(+mmapN: N MB)",
     "share": "each group's prompt run once, its G=8 completions on the prompt's keys/values (grpo.share_prompt)",
-    "peft": "peft's own LoRA forward (five autograd nodes per linear) instead of rlvr.lora's fused ones",
-    "linear": "rlvr.lora's fused LoRA linears, but not its fused gated MLP (GatedMLPFunction)",
+    "peft": "peft's own LoRA forward (five autograd nodes per linear) instead of rlvr.fused's fused ones",
+    "linear": "of rlvr.fused's layers, the LoRA linears only (not the gated MLPs, not the RMSNorms)",
+    "mlp": "of rlvr.fused's layers, the LoRA linears and the gated MLPs (not the RMSNorms)",
     "thp": "THP_MEM_ALLOC_ENABLE=1: PyTorch's CPU allocator asks for transparent huge pages (madvise) for "
            "tensors >= 2 MB, so fresh memory faults in 2 MB pages instead of 4 KB ones",
 }
@@ -140,11 +141,13 @@ def worker(variant: str, chunk_size: int) -> None:
     torch.manual_seed(0)
     model, _ = load_model("smollm2-135m", device="cpu", dtype="fp32")
     model = attach_lora(model, r=16, alpha=32, target_modules="all-linear",
-                        fused="+peft" not in variant and "+linear" not in variant)
-    if "+linear" in variant:
-        from rlvr.lora import fuse_lora
+                        fused=not any(f in variant for f in ("+peft", "+linear", "+mlp")))
+    if "+linear" in variant or "+mlp" in variant:
+        from rlvr.fused import fuse_gated_mlps, fuse_lora
 
         fuse_lora(model)
+        if "+mlp" in variant:
+            fuse_gated_mlps(model)
     model.train()
     if "+gc" in variant:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -186,7 +189,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="rounds >= 2 alternate the variants' order")
     parser.add_argument("--variants", default="naive,lean,lean+share,lean+gc,lean+gc+mmap",
-                        help="comma-separated base[+share][+gc][+mmap][+peft|+linear][+thp], bases: " + ", ".join(BASES))
+                        help="comma-separated base[+share][+gc][+mmap][+peft|+linear|+mlp][+thp], bases: " + ", ".join(BASES))
     parser.add_argument("--chunk-size", type=int, default=512)
     parser.add_argument("--out", help="also write the runs and the summary to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

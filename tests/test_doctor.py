@@ -169,7 +169,7 @@ def test_estimate_formula_by_hand():
                                  chunk_size=5)
     assert est.parts == {"activations": 28800, "backward": 10240, "logits": 9200, "optimizer": 120, "reference": 0}
     assert est.total == 48360
-    # rlvr.lora's fused gated MLP keeps 2 I instead of 4 I: 20 * 3*(48 + 2*16 + 8) * 4 = 21,120
+    # rlvr.fused's fused gated MLP keeps 2 I instead of 4 I: 20 * 3*(48 + 2*16 + 8) * 4 = 21,120
     fused = estimate_update_memory(params=1000, trainable_params=10, batch_size=2, seq_len=10, completion_len=4,
                                    vocab_size=100, hidden_size=8, intermediate_size=16, num_layers=3, kv_size=4,
                                    chunk_size=5, fused_mlp=True)
@@ -229,7 +229,7 @@ def test_memory_estimate_within_25_percent_of_measured_peak(use_peft):
 @pytest.mark.skipif(not CAN_MEASURE, reason="needs Linux /proc/self/clear_refs")
 def test_memory_estimate_on_the_bundled_model():
     """SmolLM2-135M with LoRA (fused MLPs), 2 x (64 + 64) tokens: measured 451 MB, estimated 452 MB
-    (before rlvr.lora: measured 646-665 MB, estimated 547 MB)."""
+    (before rlvr.fused: measured 646-665 MB, estimated 547 MB)."""
     measured, estimated = _compare("smollm2-135m", True, chunk=1024, n=2, prompt=64, completion=64)
     assert abs(estimated - measured) <= 0.25 * measured, (estimated / 2 ** 20, measured / 2 ** 20)
 

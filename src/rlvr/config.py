@@ -42,9 +42,9 @@ class ModelConfig:
     """dropout on the LoRA input"""
     lora_target_modules: Any = "all-linear"
     """modules that get an adapter: "all-linear" or a list such as [q_proj, v_proj]"""
-    fused_lora: bool = True
-    """compute each LoRA linear, and each gated MLP, as one autograd node (rlvr.lora): same values,
-    less memory and memory traffic"""
+    fused_layers: bool = True
+    """compute each LoRA linear, gated MLP and RMSNorm as one autograd node (rlvr.fused): same
+    values, less memory and memory traffic"""
     gradient_checkpointing: bool = False
     """recompute layer activations in the backward pass: less memory, ~30% more time"""
     load_in_4bit: bool = False

@@ -144,7 +144,7 @@ a Llama decoder layer under LoRA; SDPA's flash kernel saves no T x T matrix)"""
 ACT_PER_INTERMEDIATE = 4
 """in units of the MLP size: gate and up outputs, silu(gate), silu(gate) * up"""
 ACT_PER_INTERMEDIATE_FUSED = 2
-"""the same with rlvr.lora's fused gated MLP (LoRA): gate and up outputs only, the rest recomputed"""
+"""the same with rlvr.fused's fused gated MLP (LoRA): gate and up outputs only, the rest recomputed"""
 ACT_PER_KV = 2
 """in units of the key/value width (kv heads x head dim): k and v"""
 LORA_ADAPTERS = 7
@@ -178,7 +178,7 @@ def estimate_update_memory(*, params: int, trainable_params: int, batch_size: in
                                                              and a workspace the size of the head)
         optimizer    = 3 P_trainable b                       (gradient + AdamW m and v)
         reference    = P b                                   (full fine-tuning with beta > 0 only)
-    fused_mlp (rlvr.lora's GatedMLPFunction): 2 I instead of 4 I in the activations.
+    fused_mlp (rlvr.fused's GatedMLPFunction): 2 I instead of 4 I in the activations.
     The activation constants were counted from autograd's saved tensors (10,120 values per token
     per layer on SmolLM2-135M with LoRA; the formula gives 10,096); the logits ones were fitted.
     Checked against 17 measured peaks (135M and a 4-layer 256-wide Llama with the 49k vocabulary;
@@ -222,8 +222,8 @@ def model_dims(model) -> dict:
 
 
 def has_fused_mlps(model) -> bool:
-    """True when the model's gated MLPs run through rlvr.lora's GatedMLPFunction."""
-    from rlvr.lora import _fused_mlp_forward
+    """True when the model's gated MLPs run through rlvr.fused's GatedMLPFunction."""
+    from rlvr.fused import _fused_mlp_forward
 
     return any(getattr(vars(m).get("forward"), "__func__", None) is _fused_mlp_forward for m in model.modules())
 

@@ -260,8 +260,8 @@ def tiny_random_model(seed: int = 0, *, hidden_size: int = 64, num_layers: int =
 
 def attach_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0,
                 target_modules: list[str] | str = "all-linear", fused: bool = True):
-    """Wrap a model with a fresh trainable LoRA adapter (peft); `fused`: its linears, and its gated
-    MLPs as a whole, compute as one autograd node each where they can (`rlvr.lora`).
+    """Wrap a model with a fresh trainable LoRA adapter (peft); `fused`: its LoRA linears, gated MLPs
+    and RMSNorms compute as one autograd node each where they can (`rlvr.fused`).
 
     A model that already carries an adapter (e.g. the output of `rlvr sft` loaded as a PeftModel) is
     merged first, so the new adapter trains on top of it (TRL #2872 "already has LoRA adapters").
@@ -274,10 +274,9 @@ def attach_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0,
                         task_type="CAUSAL_LM")
     model = get_peft_model(model, config)
     if fused:
-        from rlvr.lora import fuse_gated_mlps, fuse_lora
+        from rlvr.fused import fuse
 
-        fuse_lora(model)
-        fuse_gated_mlps(model)
+        fuse(model)
     return model
 
 

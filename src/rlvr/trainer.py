@@ -111,10 +111,14 @@ def prepare_policy(model, cfg: ModelConfig):
 
     if cfg.use_peft:
         model = attach_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                            target_modules=cfg.lora_target_modules, fused=cfg.fused_lora)
+                            target_modules=cfg.lora_target_modules, fused=cfg.fused_layers)
     else:
         for p in model.parameters():
             p.requires_grad_(True)
+        if cfg.fused_layers:
+            from rlvr.fused import fuse
+
+            fuse(model)  # the norms (the LoRA linears and MLPs have nothing to fuse here)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.use_peft:

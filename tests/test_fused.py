@@ -1,5 +1,5 @@
-"""The fused LoRA linear (rlvr.lora): a hand-computed example, then the same values and gradients as
-peft's own LoRA forward on tiny Llama and Qwen2 models, and peft's forward wherever the layer is not
+"""The fused layers (rlvr.fused): a hand-computed example, then the same values and gradients as
+peft's own LoRA forward on tiny Llama, Qwen2 and Qwen3 models, and peft's forward wherever the layer is not
 plain LoRA."""
 
 import copy
@@ -7,7 +7,15 @@ import copy
 import pytest
 import torch
 
-from rlvr.lora import FusedLoraLinear, GatedMLPFunction, LoRALinearFunction, fuse_gated_mlps, fuse_lora
+from rlvr.fused import (
+    FusedLoraLinear,
+    GatedMLPFunction,
+    LoRALinearFunction,
+    RMSNormFunction,
+    fuse,
+    fuse_gated_mlps,
+    fuse_lora,
+)
 from rlvr.models import attach_lora, tiny_random_model
 from rlvr.policy import completion_logprobs
 
@@ -51,6 +59,41 @@ def test_gradcheck_in_double():
     assert torch.autograd.gradcheck(mlp, (t(2, 3, hidden), *lora))
 
 
+def test_rms_norm_hand_computed_and_gradcheck():
+    # x = [3, 4]: mean(x^2) = 12.5, eps = 0: r = 1 / sqrt(12.5); w = [1, 2]: y = [3 r, 8 r]
+    x = torch.tensor([[3.0, 4.0]], requires_grad=True)
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    y = RMSNormFunction.apply(x, w, 0.0)
+    r = 12.5 ** -0.5
+    torch.testing.assert_close(y, torch.tensor([[3 * r, 8 * r]]))
+    # g = [1, 0]: gw = [1, 0], mean(gw x) = 1.5, dx = r ([1, 0] - [3, 4] r^2 1.5) = r [1 - 0.36, -0.48]
+    y.backward(torch.tensor([[1.0, 0.0]]))
+    torch.testing.assert_close(x.grad, torch.tensor([[0.64 * r, -0.48 * r]]))
+    torch.testing.assert_close(w.grad, torch.tensor([3 * r, 0.0]))  # dw = g x r
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(2, 3, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    ws = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: RMSNormFunction.apply(x, w, 1e-6), (xs, ws))
+
+
+def test_full_fine_tuning_norms_match(tokenizer):
+    """Without LoRA only the norms are fused; every weight's gradient (the norms' too) is unchanged."""
+    from rlvr.config import ModelConfig
+    from rlvr.trainer import prepare_policy
+
+    base = tiny_random_model(seed=0, tokenizer=tokenizer)[0]
+    plain = prepare_policy(copy.deepcopy(base), ModelConfig(use_peft=False, fused_layers=False))
+    fused = prepare_policy(base, ModelConfig(use_peft=False))
+    ids = torch.randint(3, 5000, (2, 9), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for model in (fused, plain):
+        loss = completion_logprobs(model, ids, torch.ones_like(ids), 4).sum()
+        grads.append(dict(zip([n for n, _ in model.named_parameters()], torch.autograd.grad(loss, list(model.parameters())))))
+    assert any("norm" in n for n in grads[0])
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def _with_lora(model, fused: bool, seed: int = 1):
     model = attach_lora(model, r=4, alpha=8, fused=fused)
     g = torch.Generator().manual_seed(seed)
@@ -61,13 +104,15 @@ def _with_lora(model, fused: bool, seed: int = 1):
     return model
 
 
-def _qwen2(tokenizer):
+def _qwen(tokenizer, version: int):
     import transformers
 
-    config = transformers.Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2)
     torch.manual_seed(0)
-    model = transformers.Qwen2ForCausalLM(config).float().eval()
+    if version == 3:  # q_norm and k_norm: two more RMSNorms per layer
+        return transformers.Qwen3ForCausalLM(transformers.Qwen3Config(head_dim=16, **common)).float().eval()
+    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common)).float().eval()
     with torch.no_grad():  # non-zero q/k/v biases, so the bias path counts
         for layer in model.model.layers:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
@@ -80,14 +125,13 @@ def tokenizer():
     return tiny_random_model(seed=0)[1]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_fused_matches_peft_values_and_gradients(tokenizer, arch, checkpointing):
-    base = tiny_random_model(seed=0, tokenizer=tokenizer)[0] if arch == "llama" else _qwen2(tokenizer)
+    base = tiny_random_model(seed=0, tokenizer=tokenizer)[0] if arch == "llama" else _qwen(tokenizer, int(arch[-1]))
     plain = _with_lora(base, False)
     fused = copy.deepcopy(plain)  # the same LoRA weights
-    assert fuse_lora(fused) == 2 * 7
-    assert fuse_gated_mlps(fused) == 2
+    assert fuse(fused) == {"lora": 2 * 7, "mlp": 2, "norm": 2 * 2 + 1 + (2 * 2 if arch == "qwen3" else 0)}
     assert sum(type(m) is FusedLoraLinear for m in fused.modules()) == 2 * 7
     assert not any(type(m) is FusedLoraLinear for m in plain.modules())
     g = torch.Generator().manual_seed(0)

@@ -1,12 +1,14 @@
-"""A LoRA linear layer in one autograd node: y = x W^T + b + s (x A^T) B^T.
+"""The update's layers as single autograd nodes: same values, less memory and memory traffic.
 
-peft's `lora.Linear` computes `base(x) + lora_B(lora_A(dropout(x))) * scaling`: five autograd nodes,
-and three [N, out] temporaries in the forward (the LoRA product, its scaled copy, the sum) and more
-in the backward (the scaled gradient, the two input gradients and their sum). Their values are
-right; their cost is memory traffic. On a CPU every one of those tensors is fresh memory (rlvr
-serves large blocks by mmap, `models.limit_heap_fragmentation`), so each costs page faults as well.
+autograd records every elementary op of a layer and keeps what each op's backward needs, so a
+layer written as a chain of small ops keeps several copies of its activations and allocates a
+fresh tensor per op. On a CPU every fresh large tensor is fresh memory from the kernel (rlvr serves
+large blocks by mmap, `models.limit_heap_fragmentation`), so each also costs page faults. Three
+functions here do the same arithmetic with one node each, keeping only what the backward needs:
 
-`LoRALinearFunction` does the same arithmetic with one output buffer:
+`LoRALinearFunction`, y = x W^T + b + s (x A^T) B^T. peft's `lora.Linear` computes `base(x) +
+lora_B(lora_A(dropout(x))) * scaling`: five nodes, three [N, out] temporaries in the forward (the
+LoRA product, its scaled copy, the sum) and more in the backward. Here, with one output buffer:
 
     forward    h  = x A^T                       [N, r]
                y  = x W^T + b,  y += h (s B)^T    (addmm_, in place)
@@ -16,21 +18,30 @@ serves large blocks by mmap, `models.limit_heap_fragmentation`), so each costs p
                dB = s g^T h                     [out, r]
 
 The frozen W gets no gradient (LoRA trains A and B only; the fused path is taken only then).
-`GatedMLPFunction` goes one step further for Llama-style MLPs, down(silu(gate(x)) * up(x)): one
-node for the three LoRA projections, which recomputes silu(g) * u in the backward pass instead of
-keeping it (twice) from the forward.
+
+`GatedMLPFunction`, a Llama-style MLP down(silu(gate(x)) * up(x)) whose three projections are
+LoRA linears: one node that recomputes silu(g) * u in the backward pass instead of keeping it
+(autograd keeps silu(g) for the product's gradient and the product for down's LoRA A).
+
+`RMSNormFunction`, y = w x / sqrt(mean(x^2) + eps): keeps x and the [N, 1] inverse norm, where
+autograd keeps x, x / rms and the temporaries of five ops.
 
 Measured on one update of the 135M model, 32 x (64 + 64) tokens, prompts shared, rlvr's allocator
-setting (`bench/bench_update.py --rounds 2 --variants lean+share+mmap,lean+share+mmap+linear,
-lean+share+mmap+peft`, record bench/results/update_fused_lora.json, best of 2): peft's forward 16.8 s
-and 4.62 GB peak; fused linears 16.1 s, 4.54 GB; fused linears and MLPs 13.9 s, 3.74 GB (CPU
-seconds 27.2 against peft's 33.4).
+setting (`bench/bench_update.py --rounds 2 --variants lean+share+mmap,lean+share+mmap+mlp,
+lean+share+mmap+linear,lean+share+mmap+peft`, record bench/results/update_fused.json, best of 2):
 
-`fuse_lora(model)` switches peft's LoRA linears to `FusedLoraLinear`, a subclass whose forward
-takes this path when the layer is plain LoRA (one active adapter, no dropout, no DoRA or other
-variant, no LoRA bias, not merged, adapters enabled, no autocast, one dtype) and otherwise calls
-peft's own forward; `fuse_gated_mlps(model)` does the same for whole MLPs. Saving, merging and
-unloading are peft's, unchanged. `models.attach_lora` applies both (config: model.fused_lora).
+    peft's layers                       16.5 s   4.62 GB peak   32.7 CPU s
+    + fused LoRA linears                15.5 s   4.54 GB        30.5
+    + fused gated MLPs                  14.8 s   3.74 GB        29.3
+    + fused RMSNorms (all: the default) 13.2 s   3.69 GB        26.3
+
+`fuse(model)` installs them, in place: peft's LoRA linears become `FusedLoraLinear`, a subclass
+whose forward takes the fused path when the layer is plain LoRA (one active adapter, no dropout,
+no DoRA or other variant, no LoRA bias, not merged, adapters enabled, no autocast, one dtype);
+Llama, Mistral, Qwen2 and Qwen3 MLPs and RMSNorms get a forward that takes it when it applies
+(checked at each call: after `merge_and_unload` an MLP is no longer LoRA) and calls the class's
+own forward otherwise. Saving, merging and unloading are peft's, unchanged. `models.attach_lora`
+and `trainer.prepare_policy` apply it (config: model.fused_layers).
 """
 
 from __future__ import annotations
@@ -122,6 +133,30 @@ class GatedMLPFunction(torch.autograd.Function):
         return dx, None, None, dag, dbg, None, None, dau, dbu, None, None, dad, dbd, None, None, None
 
 
+class RMSNormFunction(torch.autograd.Function):
+    """y = w * x * r with r = 1 / sqrt(mean(x^2, -1) + eps), in fp32; gradients for x and w.
+
+    With gw = g * w:  dx = r * (gw - x * r^2 * mean(gw * x, -1)),  dw = sum over rows of g * x * r."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))  # [..., 1]
+        ctx.save_for_backward(x, weight, r)
+        return (x * r).mul_(weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, r = ctx.saved_tensors
+        dx = dw = None
+        gw = grad * weight  # [..., H]
+        if ctx.needs_input_grad[0]:
+            dot = (gw * x).mean(-1, keepdim=True).mul_(r.pow(2))  # [..., 1]
+            dx = gw.sub_(x * dot).mul_(r)
+        if ctx.needs_input_grad[1]:
+            dw = (grad * x * r).reshape(-1, x.shape[-1]).sum(0)  # [H]
+        return dx, dw, None
+
+
 def _plain_lora(layer, x: Tensor, args: tuple, kwargs: dict):
     """(A, B, scale) when `layer` (a peft lora.Linear) is plain LoRA for this call, else None."""
     if args or kwargs or layer.disable_adapters or layer.merged or getattr(layer, "fan_in_fan_out", False):
@@ -156,8 +191,7 @@ class FusedLoraLinear(Linear):
 
 
 def fuse_lora(model) -> int:
-    """Switch every peft `lora.Linear` in `model` to `FusedLoraLinear`, in place; returns how many.
-    Then `fuse_gated_mlps(model)` fuses whole MLPs on top."""
+    """Switch every peft `lora.Linear` in `model` to `FusedLoraLinear`, in place; returns how many."""
     n = 0
     for module in model.modules():
         if type(module) is Linear:
@@ -167,6 +201,7 @@ def fuse_lora(model) -> int:
 
 
 _GATED_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"}  # forward: down(act(gate(x)) * up(x))
+_RMS_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}  # w * x / rms(x), fp32 inside
 
 
 def _fused_mlp_forward(self, x: Tensor) -> Tensor:
@@ -200,3 +235,28 @@ def fuse_gated_mlps(model) -> int:
             module.forward = types.MethodType(_fused_mlp_forward, module)
             n += 1
     return n
+
+
+def _fused_norm_forward(self, x: Tensor) -> Tensor:
+    """An RMSNorm's forward through `RMSNormFunction` in fp32 (where the class computes in fp32
+    anyway); the class's own forward for other dtypes."""
+    if x.dtype == self.weight.dtype == torch.float32:
+        return RMSNormFunction.apply(x, self.weight, self.variance_epsilon)
+    return type(self).forward(self, x)
+
+
+def fuse_rms_norms(model) -> int:
+    """Give every Llama-style RMSNorm in `model` the `RMSNormFunction` forward, in place; returns how many."""
+    import types
+
+    n = 0
+    for module in model.modules():
+        if type(module).__name__ in _RMS_NORMS and "forward" not in vars(module):
+            module.forward = types.MethodType(_fused_norm_forward, module)
+            n += 1
+    return n
+
+
+def fuse(model) -> dict:
+    """All of the above, in place; returns how many layers of each kind were fused."""
+    return {"lora": fuse_lora(model), "mlp": fuse_gated_mlps(model), "norm": fuse_rms_norms(model)}
