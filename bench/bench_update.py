@@ -46,6 +46,8 @@ FLAGS = {
     "peft": "peft's own LoRA forward (five autograd nodes per linear) instead of rlvr.fused's fused ones",
     "linear": "of rlvr.fused's layers, the LoRA linears only (not the gated MLPs, not the RMSNorms)",
     "mlp": "of rlvr.fused's layers, the LoRA linears and the gated MLPs (not the RMSNorms)",
+    "recompute": "the lm_head chunks checkpointed and recomputed in the backward, as before FrozenHeadLogProbs "
+                 "(which takes the frozen head's gradient in the forward)",
     "thp": "THP_MEM_ALLOC_ENABLE=1: PyTorch's CPU allocator asks for transparent huge pages (madvise) for "
            "tensors >= 2 MB, so fresh memory faults in 2 MB pages instead of 4 KB ones",
 }
@@ -149,6 +151,16 @@ def worker(variant: str, chunk_size: int) -> None:
         if "+mlp" in variant:
             fuse_gated_mlps(model)
     model.train()
+    if "+recompute" in variant:  # the checkpointed chunks of rlvr.algorithms.logprobs, for a frozen head too
+        import torch.nn.functional as F
+
+        import rlvr.policy
+        from rlvr.algorithms.logprobs import chunked_head_logprobs
+
+        def recomputed(hidden, weight, targets, bias=None, **kwargs):
+            return chunked_head_logprobs(hidden, lambda h: F.linear(h, weight, bias), targets, **kwargs)
+
+        rlvr.policy.chunked_token_logprobs = recomputed
     if "+gc" in variant:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
@@ -189,7 +201,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="rounds >= 2 alternate the variants' order")
     parser.add_argument("--variants", default="naive,lean,lean+share,lean+gc,lean+gc+mmap",
-                        help="comma-separated base[+share][+gc][+mmap][+peft|+linear|+mlp][+thp], bases: " + ", ".join(BASES))
+                        help="comma-separated base[+share][+gc][+mmap][+peft|+linear|+mlp][+recompute][+thp], bases: " + ", ".join(BASES))
     parser.add_argument("--chunk-size", type=int, default=512)
     parser.add_argument("--out", help="also write the runs and the summary to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

@@ -74,6 +74,37 @@ def test_chunked_matches_full_log_softmax_values_and_gradients(chunk_size):
         torch.testing.assert_close(a, b)
 
 
+def test_frozen_head_gradient_by_hand():
+    # H = 1, V = 2: W = [[0], [ln 3]], h = 1: z = (0, ln 3), p = (1/4, 3/4); target 1:
+    # logp = ln 0.75, d logp / dh = W^T (e_1 - p) = 0 * (-1/4) + ln 3 * (1/4)
+    hidden = torch.ones(1, 1, 1, requires_grad=True)
+    weight = torch.tensor([[0.0], [math.log(3.0)]])  # frozen
+    logp = chunked_token_logprobs(hidden, weight, torch.tensor([[1]]))
+    assert type(logp.grad_fn.next_functions[0][0]).__name__.startswith("FrozenHeadLogProbs")
+    assert logp.item() == pytest.approx(math.log(0.75), abs=1e-6)
+    (grad,) = torch.autograd.grad(logp.sum(), hidden)
+    assert grad.item() == pytest.approx(math.log(3.0) / 4, abs=1e-6)
+
+
+@pytest.mark.parametrize("chunk_size,temperature", [(1, 1.0), (4, 0.8), (7, 1.3), (1000, 1.0)])
+def test_frozen_head_matches_full_log_softmax_values_gradients_and_entropy(chunk_size, temperature):
+    """With a frozen head the gradient is taken in the forward (FrozenHeadLogProbs): same numbers."""
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(3, 5, 8, generator=g, requires_grad=True)  # [N, T, H]
+    weight, bias = torch.randn(40, 8, generator=g), torch.randn(40, generator=g)  # frozen
+    targets = torch.randint(0, 40, (3, 5), generator=g)  # [N, T]
+    upstream = torch.randn(3, 5, generator=g)
+    expected = _reference(hidden, weight, bias, targets, temperature)
+    (grad_expected,) = torch.autograd.grad((expected * upstream).sum(), hidden)
+    got, entropy = chunked_token_logprobs(hidden, weight, targets, temperature=temperature, chunk_size=chunk_size,
+                                          bias=bias, with_entropy=True)
+    (grad_got,) = torch.autograd.grad((got * upstream).sum(), hidden)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(grad_got, grad_expected)
+    assert not entropy.requires_grad
+    torch.testing.assert_close(entropy, entropy_from_logits(hidden.detach() @ weight.T + bias, temperature))
+
+
 def test_chunked_entropy_has_no_grad_and_matches():
     g = torch.Generator().manual_seed(2)
     hidden = torch.randn(2, 3, 8, generator=g, requires_grad=True)

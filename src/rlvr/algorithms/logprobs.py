@@ -13,6 +13,8 @@ Two tricks here, the "lean log-probs":
      backward recomputes that chunk's logits instead of storing [N, T, V]. Peak extra memory is
      one chunk's logits (chunk_size x V floats) whatever the batch. (Liger-Kernel's fused linear
      cross-entropy is the same idea done in one kernel.)
+  3. `FrozenHeadLogProbs`: when the head is frozen (LoRA), the gradient with respect to the hidden
+     states is computed chunk by chunk in the forward pass, so the backward recomputes nothing.
 
 Temperature: the sampler draws from softmax(logits / T), so the log-probs of the PPO ratio must be
 taken under logits / T too (TRL #4159 was a mismatch from forgetting this).
@@ -115,6 +117,56 @@ def chunked_head_logprobs(
     return logp, torch.cat(entropies).view(n, t)  # [N, T], [N, T]
 
 
+class FrozenHeadLogProbs(torch.autograd.Function):
+    """Log-probs of the targets under a frozen linear head, their gradient computed in the forward.
+
+    A log-prob is one number per row, so its gradient with respect to the row's hidden state is
+    the upstream scalar g times a direction known in the forward pass:
+
+        d logp(y) / d h = W^T (e_y - p) / T,     p = softmax((h W^T + b) / T)        [H]
+
+    With W frozen (LoRA: the lm_head and a tied embedding get no adapter by default) nothing else
+    needs the logits, so each chunk computes that direction right after its log-prob and drops the
+    logits; the backward is dh = g * direction. Two [C, H] x [H, V] products per chunk instead of
+    the checkpointed path's three (the forward's, the recompute's, the backward's), one softmax
+    pass instead of three, and [R, H] floats kept instead of the chunk inputs. Liger-Kernel's fused
+    linear cross-entropy computes its gradient in the forward for the same reason. Measured on the
+    135M model's head, 1024 rows, with the entropy (bench/bench_head.py): 0.95 s against 1.98 s.
+
+    hidden: [R, H]; weight: [V, H]; bias: [V] or None; targets: [R]. Returns (logp [R], entropy [R]
+    or an empty tensor; the entropy has no gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, temperature: float,
+                chunk_size: int, with_entropy: bool):
+        rows = hidden.shape[0]
+        logp = hidden.new_empty(rows, dtype=torch.float32)  # [R]
+        entropy = hidden.new_empty(rows if with_entropy else 0, dtype=torch.float32)  # [R] or [0]
+        direction = torch.empty_like(hidden)  # [R, H]
+        for start in range(0, rows, chunk_size):
+            end = min(start + chunk_size, rows)
+            z = _scaled(F.linear(hidden[start:end], weight, bias), temperature)  # [C, V] fp32
+            y = targets[start:end, None]  # [C, 1]
+            lse = torch.logsumexp(z, dim=-1, keepdim=True)  # [C, 1]
+            logp[start:end] = (z.gather(-1, y) - lse).squeeze(-1)
+            log_p = z.sub_(lse)  # [C, V], in place
+            p = log_p.exp()  # [C, V] softmax
+            if with_entropy:
+                entropy[start:end] = -torch.linalg.vecdot(p, log_p)  # H = -sum_v p log p
+            del z, log_p
+            p.scatter_add_(-1, y, torch.full_like(y, -1, dtype=p.dtype)).neg_()  # e_y - p
+            direction[start:end] = (p.to(weight.dtype) @ weight).div_(temperature)  # [C, H]
+        ctx.save_for_backward(direction)
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp: Tensor, grad_entropy: Tensor):
+        (direction,) = ctx.saved_tensors
+        return direction * grad_logp[:, None].to(direction.dtype), None, None, None, None, None, None
+
+
 def chunked_token_logprobs(
     hidden: Tensor,
     weight: Tensor,
@@ -128,10 +180,22 @@ def chunked_token_logprobs(
     """Log-probs of `targets` under softmax((hidden @ weight.T + bias) / T), chunk by chunk.
 
     The lean replacement for `log_softmax(lm_head(hidden)).gather(targets)`: never more than one
-    chunk of logits ([chunk_size, V]) alive, in the forward or the backward pass.
+    chunk of logits ([chunk_size, V]) alive, in the forward or the backward pass. With a frozen
+    head and a gradient to compute, `FrozenHeadLogProbs` (the gradient taken in the forward);
+    otherwise each chunk is checkpointed (`chunked_head_logprobs`).
     hidden: [N, T, H]; weight: [V, H] (the lm_head / tied embedding); targets: [N, T] int64;
     bias: [V] or None. Returns logp [N, T] (and entropy [N, T], no grad, when `with_entropy`).
     """
+    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    if frozen and torch.is_grad_enabled() and hidden.requires_grad:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        n, t = targets.shape
+        logp, entropy = FrozenHeadLogProbs.apply(hidden.reshape(n * t, hidden.shape[-1]), weight, bias,
+                                                 targets.reshape(n * t), temperature, chunk_size, with_entropy)
+        return (logp.view(n, t), entropy.view(n, t)) if with_entropy else logp.view(n, t)
 
     def linear_head(h: Tensor) -> Tensor:
         return F.linear(h, weight, bias)  # [C, V]
