@@ -222,10 +222,11 @@ def model_dims(model) -> dict:
 
 
 def has_fused_mlps(model) -> bool:
-    """True when the model's gated MLPs run through rlvr.fused's GatedMLPFunction."""
-    from rlvr.fused import _fused_mlp_forward
+    """True when the model's gated MLPs run through rlvr.fused's GatedMLPFunction (LoRA projections)."""
+    from rlvr.fused import FusedLoraLinear, _fused_mlp_forward
 
-    return any(getattr(vars(m).get("forward"), "__func__", None) is _fused_mlp_forward for m in model.modules())
+    return any(getattr(vars(m).get("forward"), "__func__", None) is _fused_mlp_forward
+               and type(getattr(m, "gate_proj", None)) is FusedLoraLinear for m in model.modules())
 
 
 def micro_batch_size(cfg: Config) -> int:

@@ -115,10 +115,10 @@ def prepare_policy(model, cfg: ModelConfig):
     else:
         for p in model.parameters():
             p.requires_grad_(True)
-        if cfg.fused_layers:
-            from rlvr.fused import fuse
+        if cfg.fused_layers:  # the norms: the fused linears and MLPs are LoRA's
+            from rlvr.fused import fuse_rms_norms
 
-            fuse(model)  # the norms (the LoRA linears and MLPs have nothing to fuse here)
+            fuse_rms_norms(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.use_peft:
