@@ -40,8 +40,10 @@ whose forward takes the fused path when the layer is plain LoRA (one active adap
 no DoRA or other variant, no LoRA bias, not merged, adapters enabled, no autocast, one dtype);
 Llama, Mistral, Qwen2 and Qwen3 MLPs and RMSNorms get a forward that takes it when it applies
 (checked at each call: after `merge_and_unload` an MLP is no longer LoRA) and calls the class's
-own forward otherwise. Saving, merging and unloading are peft's, unchanged. `models.attach_lora`
-and `trainer.prepare_policy` apply it (config: model.fused_layers).
+own forward otherwise. On the fused MLP path the three projection modules are not called, so
+forward hooks registered on them do not run (model.fused_layers: false keeps them). Saving, merging
+and unloading are peft's, unchanged. `models.attach_lora` applies all three; `trainer.prepare_policy`
+the norms under full fine-tuning (config: model.fused_layers).
 """
 
 from __future__ import annotations
