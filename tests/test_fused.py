@@ -13,7 +13,6 @@ from rlvr.fused import (
     LoRALinearFunction,
     RMSNormFunction,
     fuse,
-    fuse_gated_mlps,
     fuse_lora,
 )
 from rlvr.models import attach_lora, tiny_random_model
@@ -107,8 +106,8 @@ def _with_lora(model, fused: bool, seed: int = 1):
 def _qwen(tokenizer, version: int):
     import transformers
 
-    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2)
+    common = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2}
     torch.manual_seed(0)
     if version == 3:  # q_norm and k_norm: two more RMSNorms per layer
         return transformers.Qwen3ForCausalLM(transformers.Qwen3Config(head_dim=16, **common)).float().eval()

@@ -51,6 +51,7 @@ from __future__ import annotations
 import torch
 from peft.tuners.lora import Linear
 from torch import Tensor
+from transformers.activations import SiLUActivation
 
 
 def _lora_forward(x2: Tensor, weight: Tensor, bias: Tensor | None, lora_a: Tensor, b_scaled: Tensor):
@@ -209,7 +210,7 @@ _RMS_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"} 
 def _fused_mlp_forward(self, x: Tensor) -> Tensor:
     """A gated MLP's forward through `GatedMLPFunction` when its three projections are plain LoRA
     and its activation is SiLU; otherwise the class's own forward."""
-    if isinstance(self.act_fn, (torch.nn.SiLU, _silu_activation())):
+    if isinstance(self.act_fn, (torch.nn.SiLU, SiLUActivation)):
         parts = [_plain_lora(proj, x, (), {}) if type(proj) is FusedLoraLinear else None
                  for proj in (self.gate_proj, self.up_proj, self.down_proj)]
         if all(part is not None for part in parts):
@@ -219,24 +220,24 @@ def _fused_mlp_forward(self, x: Tensor) -> Tensor:
     return type(self).forward(self, x)
 
 
-def _silu_activation():
-    from transformers.activations import SiLUActivation
+def _install_forward(model, class_names: set[str], forward) -> int:
+    """Give every module of `model` whose class is named in `class_names` the instance forward
+    `forward`, in place (once); returns how many."""
+    import types
 
-    return SiLUActivation
+    n = 0
+    for module in model.modules():
+        if type(module).__name__ in class_names and "forward" not in vars(module):
+            module.forward = types.MethodType(forward, module)
+            n += 1
+    return n
 
 
 def fuse_gated_mlps(model) -> int:
     """Give every Llama-style gated MLP in `model` (Llama, Mistral, Qwen2, Qwen3: down(silu(gate(x))
     * up(x))) the `GatedMLPFunction` forward, in place; returns how many. The forward checks at each
     call that the layer is still plain LoRA (after `merge_and_unload` it is not) and falls back."""
-    import types
-
-    n = 0
-    for module in model.modules():
-        if type(module).__name__ in _GATED_MLPS and "forward" not in vars(module):
-            module.forward = types.MethodType(_fused_mlp_forward, module)
-            n += 1
-    return n
+    return _install_forward(model, _GATED_MLPS, _fused_mlp_forward)
 
 
 def _fused_norm_forward(self, x: Tensor) -> Tensor:
@@ -249,14 +250,7 @@ def _fused_norm_forward(self, x: Tensor) -> Tensor:
 
 def fuse_rms_norms(model) -> int:
     """Give every Llama-style RMSNorm in `model` the `RMSNormFunction` forward, in place; returns how many."""
-    import types
-
-    n = 0
-    for module in model.modules():
-        if type(module).__name__ in _RMS_NORMS and "forward" not in vars(module):
-            module.forward = types.MethodType(_fused_norm_forward, module)
-            n += 1
-    return n
+    return _install_forward(model, _RMS_NORMS, _fused_norm_forward)
 
 
 def fuse(model) -> dict:
