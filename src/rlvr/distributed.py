@@ -396,9 +396,9 @@ class Dist:
             for unit in units:
                 unit.set_reshard_after_forward(unit is not self.wrapped and self.reshard_after_forward, recurse=False)
                 unit.reshard()
-            forget = getattr(sampler, "forget_weights", None)
-            if forget is not None:
-                forget()
+            from rlvr.sampling.base import free_memory
+
+            free_memory(sampler)
 
     def full_state(self, policy, optimizer) -> tuple[dict | None, dict | None]:
         """FSDP: (model state dict, optimizer state dict), full, on the main process (every process

@@ -35,6 +35,7 @@ import torch
 
 from rlvr.config import Config
 from rlvr.memory import GB, MemoryReport, check_memory, peak_since, start_peak
+from rlvr.sampling.base import free_memory
 from rlvr.tasks.base import Example
 
 
@@ -296,9 +297,7 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
         # as the trainer does before each update: the sampler's weight copies and KV cache are freed,
         # so the probe's peak is the update's (with them, the doctor set the process's peak: 4.1 GB
         # where the run's updates peaked near 3 GB, bench/bench_trl.py's SFT setting)
-        release = getattr(sampler, "forget_weights", None)
-        if release is not None:
-            release()
+        free_memory(sampler)
         memory = check_memory(policy, cfg, prompt_ids=longest, pad_token_id=tokenizer.pad_token_id,
                               measure=measure_memory)
     policy.eval()

@@ -256,3 +256,9 @@ def fuse_rms_norms(model) -> int:
 def fuse(model) -> dict:
     """All of the above, in place; returns how many layers of each kind were fused."""
     return {"lora": fuse_lora(model), "mlp": fuse_gated_mlps(model), "norm": fuse_rms_norms(model)}
+
+
+def has_fused_mlps(model) -> bool:
+    """True when the model's gated MLPs run through `GatedMLPFunction` (fused, with LoRA projections)."""
+    return any(getattr(vars(m).get("forward"), "__func__", None) is _fused_mlp_forward
+               and type(getattr(m, "gate_proj", None)) is FusedLoraLinear for m in model.modules())

@@ -218,15 +218,13 @@ def model_dims(model) -> dict:
             "intermediate_size": getattr(c, "intermediate_size", None) or 4 * hidden,
             "num_layers": c.num_hidden_layers,
             "kv_size": getattr(c, "num_key_value_heads", heads) * head_dim,
-            "lora_rank": rank, "bytes_per_value": max(4, value_bytes), "fused_mlp": has_fused_mlps(model)}
+            "lora_rank": rank, "bytes_per_value": max(4, value_bytes), "fused_mlp": _has_fused_mlps(model)}
 
 
-def has_fused_mlps(model) -> bool:
-    """True when the model's gated MLPs run through rlvr.fused's GatedMLPFunction (LoRA projections)."""
-    from rlvr.fused import FusedLoraLinear, _fused_mlp_forward
+def _has_fused_mlps(model) -> bool:
+    from rlvr.fused import has_fused_mlps  # imports peft: only when a model is measured
 
-    return any(getattr(vars(m).get("forward"), "__func__", None) is _fused_mlp_forward
-               and type(getattr(m, "gate_proj", None)) is FusedLoraLinear for m in model.modules())
+    return has_fused_mlps(model)
 
 
 def micro_batch_size(cfg: Config) -> int:

@@ -43,6 +43,7 @@ from rlvr.distributed import Dist, NullTracker, setup_distributed
 from rlvr.evaluate import evaluate_config, format_table, verdict
 from rlvr.policy import completion_logprobs
 from rlvr.rollout import PromptFormat, build_reward_fns, collect_experience, sampling_params
+from rlvr.sampling.base import free_memory
 
 log = logging.getLogger(__name__)
 
@@ -426,9 +427,7 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
             # the fast sampler's fused weight copies and KV cache (~1 GB for the 135M model at batch
             # 64) would otherwise sit through the update, whose activations set the run's peak; the
             # weights change with every step, so the copies are made again next step anyway
-            release = getattr(sampler, "forget_weights", None)
-            if release is not None:
-                release()
+            free_memory(sampler)
             seen = dist.gather_experience(exp, cfg.grpo.num_generations)  # all processes' groups (exp on one)
             upd = update_policy(policy, optimizer, scheduler, Buffer(exp.rollouts), cfg.grpo,
                                 temperature=max(s.temperature, 1e-6), max_completion_length=s.max_completion_length,

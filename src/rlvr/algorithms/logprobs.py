@@ -190,8 +190,6 @@ def chunked_token_logprobs(
     if frozen and torch.is_grad_enabled() and hidden.requires_grad:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
         n, t = targets.shape
         logp, entropy = FrozenHeadLogProbs.apply(hidden.reshape(n * t, hidden.shape[-1]), weight, bias,
                                                  targets.reshape(n * t), temperature, chunk_size, with_entropy)

@@ -4,8 +4,8 @@
 implement `Sampler.generate`; see `base.py` for the contract.
 """
 
-from rlvr.sampling.base import Completion, Sampler, SamplingParams
+from rlvr.sampling.base import Completion, Sampler, SamplingParams, free_memory
 from rlvr.sampling.fast import FastSampler, sample_tokens
 from rlvr.sampling.hf import HFSampler
 
-__all__ = ["Completion", "FastSampler", "HFSampler", "Sampler", "SamplingParams", "sample_tokens"]
+__all__ = ["Completion", "FastSampler", "HFSampler", "Sampler", "SamplingParams", "free_memory", "sample_tokens"]

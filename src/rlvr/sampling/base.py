@@ -43,6 +43,15 @@ class Completion:
     """"stop" (EOS or stop string) or "length" (hit max_new_tokens: truncated)"""
 
 
+def free_memory(sampler) -> None:
+    """Drop what a sampler keeps between calls, if it keeps anything: the fast sampler's weight copies
+    and KV cache (`FastSampler.forget_weights`). Before an update (whose activations set a run's
+    peak) and after the weights were changed behind autograd's back (FSDP resharding)."""
+    forget = getattr(sampler, "forget_weights", None)
+    if forget is not None:
+        forget()
+
+
 class Sampler(Protocol):
     def generate(
         self,
