@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ceiling import machine, matmul_gflops
 
 from rlvr.algorithms.logprobs import chunked_head_logprobs, chunked_token_logprobs
-from rlvr.models import limit_heap_fragmentation
+from rlvr import allocator
 
 ROWS, HIDDEN, VOCAB = 1024, 576, 49152
 
@@ -50,7 +50,8 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    limit_heap_fragmentation()  # rlvr's allocator setting, as `rlvr` sets it at start-up
+    allocator.relaunch_with_mimalloc()  # rlvr's allocator, as `rlvr` sets it at start-up
+    allocator.configure()
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(1, ROWS, HIDDEN, generator=g)  # [N, K, H]
     weight = torch.randn(VOCAB, HIDDEN, generator=g) * 0.02  # [V, H], frozen

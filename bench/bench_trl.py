@@ -18,9 +18,10 @@ metrics.jsonl `time`; a TRL callback's `on_step_end`). The parent measures an fp
 rollout and update tokens/s as a fraction of it. OMP_WAIT_POLICY defaults to PASSIVE in both
 children, as in bench_sampler.py (set OMP_WAIT_POLICY=ACTIVE to measure without it).
 
-rlvr's side also gets what the `rlvr` command does at start-up, a glibc mmap threshold of 1 MB
-(`models.limit_heap_fragmentation`); TRL runs with the default allocator, as its users get it, or
-with --trl-mmap with the same setting.
+rlvr's side also gets what the `rlvr` command does at start-up (rlvr.allocator): it re-executes
+under mimalloc (installed with rlvr on Linux; --rlvr-allocator mmap: glibc with a 1 MB mmap
+threshold, rlvr's fallback). TRL runs with glibc's default allocator, as its users get it, or with
+--trl-allocator mmap / mimalloc with rlvr's settings.
 
 Equalised (see `trl_arguments` and `rlvr_overrides`): one optimizer step consumes exactly B*G
 completions on both sides (TRL: per_device_train_batch_size x gradient_accumulation_steps = B*G,
@@ -34,9 +35,11 @@ turns it on for both); generation stops at the same end-of-turn ids and nowhere 
 
 FLOPs per token for the ceiling fractions (P = parameters outside the embedding and lm_head, V x H
 the lm_head): rollout 2 (P + V H) per generated token (prefill not counted: a lower bound); update
-4 P per prompt + completion token plus 4 V H per completion token: forward 2, backward 2 (input
-gradients only; LoRA computes no weight gradients for the frozen base). The JSON also holds the
-6-per-parameter figure (the full fine-tuning convention).
+4 P per token the decoder ran (each group's shared prompt once: rlvr's `update/decoder_tokens`)
+plus 4 V H per completion token: forward 2, backward 2 (input gradients only; LoRA computes no
+weight gradients for the frozen base). The JSON also holds the 6-per-parameter figure (the full
+fine-tuning convention). Records before 2026-12-02 07:00 counted every row's prompt (G times the
+work the shared prompts cost), which overstated the update's fraction.
 """
 
 from __future__ import annotations
@@ -92,8 +95,10 @@ class Settings:
     """options of the subtraction task (e.g. {"high": 100}, the main job's)"""
     system_prompt: str | None = None
     """the system prompt (None: the task's own)"""
-    trl_mmap: bool = False
-    """give TRL rlvr's allocator setting too (glibc mmap threshold 1 MB; `rlvr` sets it at start-up)"""
+    rlvr_allocator: str = "mimalloc"
+    """rlvr's side: mimalloc (what `rlvr` does where it is installed) or mmap (glibc, 1 MB threshold)"""
+    trl_allocator: str = "glibc"
+    """TRL's side: glibc (its default, as its users get it), mmap or mimalloc (rlvr's settings)"""
     rlvr_skip: bool = False
     """rlvr's default of leaving flat groups (advantage 0) out of the update; off here, so both sides
     compute every row: the base model rarely scores, most groups are flat, and skipping them would
@@ -216,6 +221,7 @@ def run_rlvr(s: Settings, workdir: Path, extra_overrides: tuple[str, ...] = ()) 
         "update_s": [r["time/update_s"] for r in rows],
         "completion_tokens": completion_tokens,
         "update_tokens": [r["throughput/update_tok_s"] * r["time/update_s"] for r in rows],
+        "decoder_tokens": [r["update/decoder_tokens"] for r in rows],  # shared prompts counted once
         "rss_step_gb": [r["memory/peak_rss_gb"] for r in rows],
         "loss": [r.get("loss/policy") for r in rows],
     }
@@ -349,16 +355,21 @@ def child_env(s: Settings) -> dict:
 
 def worker(side: str, s: Settings) -> None:
     """Child process entry: one side's run, printed as JSON on the last line."""
+    from rlvr import allocator
+
+    choice = s.rlvr_allocator if side == "rlvr" else s.trl_allocator
+    if choice == "mimalloc":
+        allocator.relaunch_with_mimalloc()  # what the `rlvr` command does first (cli.main); same argv
+        allocator.configure()
+    elif choice == "mmap":
+        allocator.limit_heap_fragmentation()  # rlvr's fallback without mimalloc
     import torch
 
     torch.set_num_threads(s.threads)
-    if side == "rlvr" or s.trl_mmap:
-        from rlvr.models import limit_heap_fragmentation
-
-        limit_heap_fragmentation()  # what the `rlvr` command does at start-up (cli.main)
     with tempfile.TemporaryDirectory(prefix=f"bench-{side}-") as tmp:
         result = (run_rlvr if side == "rlvr" else run_trl)(s, Path(tmp))
     result["rss_end_gb"] = _rss_gb()
+    result["allocator"] = allocator.active() if choice != "mmap" else "glibc, 1 MB mmap threshold"
     print(json.dumps(result))
 
 
@@ -406,9 +417,10 @@ def ceiling_fractions(runs: list[dict], ceiling_gflops: float) -> dict:
     p, vh = r0["backbone_params"], r0["vocab"] * r0["hidden"]
     gen_s, upd_s = _after_warmup(runs, "generate_s"), _after_warmup(runs, "update_s")
     comp, upd_tok = _after_warmup(runs, "completion_tokens"), _after_warmup(runs, "update_tokens")
+    ran = _after_warmup(runs, "decoder_tokens")
     ceiling = ceiling_gflops * 1e9
     rollout = [2 * (p + vh) * c / g / ceiling for c, g in zip(comp, gen_s)]
-    update = [4 * (p * t + vh * c) / u / ceiling for t, c, u in zip(upd_tok, comp, upd_s)]
+    update = [4 * (p * t + vh * c) / u / ceiling for t, c, u in zip(ran, comp, upd_s)]
     return {
         "rollout_tok_s": statistics.median(c / g for c, g in zip(comp, gen_s)),
         "rollout_frac": statistics.median(rollout),
@@ -480,7 +492,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Settings]:
     p.add_argument("--micro-batch", type=int, default=16, help="completions per forward/backward (both sides)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--gradient-checkpointing", action="store_true", help="on for both sides (default off for both)")
-    p.add_argument("--trl-mmap", action="store_true", help="give TRL rlvr's glibc mmap-threshold setting too")
+    p.add_argument("--rlvr-allocator", choices=("mimalloc", "mmap"), default="mimalloc",
+                   help="rlvr's side: mimalloc (as `rlvr` runs) or glibc with rlvr's 1 MB mmap threshold")
+    p.add_argument("--trl-allocator", choices=("glibc", "mmap", "mimalloc"), default="glibc",
+                   help="TRL's side: glibc's default (as TRL's users get it), or rlvr's settings")
     p.add_argument("--tiny", action="store_true", help="a tiny random model (smoke run)")
     p.add_argument("--model", default="smollm2-135m",
                    help="the model both sides start from, e.g. the main job's SFT model runs/main/sft/final/merged")
@@ -497,7 +512,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Settings]:
     s = Settings(steps=args.steps, prompts=args.prompts, generations=args.generations,
                  max_completion=args.max_completion, threads=args.threads, micro_batch=args.micro_batch,
                  learning_rate=args.lr, gradient_checkpointing=args.gradient_checkpointing, tiny=args.tiny,
-                 trl_mmap=args.trl_mmap, rlvr_skip=args.rlvr_skip, model=args.model)
+                 rlvr_allocator=args.rlvr_allocator, trl_allocator=args.trl_allocator, rlvr_skip=args.rlvr_skip, model=args.model)
     if args.task_config:
         from rlvr.config import load_config
 

@@ -48,6 +48,8 @@ FLAGS = {
     "mlp": "of rlvr.fused's layers, the LoRA linears and the gated MLPs (not the RMSNorms)",
     "recompute": "the lm_head chunks checkpointed and recomputed in the backward, as before FrozenHeadLogProbs "
                  "(which takes the frozen head's gradient in the forward)",
+    "mimalloc": "LD_PRELOAD=libmimalloc.so with MIMALLOC_PURGE_DELAY=-1, as the `rlvr` command runs (rlvr.allocator): "
+                "freed memory is kept and reused, no page faults after the first step",
     "thp": "THP_MEM_ALLOC_ENABLE=1: PyTorch's CPU allocator asks for transparent huge pages (madvise) for "
            "tensors >= 2 MB, so fresh memory faults in 2 MB pages instead of 4 KB ones",
 }
@@ -134,8 +136,9 @@ def _step(variant: str, model, ids, mask, rows, chunk_size: int) -> dict:
             "page_faults": _faults() - faults0}
 
 
-def worker(variant: str, chunk_size: int) -> None:
-    """Load the model, attach LoRA, warm up on a quarter batch, time one full step; print JSON."""
+def worker(variant: str, chunk_size: int, steps: int = 1) -> None:
+    """Load the model, attach LoRA, warm up on a quarter batch, time `steps` full steps; print the
+    last one (and every step's seconds) as JSON."""
     import torch
 
     from rlvr.models import attach_lora, load_model
@@ -171,19 +174,28 @@ def worker(variant: str, chunk_size: int) -> None:
     rss_loaded = _rss_gb()
     quarter = N_SEQ // 4
     _step(variant, model, ids[:quarter], mask[:quarter], rows[:quarter], chunk_size)  # warm-up
-    timed = _step(variant, model, ids, mask, rows, chunk_size)
-    print(json.dumps({"variant": variant, **timed,
+    every = [_step(variant, model, ids, mask, rows, chunk_size) for _ in range(steps)]
+    timed = every[-1]  # steady state: an allocator that keeps memory pays its page faults in step 1
+    print(json.dumps({"variant": variant, **timed, "steps_s": [t["forward_s"] + t["backward_s"] for t in every],
                       "rss_loaded_gb": rss_loaded, "backbone_params": backbone, "vocab": vocab, "hidden": hidden}))
 
 
-def run_variant(variant: str, chunk_size: int) -> dict:
+def run_variant(variant: str, chunk_size: int, steps: int = 1) -> dict:
     """Run one variant in a fresh process; its own peak RSS comes from os.wait4 on that child."""
     env = dict(os.environ)
     mmap = re.search(r"\+mmap(\d*)", variant)  # +mmap: 1 MB, +mmap32: 32 MB
     if mmap:
         env["MALLOC_MMAP_THRESHOLD_"] = str(int(mmap.group(1) or 1) * MMAP_THRESHOLD)
     env["THP_MEM_ALLOC_ENABLE"] = "1" if "+thp" in variant else "0"
-    cmd = [sys.executable, __file__, "--worker", variant, "--chunk-size", str(chunk_size)]
+    if "+mimalloc" in variant:
+        from rlvr import allocator
+
+        library = allocator.mimalloc_library()
+        if library is None:
+            raise SystemExit("+mimalloc: the cmeel-mimalloc package is not installed")
+        env["LD_PRELOAD"] = str(library)
+        env.update(allocator.MIMALLOC_DEFAULTS)
+    cmd = [sys.executable, __file__, "--worker", variant, "--chunk-size", str(chunk_size), "--steps", str(steps)]
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         out = proc.stdout.read()
@@ -201,13 +213,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="rounds >= 2 alternate the variants' order")
     parser.add_argument("--variants", default="naive,lean,lean+share,lean+gc,lean+gc+mmap",
-                        help="comma-separated base[+share][+gc][+mmap][+peft|+linear|+mlp][+recompute][+thp], bases: " + ", ".join(BASES))
+                        help="comma-separated base[+share][+gc][+mmap|+mimalloc][+peft|+linear|+mlp][+recompute][+thp], "
+                        "bases: " + ", ".join(BASES))
     parser.add_argument("--chunk-size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=1,
+                        help="full steps per worker, the last one timed (2+: steady state, allocator memory kept)")
     parser.add_argument("--out", help="also write the runs and the summary to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.chunk_size)
+        return worker(args.worker, args.chunk_size, args.steps)
 
     import torch
 
@@ -220,7 +235,7 @@ def main() -> None:
     for r in range(args.rounds):
         order = variants[r % len(variants):] + variants[: r % len(variants)]  # rotate: alternate
         for v in order:
-            results[v].append(run_variant(v, args.chunk_size))
+            results[v].append(run_variant(v, args.chunk_size, args.steps))
             print(f"  round {r + 1} {v}: {results[v][-1]['forward_s'] + results[v][-1]['backward_s']:.1f} s",
                   flush=True)
     ceilings.append(matmul_gflops())
@@ -228,6 +243,7 @@ def main() -> None:
     if args.out:
         record = {"settings": {"n_seq": N_SEQ, "prompt": PROMPT, "completion": COMPLETION, "G": G,
                                "lora": "r16 all-linear", "chunk_size": args.chunk_size, "rounds": args.rounds,
+                               "steps": args.steps,
                                "threads": torch.get_num_threads()},
                   "machine": machine(), "matmul_gflops": ceilings, "runs": results, "summary": summary}
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n")

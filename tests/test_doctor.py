@@ -193,7 +193,8 @@ def _compare(model_spec: str, use_peft: bool, chunk: int, n: int, prompt: int, c
 
 
 def _compare_here(model_spec, use_peft, chunk, n, prompt, completion):
-    from rlvr.models import limit_heap_fragmentation, load_model, load_tokenizer, tiny_random_model
+    from rlvr.allocator import limit_heap_fragmentation
+    from rlvr.models import load_model, load_tokenizer, tiny_random_model
     from rlvr.trainer import prepare_policy
 
     torch.set_num_threads(2)

@@ -9,6 +9,7 @@ from rlvr.models import attach_lora, tiny_random_model
 from rlvr.policy import (
     completion_logprobs,
     decoder_and_head,
+    decoder_tokens,
     naive_completion_logprobs,
     position_ids_from_mask,
 )
@@ -191,6 +192,18 @@ def test_shared_prompt_forward_runs_each_prompt_once(tokenizer):
     finally:
         hook.remove()
     assert seen == [(2, 8), (6, K)]  # 2 prompts once, then 6 completions on their cache
+
+
+def test_decoder_tokens_counts_each_shared_prompt_once(tokenizer):
+    # _grouped_batch by hand: prompts of 5 and 8 real tokens; completions 6 + 4 + 6 + 6 + 1 + 6 = 29
+    model = _lora_model(tokenizer)
+    ids, mask, rows = _grouped_batch(0)
+    assert decoder_tokens(model, mask, K) == 3 * 5 + 3 * 8 + 29 == int(mask.sum())
+    assert decoder_tokens(model, mask, K, prompt_rows=rows) == 5 + 8 + 29
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    model.train()
+    assert decoder_tokens(model, mask, K, prompt_rows=rows) == 68  # no sharing under checkpointing
 
 
 def test_shared_prompt_forward_falls_back_under_checkpointing(tokenizer):

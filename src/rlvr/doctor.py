@@ -272,14 +272,15 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
     global RNG is restored and the update runs at learning rate 0, so a run that follows is
     unchanged by the doctor.
     """
-    from rlvr.models import limit_heap_fragmentation, load_model
+    from rlvr import allocator
+    from rlvr.models import load_model
     from rlvr.tasks import get_task
     from rlvr.trainer import make_sampler, prepare_policy
 
     t0 = time.perf_counter()
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    limit_heap_fragmentation()  # as `rlvr` does at start-up: measure the heap the run will have
+    allocator.configure()  # as `rlvr` does at start-up: measure the heap the run will have
     loaded = model is None
     if loaded:
         model, tokenizer = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
@@ -338,7 +339,7 @@ def render(d: Diagnosis) -> str:
     if m is not None:
         measured = f"{m.measured_bytes / GB:.2f} GB measured, " if m.measured_bytes is not None else ""
         lines.append(f"  update memory  {measured}{m.estimated_bytes / GB:.2f} GB estimated, {m.available_bytes / GB:.1f} GB "
-                     f"available (batch {m.batch_size} x {m.seq_len} tokens)")
+                     f"available (batch {m.batch_size} x {m.seq_len} tokens, {m.allocator} malloc)")
     if s.peak_bytes is not None:
         lines.append(f"  sampling memory {s.peak_bytes / GB:.2f} GB for {s.prompts * s.generations} completions")
     for f in d.findings:

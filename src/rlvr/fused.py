@@ -2,8 +2,9 @@
 
 autograd records every elementary op of a layer and keeps what each op's backward needs, so a
 layer written as a chain of small ops keeps several copies of its activations and allocates a
-fresh tensor per op. On a CPU every fresh large tensor is fresh memory from the kernel (rlvr serves
-large blocks by mmap, `models.limit_heap_fragmentation`), so each also costs page faults. Three
+fresh tensor per op. On a CPU under glibc, every fresh large tensor is fresh memory from the kernel
+(rlvr's fallback allocator serves large blocks by mmap, `allocator.limit_heap_fragmentation`), so
+each also costs page faults; under mimalloc it is still memory traffic. Three
 functions here do the same arithmetic with one node each, keeping only what the backward needs:
 
 `LoRALinearFunction`, y = x W^T + b + s (x A^T) B^T. peft's `lora.Linear` computes `base(x) +

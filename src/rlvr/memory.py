@@ -6,8 +6,11 @@ machine and suggests the largest micro-batch / log-prob chunk that fits the memo
 
 Memory is measured as the rise of the resident set's high-water mark (VmHWM in /proc/self/status,
 reset by writing "5" to /proc/self/clear_refs, after `malloc_trim` returns freed heap pages), with
-glibc's mmap threshold fixed at 1 MB as `rlvr` sets it at start-up (`models.limit_heap_fragmentation`;
-without it one 135M LoRA update at batch 8 x 192 tokens peaked at 3.5-3.8 GB instead of 2.2 GB).
+the allocator `rlvr` runs under (rlvr.allocator): mimalloc, or glibc with its mmap threshold fixed at
+1 MB (without it one 135M LoRA update at batch 8 x 192 tokens peaked at 3.5-3.8 GB instead of 2.2 GB).
+mimalloc keeps what the process freed before the probe (it never returns memory to the kernel) and
+the update reuses it, so there the rise is what the process needs beyond what it already holds:
+right for "does it fit", a little low as a calibration of the formula.
 `estimate_update_memory` is the same quantity as a formula, for suggestions and for machines where
 the peak cannot be measured. On CUDA the probes read torch's allocator peak instead.
 """
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from rlvr import allocator
 from rlvr.config import Config
 
 GB = 1024 ** 3
@@ -54,6 +58,8 @@ class MemoryReport:
     needs_gradient_checkpointing: bool = False
     parts: dict = field(default_factory=dict)
     seconds: float = 0.0
+    allocator: str = ""
+    """the malloc measured under (rlvr.allocator.active)"""
 
     @property
     def peak_bytes(self) -> float:
@@ -323,4 +329,4 @@ def check_memory(policy, cfg: Config, *, prompt_ids: list[int], pad_token_id: in
     batch, chunk_s, needs_gc = suggest_sizes(lambda b, c: scale * estimate(b, c), max_batch=max_batch,
                                              chunk_size=chunk, budget=budget_fraction * available)
     return MemoryReport(n, seq, chunk, est.total, available, measured, batch, chunk_s, needs_gc, est.parts,
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, allocator.active())

@@ -20,7 +20,6 @@ import importlib.util
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -43,26 +42,6 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "rlvr"
     )
     return Path(root)
-
-
-def limit_heap_fragmentation() -> None:
-    """Serve large allocations with mmap so freed activations go back to the OS (Linux glibc only).
-
-    glibc's default keeps freed blocks in its heap, and the many differently sized activation
-    tensors of a training step fragment it: measured on the 135M model with LoRA (bench/bench_update.py),
-    peak RSS fell from 5.3 GB to 1.7 GB with this one call. The price is page faults: every large
-    tensor is fresh memory from the kernel. Measured on one update (32 x 128 tokens, LoRA, prompt
-    sharing): 4.6 GB and 16.7 s with it, 6.9 GB and 12.0 s without. A threshold set in the
-    environment (MALLOC_MMAP_THRESHOLD_, in bytes, which glibc reads at start-up) is left as it is.
-    """
-    if not sys.platform.startswith("linux") or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB
-    except (OSError, AttributeError):
-        pass
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -82,6 +82,15 @@ def completion_hidden_states(model, input_ids: Tensor, attention_mask: Tensor, l
     return hidden[:, -logits_to_keep - 1:-1]  # [N, K, H]
 
 
+def decoder_tokens(model, attention_mask: Tensor, logits_to_keep: int, prompt_rows: Tensor | None = None) -> int:
+    """Tokens the decoder runs for `completion_hidden_states` with these arguments: every real token,
+    or with shared prompts each distinct prompt's tokens once plus every row's last K columns."""
+    if prompt_rows is None or not _can_share_prompts(model, prompt_rows):
+        return int(attention_mask.sum())
+    prompts = attention_mask[prompt_rows.unique(), :-logits_to_keep]  # [P, T-K]
+    return int(prompts.sum() + attention_mask[:, -logits_to_keep:].sum())
+
+
 def _can_share_prompts(model, prompt_rows: Tensor) -> bool:
     """Worth it (some prompt appears twice) and possible: layer checkpointing turns the cache off."""
     base = _base_model(model)

@@ -41,7 +41,7 @@ from rlvr.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlvr.config import Config, ConfigError, GRPOConfig, ModelConfig
 from rlvr.distributed import Dist, NullTracker, setup_distributed
 from rlvr.evaluate import evaluate_config, format_table, verdict
-from rlvr.policy import completion_logprobs
+from rlvr.policy import completion_logprobs, decoder_tokens
 from rlvr.rollout import PromptFormat, build_reward_fns, collect_experience, sampling_params
 from rlvr.sampling.base import free_memory
 
@@ -210,7 +210,7 @@ def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, 
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     bad = 0
-    tokens = 0
+    tokens = decoded = 0  # real tokens of the rows; tokens the decoder ran (shared prompts once)
     t0 = time.perf_counter()
 
     def add(key, value):
@@ -259,6 +259,7 @@ def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, 
                     # x world: the weights sum to 1 over all processes, and DDP averages their gradients
                     dist.backward(loss * _loss_weight(cfg.loss_type, len(micro), n_seq, n_micro) * dist.world)
                 tokens += int(mb.attention_mask.sum())
+                decoded += decoder_tokens(model, mb.attention_mask, mb.logits_to_keep, rows)
                 add("loss/policy", loss.detach())
                 for key, value in m.items():
                     add({"clip_frac": "policy/clip_frac", "kl": "loss/kl", "ratio_mean": "policy/ratio_mean"}.get(key, f"policy/{key}"), value)
@@ -277,7 +278,7 @@ def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, 
     seconds = time.perf_counter() - t0
     metrics = {k: sums[k] / counts[k] for k in sums}
     metrics.update({"optim/lr": scheduler.get_last_lr()[0], "optim/bad_updates": bad, "time/update_s": seconds,
-                    "throughput/update_tok_s": tokens / max(seconds, 1e-9)})
+                    "throughput/update_tok_s": tokens / max(seconds, 1e-9), "update/decoder_tokens": decoded})
     return dist.mean_metrics(metrics)
 
 
