@@ -115,28 +115,36 @@ def _faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def _step(variant: str, model, ids, mask, rows, chunk_size: int) -> dict:
-    """One forward + backward of the GRPO loss: wall seconds of each half and CPU seconds."""
+def _step(variant: str, model, ids, mask, rows, chunk_size: int, micro_batch: int = 0) -> dict:
+    """One forward + backward of the GRPO loss, in micro-batches of `micro_batch` rows (whole
+    groups; 0: all rows at once) with gradients accumulated, as the trainer does: wall seconds of
+    the forwards and of the backwards, CPU seconds."""
     import torch
 
     from rlvr.algorithms.advantages import group_advantages
     from rlvr.algorithms.losses import policy_loss
 
     g = torch.Generator().manual_seed(1)
-    rewards = torch.randint(0, 2, (ids.shape[0],), generator=g).float()
+    n = ids.shape[0]
+    rewards = torch.randint(0, 2, (n,), generator=g).float()
     adv = group_advantages(rewards, G)
-    cpu0, sys0, faults0, t0 = _cpu_s(), _sys_s(), _faults(), time.perf_counter()
-    logp = _logprobs(variant, model, ids, mask, chunk_size, rows)
-    loss, _ = policy_loss(logp, logp.detach(), adv, mask[:, -COMPLETION:])
-    t1 = time.perf_counter()
-    loss.backward()
-    t2 = time.perf_counter()
+    step = micro_batch or n
+    forward = backward = 0.0
+    cpu0, sys0, faults0 = _cpu_s(), _sys_s(), _faults()
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        t0 = time.perf_counter()
+        logp = _logprobs(variant, model, ids[a:b], mask[a:b], chunk_size, rows[a:b] - a)
+        loss, _ = policy_loss(logp, logp.detach(), adv[a:b], mask[a:b, -COMPLETION:])
+        t1 = time.perf_counter()
+        (loss * (b - a) / n).backward()
+        forward, backward = forward + t1 - t0, backward + time.perf_counter() - t1
     model.zero_grad(set_to_none=True)
-    return {"forward_s": t1 - t0, "backward_s": t2 - t1, "cpu_s": _cpu_s() - cpu0, "sys_s": _sys_s() - sys0,
+    return {"forward_s": forward, "backward_s": backward, "cpu_s": _cpu_s() - cpu0, "sys_s": _sys_s() - sys0,
             "page_faults": _faults() - faults0}
 
 
-def worker(variant: str, chunk_size: int, steps: int = 1) -> None:
+def worker(variant: str, chunk_size: int, steps: int = 1, micro_batch: int = 0) -> None:
     """Load the model, attach LoRA, warm up on a quarter batch, time `steps` full steps; print the
     last one (and every step's seconds) as JSON."""
     import torch
@@ -174,13 +182,13 @@ def worker(variant: str, chunk_size: int, steps: int = 1) -> None:
     rss_loaded = _rss_gb()
     quarter = N_SEQ // 4
     _step(variant, model, ids[:quarter], mask[:quarter], rows[:quarter], chunk_size)  # warm-up
-    every = [_step(variant, model, ids, mask, rows, chunk_size) for _ in range(steps)]
+    every = [_step(variant, model, ids, mask, rows, chunk_size, micro_batch) for _ in range(steps)]
     timed = every[-1]  # steady state: an allocator that keeps memory pays its page faults in step 1
     print(json.dumps({"variant": variant, **timed, "steps_s": [t["forward_s"] + t["backward_s"] for t in every],
                       "rss_loaded_gb": rss_loaded, "backbone_params": backbone, "vocab": vocab, "hidden": hidden}))
 
 
-def run_variant(variant: str, chunk_size: int, steps: int = 1) -> dict:
+def run_variant(variant: str, chunk_size: int, steps: int = 1, micro_batch: int = 0) -> dict:
     """Run one variant in a fresh process; its own peak RSS comes from os.wait4 on that child."""
     env = dict(os.environ)
     mmap = re.search(r"\+mmap(\d*)", variant)  # +mmap: 1 MB, +mmap32: 32 MB
@@ -195,7 +203,8 @@ def run_variant(variant: str, chunk_size: int, steps: int = 1) -> dict:
             raise SystemExit("+mimalloc: the cmeel-mimalloc package is not installed")
         env["LD_PRELOAD"] = str(library)
         env.update(allocator.MIMALLOC_DEFAULTS)
-    cmd = [sys.executable, __file__, "--worker", variant, "--chunk-size", str(chunk_size), "--steps", str(steps)]
+    cmd = [sys.executable, __file__, "--worker", variant, "--chunk-size", str(chunk_size), "--steps", str(steps),
+           "--micro-batch", str(micro_batch)]
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         out = proc.stdout.read()
@@ -218,24 +227,29 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=1,
                         help="full steps per worker, the last one timed (2+: steady state, allocator memory kept)")
+    parser.add_argument("--micro-batch", type=int, default=0,
+                        help="rows per forward/backward, gradients accumulated (rlvr's default: 16); 0: all 32 at once")
     parser.add_argument("--out", help="also write the runs and the summary to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.chunk_size, args.steps)
+        return worker(args.worker, args.chunk_size, args.steps, args.micro_batch)
 
+    if args.micro_batch % G or args.micro_batch > N_SEQ:
+        parser.error(f"--micro-batch must be whole groups of {G} rows, at most {N_SEQ}")
     import torch
 
     variants = args.variants.split(",")
     print(f"batch {N_SEQ} x ({PROMPT} prompt + {COMPLETION} completion) tokens ({N_SEQ // G} prompts x G={G}), "
           "LoRA r=16 all-linear, "
-          f"fp32, {torch.get_num_threads()} threads, lm_head chunk {args.chunk_size} rows")
+          f"fp32, {torch.get_num_threads()} threads, lm_head chunk {args.chunk_size} rows, "
+          f"{f'micro-batches of {args.micro_batch} rows' if args.micro_batch else 'all rows in one pass'}")
     ceilings = [matmul_gflops()]
     results: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(args.rounds):
         order = variants[r % len(variants):] + variants[: r % len(variants)]  # rotate: alternate
         for v in order:
-            results[v].append(run_variant(v, args.chunk_size, args.steps))
+            results[v].append(run_variant(v, args.chunk_size, args.steps, args.micro_batch))
             print(f"  round {r + 1} {v}: {results[v][-1]['forward_s'] + results[v][-1]['backward_s']:.1f} s",
                   flush=True)
     ceilings.append(matmul_gflops())
@@ -243,7 +257,7 @@ def main() -> None:
     if args.out:
         record = {"settings": {"n_seq": N_SEQ, "prompt": PROMPT, "completion": COMPLETION, "G": G,
                                "lora": "r16 all-linear", "chunk_size": args.chunk_size, "rounds": args.rounds,
-                               "steps": args.steps,
+                               "steps": args.steps, "micro_batch": args.micro_batch,
                                "threads": torch.get_num_threads()},
                   "machine": machine(), "matmul_gflops": ceilings, "runs": results, "summary": summary}
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
