@@ -147,6 +147,12 @@ def _step(variant: str, model, ids, mask, rows, chunk_size: int, micro_batch: in
 def worker(variant: str, chunk_size: int, steps: int = 1, micro_batch: int = 0) -> None:
     """Load the model, attach LoRA, warm up on a quarter batch, time `steps` full steps; print the
     last one (and every step's seconds) as JSON."""
+    if "+mimalloc" in variant:  # as the `rlvr` command starts: re-executed with mimalloc preloaded
+        from rlvr import allocator
+
+        allocator.relaunch_with_mimalloc()
+        if allocator.configure() != "mimalloc":
+            raise SystemExit(f"+mimalloc: running under {allocator.describe()}")
     import torch
 
     from rlvr.models import attach_lora, load_model
@@ -195,14 +201,6 @@ def run_variant(variant: str, chunk_size: int, steps: int = 1, micro_batch: int 
     if mmap:
         env["MALLOC_MMAP_THRESHOLD_"] = str(int(mmap.group(1) or 1) * MMAP_THRESHOLD)
     env["THP_MEM_ALLOC_ENABLE"] = "1" if "+thp" in variant else "0"
-    if "+mimalloc" in variant:
-        from rlvr import allocator
-
-        library = allocator.mimalloc_library()
-        if library is None:
-            raise SystemExit("+mimalloc: the cmeel-mimalloc package is not installed")
-        env["LD_PRELOAD"] = str(library)
-        env.update(allocator.MIMALLOC_DEFAULTS)
     cmd = [sys.executable, __file__, "--worker", variant, "--chunk-size", str(chunk_size), "--steps", str(steps),
            "--micro-batch", str(micro_batch)]
     with tempfile.TemporaryFile("w+") as err:
