@@ -31,13 +31,11 @@ from rlvr.curriculum import AdaptiveDifficulty, group_success_rates
 def run(args, adaptive: bool) -> list[dict]:
     """One short GRPO run; returns one row of metrics per step."""
     from rlvr.buffer import Buffer
-    from rlvr import allocator
     from rlvr.models import load_model
     from rlvr.rollout import PromptFormat, build_reward_fns, collect_experience, sampling_params
     from rlvr.tasks import get_task
     from rlvr.trainer import ExampleStream, make_optimizer, make_sampler, prepare_policy, update_policy
 
-    allocator.configure()
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, [f"model.name={args.model}", f"grpo.prompts_per_step={args.prompts}",
@@ -93,7 +91,7 @@ def mean(rows: list[dict], key: str) -> float:
 def main() -> None:
     from rlvr import allocator
 
-    allocator.relaunch_with_mimalloc()  # as the `rlvr` command runs
+    allocator.start()  # as the `rlvr` command runs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m", help="model spec (an SFT-warmed run directory)")
     parser.add_argument("--config", default="configs/main.yaml")

@@ -50,8 +50,7 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    allocator.relaunch_with_mimalloc()  # rlvr's allocator, as `rlvr` sets it at start-up
-    allocator.configure()
+    allocator.start()  # rlvr's allocator, as `rlvr` sets it at start-up
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(1, ROWS, HIDDEN, generator=g)  # [N, K, H]
     weight = torch.randn(VOCAB, HIDDEN, generator=g) * 0.02  # [V, H], frozen

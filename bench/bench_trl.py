@@ -359,8 +359,7 @@ def worker(side: str, s: Settings) -> None:
 
     choice = s.rlvr_allocator if side == "rlvr" else s.trl_allocator
     if choice == "mimalloc":
-        allocator.relaunch_with_mimalloc()  # what the `rlvr` command does first (cli.main); same argv
-        allocator.configure()
+        allocator.start()  # what the `rlvr` command does first (cli.main)
     elif choice == "mmap":
         allocator.limit_heap_fragmentation()  # rlvr's fallback without mimalloc
     import torch

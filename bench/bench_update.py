@@ -150,8 +150,7 @@ def worker(variant: str, chunk_size: int, steps: int = 1, micro_batch: int = 0) 
     if "+mimalloc" in variant:  # as the `rlvr` command starts: re-executed with mimalloc preloaded
         from rlvr import allocator
 
-        allocator.relaunch_with_mimalloc()
-        if allocator.configure() != "mimalloc":
+        if allocator.start() != "mimalloc":
             raise SystemExit(f"+mimalloc: running under {allocator.describe()}")
     import torch
 

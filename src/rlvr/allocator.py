@@ -32,6 +32,8 @@ _ADDED_ENV = "RLVR_PRELOADED"
 """set by the relaunch: the LD_PRELOAD entry it added (also stops a second relaunch)"""
 MIMALLOC_DEFAULTS = {"MIMALLOC_PURGE_DELAY": "-1"}
 """never hand freed memory back to the kernel: the next update reuses it without page faults"""
+PRELOADABLE = ("mimalloc", "jemalloc", "tcmalloc")
+"""allocators a user may have preloaded themselves (left as they are)"""
 
 
 def mimalloc_library() -> Path | None:
@@ -50,10 +52,6 @@ def mimalloc_library() -> Path | None:
     return None
 
 
-PRELOADABLE = ("mimalloc", "jemalloc", "tcmalloc")
-"""allocators a user may have preloaded themselves (left as they are)"""
-
-
 def active() -> str:
     """The malloc this process runs on: the preloaded allocator mapped into it (mimalloc, jemalloc,
     tcmalloc), else 'glibc' on Linux, 'system' elsewhere."""
@@ -68,13 +66,20 @@ def active() -> str:
     return "glibc" if sys.platform.startswith("linux") else "system"
 
 
-def relaunch_with_mimalloc(argv: list[str] | None = None) -> None:
+def start() -> str:
+    """What the `rlvr` command does first: `relaunch_with_mimalloc`, then `configure`; returns the
+    allocator the process runs on (see `active`). Benchmarks call it to run as the command does."""
+    relaunch_with_mimalloc()
+    return configure()
+
+
+def relaunch_with_mimalloc() -> None:
     """Re-execute this process with mimalloc preloaded; returns (doing nothing) when it should not.
 
     It does not when: not on Linux, RLVR_ALLOCATOR=glibc, mimalloc not installed, an allocator
     already preloaded (mimalloc, or the user's jemalloc / tcmalloc), or a relaunch already tried (a
-    library the loader refused must not loop). argv: the full command line, default
-    `sys.orig_argv` (the interpreter and its own flags included). The pid stays the same."""
+    library the loader refused must not loop). The command line is `sys.orig_argv` (the
+    interpreter and its own flags included); the pid stays the same."""
     if not sys.platform.startswith("linux") or os.environ.get(CHOICE_ENV, "mimalloc") != "mimalloc":
         return
     if _ADDED_ENV in os.environ or active() != "glibc":
@@ -89,7 +94,7 @@ def relaunch_with_mimalloc(argv: list[str] | None = None) -> None:
         env.setdefault(key, value)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, list(argv or sys.orig_argv), env)
+    os.execve(sys.executable, sys.orig_argv, env)
 
 
 def configure() -> str:

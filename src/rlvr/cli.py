@@ -243,8 +243,7 @@ def main() -> None:
 
     First thing, before torch is imported: re-execute under mimalloc when it is installed (see
     rlvr.allocator; RLVR_ALLOCATOR=glibc keeps glibc)."""
-    allocator.relaunch_with_mimalloc()
-    allocator.configure()
+    allocator.start()
     try:
         code = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising it
         if code == 130:  # typer turns Ctrl-C into Exit(130)
