@@ -34,7 +34,10 @@ def run(args, adaptive: bool) -> list[dict]:
     from rlvr.models import load_model
     from rlvr.rollout import PromptFormat, build_reward_fns, collect_experience, sampling_params
     from rlvr.tasks import get_task
-    from rlvr.trainer import ExampleStream, make_optimizer, make_sampler, prepare_policy, update_policy
+    from rlvr.curriculum import ExampleStream
+    from rlvr.models import prepare_policy
+    from rlvr.sampling import make_sampler
+    from rlvr.update import make_optimizer, update_policy
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -142,7 +142,7 @@ def bench_rows(s: Settings, tokenizer) -> list[dict]:
     """The steps x B prompts rlvr will draw, in its order: prompt text (rlvr's template) + columns."""
     from rlvr.rollout import PromptFormat
     from rlvr.tasks import get_task
-    from rlvr.trainer import ExampleStream
+    from rlvr.curriculum import ExampleStream
 
     task = get_task("subtraction", **s.task_options)
     stream = ExampleStream(task.train_examples(), s.seed)  # what rlvr.trainer.train iterates

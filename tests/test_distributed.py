@@ -100,7 +100,7 @@ def test_one_process_needs_no_launcher(monkeypatch):
 def test_a_prompt_samples_the_same_whatever_its_batch(backend):
     """With one generator per prompt, prompt B's completions do not depend on prompt A being there."""
     from rlvr.sampling.base import SamplingParams
-    from rlvr.trainer import make_sampler
+    from rlvr.sampling import make_sampler
 
     model, tok = char_model(seed=0)
     sampler = make_sampler(backend, model, tok)

@@ -92,13 +92,13 @@ def test_doctor_leaves_the_weights_unchanged():
 def test_doctor_frees_the_samplers_copies_before_measuring_the_update():
     """The fast sampler's weight copies and KV cache must not sit under the measured update (they set
     the process's peak when they did)."""
-    from rlvr.trainer import make_sampler
+    from rlvr.sampling import make_sampler
 
     model, tok = char_model(seed=0)
     sampler = make_sampler("fast", model, tok)
     held = []
-    original = sampler.forget_weights
-    sampler.forget_weights = lambda: (original(), held.append((sampler._weights, sampler._cached_engine)))
+    original = sampler.release
+    sampler.release = lambda: (original(), held.append((sampler._weights, sampler._cached_engine)))
     d = diagnose(digit_cfg("sampling.max_completion_length=4"), model=model, tokenizer=tok, task=DigitTask("7"),
                  num_prompts=2, sampler=sampler)
     assert held == [(None, None)] and (d.memory.measured_bytes is not None or not CAN_MEASURE)
@@ -195,7 +195,7 @@ def _compare(model_spec: str, use_peft: bool, chunk: int, n: int, prompt: int, c
 def _compare_here(model_spec, use_peft, chunk, n, prompt, completion):
     from rlvr.allocator import limit_heap_fragmentation
     from rlvr.models import load_model, load_tokenizer, tiny_random_model
-    from rlvr.trainer import prepare_policy
+    from rlvr.models import prepare_policy
 
     torch.set_num_threads(2)
     limit_heap_fragmentation()
@@ -240,9 +240,8 @@ def test_first_examples_follow_the_curriculum_setting():
     from types import SimpleNamespace
 
     from rlvr.curriculum import AdaptiveDifficulty
-    from rlvr.doctor import first_examples
+    from rlvr.curriculum import ExampleStream, example_stream as first_examples
     from rlvr.tasks import get_task
-    from rlvr.trainer import ExampleStream
 
     cfg = load_config(None, [])
     task = get_task("subtraction", n=50, high=100)

@@ -78,7 +78,7 @@ def test_rms_norm_hand_computed_and_gradcheck():
 def test_full_fine_tuning_norms_match(tokenizer):
     """Without LoRA only the norms are fused; every weight's gradient (the norms' too) is unchanged."""
     from rlvr.config import ModelConfig
-    from rlvr.trainer import prepare_policy
+    from rlvr.models import prepare_policy
 
     base = tiny_random_model(seed=0, tokenizer=tokenizer)[0]
     plain = prepare_policy(copy.deepcopy(base), ModelConfig(use_peft=False, fused_layers=False))

@@ -154,7 +154,7 @@ def test_skipping_zero_advantage_rows_gives_the_same_step(loss_type):
 
     from rlvr.buffer import Buffer, Rollout
     from rlvr.config import GRPOConfig
-    from rlvr.trainer import update_policy
+    from rlvr.update import update_policy
 
     model, tok = char_model(seed=1)
     g = torch.Generator().manual_seed(0)

@@ -8,7 +8,7 @@ Layout of a collated minibatch (prompts left-padded, completions right-padded):
 
     input_ids  [N, P + C]   pad pad p p p | c c c c pad
     attention  [N, P + C]    0   0  1 1 1 | 1 1 1 1  0
-    completion_mask [N, C]                  1 1 1 1  0
+    completion_mask [N, C]                  1 1 1 1  0   (each rollout's loss_mask, then 0 padding)
 
 so the last C positions are the completions of every row and `logits_to_keep = C`. `prompt_rows`
 [N] names, for each row, the first row with the same prompt: the update runs each prompt once for
@@ -37,6 +37,16 @@ class Rollout:
     """the completion hit max_completion_length without stopping"""
     group: int = 0
     """index of its group (prompt) within the step"""
+    loss_mask: list[float] | None = None
+    """per completion token: 1.0 where the model wrote the token (it carries loss), 0.0 where it did
+    not (a tool's output or a user turn inside a multi-turn episode). None means every token: it is
+    filled in at construction, so a rollout always carries its mask explicitly."""
+
+    def __post_init__(self):
+        if self.loss_mask is None:
+            self.loss_mask = [1.0] * len(self.completion_ids)
+        elif len(self.loss_mask) != len(self.completion_ids):
+            raise ValueError(f"loss_mask has {len(self.loss_mask)} entries for {len(self.completion_ids)} completion tokens")
 
 
 @dataclass
@@ -74,7 +84,7 @@ def collate(rollouts: list[Rollout], pad_token_id: int) -> Minibatch:
         attention[i, p - lp:p + lc] = 1
         if lc:
             input_ids[i, p:p + lc] = torch.tensor(r.completion_ids)
-            completion_mask[i, :lc] = 1.0
+            completion_mask[i, :lc] = torch.tensor(r.loss_mask, dtype=completion_mask.dtype)
             old[i, :lc] = torch.tensor(r.old_logprobs[:lc])
     advantages = torch.tensor([r.advantage for r in rollouts], dtype=torch.float32)  # [N]
     truncated = torch.tensor([r.truncated for r in rollouts], dtype=torch.bool)  # [N]
@@ -98,6 +108,16 @@ def shuffled_order(groups: list[int], generator: torch.Generator, by_group: bool
         members.setdefault(g, []).append(i)
     ids = list(members)
     return [i for k in torch.randperm(len(ids), generator=generator).tolist() for i in members[ids[k]]]
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """[lo, hi) of rank's contiguous share of n items; the first n % world ranks get one more.
+
+    shard_bounds(5, 0, 2) == (0, 3), shard_bounds(5, 1, 2) == (3, 5).
+    """
+    base, extra = divmod(n, world)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
 
 
 @dataclass

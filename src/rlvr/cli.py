@@ -116,7 +116,7 @@ def eval_cmd(
     from rlvr.evaluate import evaluate_config
     from rlvr.models import load_model
     from rlvr.tasks import get_task
-    from rlvr.trainer import make_sampler
+    from rlvr.sampling import make_sampler
 
     overrides = [f"task.options.{text}" for text in option] + list(ctx.args)
     cfg = _config(config, overrides, **{"model.name": model, "task.name": task, "eval.n": n, "eval.samples": samples,

@@ -19,6 +19,10 @@ from typing import Any
 
 import yaml
 
+from rlvr.algorithms.losses import LossType
+
+LOSS_TYPES = tuple(t.value for t in LossType)
+
 
 class ConfigError(ValueError):
     """A configuration problem, with a message that names the offending option."""
@@ -117,6 +121,12 @@ class GRPOConfig:
     """PPO ratio clip: ratios outside [1 - epsilon, 1 + epsilon_high] get no gradient"""
     epsilon_high: Any = None
     """upper clip (DAPO's clip-higher, e.g. 0.28); None: same as epsilon"""
+    delta: Any = None
+    """TRL's two-sided clip of the ratio (r <= delta, with the clip surrogate); None: off"""
+    sapo_temperature_pos: float = 1.0
+    """SAPO's gate temperature for positive advantages (loss_type sapo)"""
+    sapo_temperature_neg: float = 1.05
+    """SAPO's gate temperature for negative advantages (loss_type sapo)"""
     beta: float = 0.0
     """KL coefficient to the reference model (k3 estimator); 0 turns the KL term off (DAPO, Dr. GRPO)"""
     loss_type: str = "grpo"
@@ -249,14 +259,14 @@ class Config:
             (g.num_generations >= 2, "grpo.num_generations must be >= 2 (a group of one has no relative advantage)"),
             (g.prompts_per_step >= 1, "grpo.prompts_per_step must be >= 1"),
             (g.per_device_train_batch_size >= 1, "grpo.per_device_train_batch_size must be >= 1"),
-            (g.loss_type in ("grpo", "dr_grpo", "dapo", "bnpo"), f"grpo.loss_type '{g.loss_type}' is not one of grpo, dr_grpo, dapo, bnpo"),
+            (g.loss_type in LOSS_TYPES, f"grpo.loss_type '{g.loss_type}' is not one of {', '.join(LOSS_TYPES)}"),
             (g.scale_rewards in ("group", "batch", "none"), f"grpo.scale_rewards '{g.scale_rewards}' is not one of group, batch, none"),
             (g.importance_sampling_level in ("token", "sequence"), "grpo.importance_sampling_level must be token or sequence"),
             (g.lr_scheduler_type in ("constant", "linear", "cosine"), f"grpo.lr_scheduler_type '{g.lr_scheduler_type}' is not one of constant, linear, cosine"),
             (0 < self.curriculum.target < 1, "curriculum.target must be in (0, 1)"),
             (self.run.log_format in ("text", "json"), f"run.log_format '{self.run.log_format}' is not one of text, json"),
             (self.run.doctor in ("warn", "stop", "off"), f"run.doctor '{self.run.doctor}' is not one of warn, stop, off"),
-            (self.sampling.backend in ("fast", "hf"), f"sampling.backend '{self.sampling.backend}' is not one of fast, hf"),
+            (self.sampling.backend in ("fast", "hf", "vllm"), f"sampling.backend '{self.sampling.backend}' is not one of fast, hf, vllm"),
             (self.sampling.max_completion_length >= 1, "sampling.max_completion_length must be >= 1"),
             (self.sampling.temperature >= 0, "sampling.temperature must be >= 0"),
         ]

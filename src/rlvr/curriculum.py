@@ -31,6 +31,9 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import torch
+
+from rlvr.config import ConfigError
 from rlvr.tasks.base import Example, Task
 
 LEVEL_RANGES = {"subtraction": (1, 6), "countdown": (1, 5)}
@@ -211,3 +214,34 @@ class AdaptiveDifficulty:
         self._open = [float(x) for x in state.get("open", [])]
         self.last_success = state.get("last_success")
         self._seen = {int(level): float(m) for level, m in state.get("seen", {}).items()}
+
+
+class ExampleStream:
+    """Training examples in a seeded random order, epoch after epoch; `position` makes resume exact."""
+
+    def __init__(self, examples: list, seed: int, position: int = 0):
+        if not examples:
+            raise ConfigError("the task has no training examples")
+        self.examples, self.seed, self.position = examples, seed, position
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        epoch, index = divmod(self.position, len(self.examples))
+        if index == 0 or not hasattr(self, "_order") or self._epoch != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order, self._epoch = torch.randperm(len(self.examples), generator=g).tolist(), epoch
+        self.position += 1
+        return self.examples[self._order[index]]
+
+
+def example_stream(cfg, task: Task, position: int = 0):
+    """The run's stream of training examples, `next(stream)` one at a time: the adaptive-difficulty
+    stream when `curriculum.enabled` (a config without that section is read as off), else the task's
+    training examples in the run's seeded order, from `position` on (resume)."""
+    c = getattr(cfg, "curriculum", None)
+    if c is not None and c.enabled:
+        return AdaptiveDifficulty(task, target=c.target, band=c.band, window=c.window, min_level=c.min_level,
+                                  max_level=c.max_level, start_level=c.start_level, seed=cfg.run.seed)
+    return ExampleStream(task.train_examples(), cfg.run.seed, position)

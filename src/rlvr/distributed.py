@@ -65,6 +65,8 @@ from typing import Any, Sequence
 
 import torch
 
+from rlvr.buffer import Buffer, shard_bounds, shuffled_order
+
 TIMEOUT_ENV = "RLVR_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
 
@@ -76,16 +78,6 @@ class DistributedError(RuntimeError):
 # ----------------------------------------------------------------------------------------------
 # pure helpers
 # ----------------------------------------------------------------------------------------------
-
-def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
-    """[lo, hi) of rank's contiguous share of n items; the first n % world ranks get one more.
-
-    shard_bounds(5, 0, 2) == (0, 3), shard_bounds(5, 1, 2) == (3, 5).
-    """
-    base, extra = divmod(n, world)
-    lo = rank * base + min(rank, extra)
-    return lo, lo + base + (1 if rank < extra else 0)
-
 
 def shard_for_rank(items: Sequence, rank: int, world: int) -> list:
     """Rank's contiguous share of items (see `shard_bounds`)."""
@@ -103,8 +95,6 @@ def shard_optimizer_batches(rollouts: list, offset: int, groups: list[int], step
     generator state everywhere, so the same permutation), so optimizer batch s holds the same
     rollouts as on one process; a process may own none of them (an empty list).
     """
-    from rlvr.buffer import shuffled_order
-
     total = len(groups)
     order = shuffled_order(groups, generator, by_group)
     per_step = max(1, math.ceil(total / max(1, steps_per_generation)))
@@ -274,8 +264,6 @@ class Dist:
     def optimizer_batches(self, rollouts: list, steps_per_generation: int, micro_batch_size: int,
                           generator: torch.Generator, by_group: bool = False) -> list[list[list]]:
         """This process's rows of each optimizer batch of the step (see `shard_optimizer_batches`)."""
-        from rlvr.buffer import Buffer
-
         if self.world == 1:
             return Buffer(rollouts).optimizer_batches(steps_per_generation, micro_batch_size, generator, by_group)
         per_rank = self.gather([[r.group for r in rollouts]])  # each process's group ids, in rank order
@@ -338,12 +326,12 @@ class Dist:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
         from torch.distributed.fsdp import fully_shard
 
-        from rlvr.policy import _base_model
+        from rlvr.models import base_model
 
         names = {id(p): n for n, p in policy.named_parameters()}
         group_names = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
         full_state = optimizer.state_dict()  # {"state": {index: ...}, "param_groups": [...]}
-        wrap = set(self.wrap or getattr(_base_model(policy), "_no_split_modules", None) or ())
+        wrap = set(self.wrap or getattr(base_model(policy), "_no_split_modules", None) or ())
         blocks = [m for m in policy.modules() if type(m).__name__ in wrap]
         if not blocks:
             raise DistributedError(f"FSDP: no module of the classes {sorted(wrap)} in {type(policy).__name__} to "
@@ -396,9 +384,8 @@ class Dist:
             for unit in units:
                 unit.set_reshard_after_forward(unit is not self.wrapped and self.reshard_after_forward, recurse=False)
                 unit.reshard()
-            from rlvr.sampling.base import free_memory
-
-            free_memory(sampler)
+            if sampler is not None:
+                sampler.release()
 
     def full_state(self, policy, optimizer) -> tuple[dict | None, dict | None]:
         """FSDP: (model state dict, optimizer state dict), full, on the main process (every process
@@ -462,15 +449,15 @@ def _plain_copy(policy, state: dict):
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from rlvr.policy import _base_model
+    from rlvr.models import base_model
 
     with init_empty_weights():
-        plain = AutoModelForCausalLM.from_config(_base_model(policy).config)
+        plain = AutoModelForCausalLM.from_config(base_model(policy).config)
         if isinstance(policy, PeftModel):
             plain = get_peft_model(plain, policy.peft_config[policy.active_adapter], adapter_name=policy.active_adapter)
-    _base_model(plain).generation_config = copy.deepcopy(_base_model(policy).generation_config)  # pad/eos as loaded
+    base_model(plain).generation_config = copy.deepcopy(base_model(policy).generation_config)  # pad/eos as loaded
     plain.load_state_dict(state, assign=True)
-    _base_model(plain).tie_weights()  # `assign` gave tied weights two tensors
+    base_model(plain).tie_weights()  # `assign` gave tied weights two tensors
     return plain.eval()
 
 

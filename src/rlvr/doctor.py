@@ -35,7 +35,6 @@ import torch
 
 from rlvr.config import Config
 from rlvr.memory import GB, MemoryReport, check_memory, peak_since, start_peak
-from rlvr.sampling.base import free_memory
 from rlvr.tasks.base import Example
 
 
@@ -267,7 +266,7 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
 
     model: a fresh model (it gets the config's LoRA adapter) or, with policy_ready=True, the policy
     the trainer already prepared (and `sampler`, the trainer's, so its weights are prepared
-    once). examples: default `first_examples(cfg, task)`, the prompts the
+    once). examples: default `example_stream(cfg, task)`, the prompts the
     run's first step will see. Sampling and the measured update use their own generators, the
     global RNG is restored and the update runs at learning rate 0, so a run that follows is
     unchanged by the doctor.
@@ -275,7 +274,9 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
     from rlvr import allocator
     from rlvr.models import load_model
     from rlvr.tasks import get_task
-    from rlvr.trainer import make_sampler, prepare_policy
+    from rlvr.curriculum import example_stream
+    from rlvr.models import prepare_policy
+    from rlvr.sampling import make_sampler
 
     t0 = time.perf_counter()
     if cfg.run.threads:
@@ -287,7 +288,7 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
                                       load_in_4bit=cfg.model.load_in_4bit)
     policy = model if policy_ready else prepare_policy(model, cfg.model)
     task = task or get_task(cfg.task.name, **cfg.task.options)
-    examples = examples if examples is not None else first_examples(cfg, task)
+    examples = examples if examples is not None else example_stream(cfg, task)
     policy.eval()
     sampler = sampler or make_sampler(cfg.sampling.backend, policy, tokenizer)
     with torch.random.fork_rng(devices=[]):  # the global RNG a following run uses is left as it was
@@ -298,30 +299,13 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
         # as the trainer does before each update: the sampler's weight copies and KV cache are freed,
         # so the probe's peak is the update's (with them, the doctor set the process's peak: 4.1 GB
         # where the run's updates peaked near 3 GB, bench/bench_trl.py's SFT setting)
-        free_memory(sampler)
+        sampler.release()
         memory = check_memory(policy, cfg, prompt_ids=longest, pad_token_id=tokenizer.pad_token_id,
                               measure=measure_memory)
     policy.eval()
     name = cfg.model.name if loaded else (getattr(model, "name_or_path", "") or "the given model")
     return Diagnosis(name, task.name, cfg.sampling.temperature, cfg.sampling.max_completion_length,
                      signal, memory, assess(signal, memory, cfg), time.perf_counter() - t0)
-
-
-def first_examples(cfg: Config, task) -> Iterator[Example]:
-    """A fresh copy of the run's training stream: the prompts its first step will see.
-
-    The adaptive-difficulty stream when `curriculum.enabled` (a config without that section is
-    read as off), else the task's training examples in the run's seeded order.
-    """
-    from rlvr.trainer import ExampleStream
-
-    c = getattr(cfg, "curriculum", None)
-    if c is not None and c.enabled:
-        from rlvr.curriculum import AdaptiveDifficulty
-
-        return AdaptiveDifficulty(task, target=c.target, band=c.band, window=c.window, min_level=c.min_level,
-                                  max_level=c.max_level, start_level=c.start_level, seed=cfg.run.seed)
-    return ExampleStream(task.train_examples(), cfg.run.seed)
 
 
 def render(d: Diagnosis) -> str:
@@ -353,6 +337,16 @@ def render(d: Diagnosis) -> str:
 
 class CannotLearn(RuntimeError):
     """Raised at step 0 with run.doctor=stop when the doctor finds a fatal problem (`rlvr` exits 2)."""
+
+
+def doctor_check(policy, tokenizer, task, run_dir: Path, cfg: Config, dist, *, sampler, say) -> None:
+    """The doctor at step 0 of `rlvr train`, on one process (`check_before_training`); with several
+    processes it is skipped with a note (run `rlvr doctor` first)."""
+    if dist.world > 1:
+        if dist.is_main:
+            say("rlvr doctor is skipped with several processes: run `rlvr doctor` with the same config first")
+        return
+    check_before_training(cfg, policy, tokenizer, task, run_dir, sampler=sampler, say=say)
 
 
 def check_before_training(cfg: Config, policy, tokenizer, task, run_dir: Path, *, sampler=None,

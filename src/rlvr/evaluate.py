@@ -1,7 +1,8 @@
 """Held-out evaluation: accuracy, format rate, length, mean@k / pass@k / maj@k, and before/after tables.
 
-Evaluation scores answers with the task's own `verify`, the same function the accuracy reward
-calls during training, so the number that training pushes up is the number reported here.
+Evaluation scores answers with the judge (`rlvr.judge`: the task's own `verify`), the same function
+the rollout and the accuracy reward call during training, so the number that training pushes up is
+the number reported here.
 The held-out examples are always the first `n` of the task's test split, so every stage of a run
 (base, after SFT, after GRPO) is measured on the same problems.
 """
@@ -15,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-from rlvr import prompts as prompt_lib
-from rlvr import rewards as reward_lib
+from rlvr.judge import judge
 from rlvr.rollout import PromptFormat, sampling_params
 from rlvr.tasks.base import Example, Task
 
@@ -69,13 +69,11 @@ def evaluate(sampler, tokenizer, task: Task, examples: list[Example], *, fmt: Pr
             tokens += len(o.token_ids)
             ex = batch[o.prompt_index]
             text = tokenizer.decode(o.token_ids, skip_special_tokens=True)
-            full = fmt.prefill + text
-            answer = prompt_lib.extract_answer(full)
-            correct = float(task.verify(answer, ex))
+            v = judge(task, fmt.prefill + text, ex)
             records.append({
                 "index": start + o.prompt_index, "prompt": fmt.text(tokenizer, task, ex), "completion": text,
-                "answer": answer, "ground_truth": ex.answer, "correct": correct,
-                "format": float(reward_lib.format_reward([full])[0]), "length": len(o.token_ids),
+                "answer": v.answer, "ground_truth": ex.answer, "correct": v.correct,
+                "format": float(v.formatted), "length": len(o.token_ids),
                 "truncated": o.finish_reason == "length",
             })
         bar.update(len(batch))

@@ -29,6 +29,7 @@ import torch
 
 from rlvr import allocator
 from rlvr.config import Config
+from rlvr.models import base_model
 
 GB = 1024 ** 3
 
@@ -210,7 +211,7 @@ def estimate_update_memory(*, params: int, trainable_params: int, batch_size: in
 
 def model_dims(model) -> dict:
     """The sizes `estimate_update_memory` needs, read from a (peft-wrapped) HF causal LM."""
-    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    base = base_model(model)
     c = base.config
     hidden = c.hidden_size
     heads = getattr(c, "num_attention_heads", 1)
@@ -256,7 +257,7 @@ def measure_update_memory(policy, cfg: Config, *, prompt_ids: list[int], batch_s
     here (the estimate counts it).
     """
     from rlvr.buffer import Buffer, Rollout
-    from rlvr.trainer import make_optimizer, update_policy
+    from rlvr.update import make_optimizer, update_policy
 
     g = torch.Generator().manual_seed(seed)
     vocab = model_dims(policy)["vocab_size"]

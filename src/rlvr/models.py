@@ -32,6 +32,12 @@ ALIASES = {
 }
 
 
+def base_model(model):
+    """The transformers model inside a peft `PeftModel` (its LoRA layers stay injected), or the model."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
 class ModelNotFound(RuntimeError):
     """A model spec resolved to nothing; the message lists what was tried."""
 
@@ -256,6 +262,26 @@ def attach_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0,
         from rlvr.fused import fuse
 
         fuse(model)
+    return model
+
+
+def prepare_policy(model, cfg):
+    """The model to train, as `cfg` (a `ModelConfig`) says: a LoRA adapter or full fine-tuning, the
+    fused layers (`rlvr.fused`), gradient checkpointing."""
+    if cfg.use_peft:
+        model = attach_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                            target_modules=cfg.lora_target_modules, fused=cfg.fused_layers)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if cfg.fused_layers:  # the norms: the fused linears and MLPs are LoRA's
+            from rlvr.fused import fuse_rms_norms
+
+            fuse_rms_norms(model)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.use_peft:
+            model.enable_input_require_grads()
     return model
 
 

@@ -39,7 +39,9 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> list[dict]:
     from rlvr.models import load_model, merged_copy
     from rlvr.sft import run_sft
     from rlvr.tasks import get_task
-    from rlvr.trainer import make_sampler, peak_rss_gb, train, write_report_safely
+    from rlvr.runs import peak_rss_gb, write_report_safely
+    from rlvr.sampling import make_sampler
+    from rlvr.trainer import train
 
     t0 = time.time()
     run_dir = Path(cfg.run.output_dir)

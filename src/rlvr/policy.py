@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from rlvr.algorithms.logprobs import chunked_head_logprobs, chunked_token_logprobs
+from rlvr.models import base_model
 
 
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
@@ -41,18 +42,12 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return positions.masked_fill(attention_mask == 0, 0)  # [N, T]
 
 
-def _base_model(model):
-    """The transformers model inside a peft PeftModel (LoRA layers stay injected), or the model."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
 def decoder_and_head(model):
     """(backbone, output head) of a causal LM: e.g. (LlamaModel, lm_head) of a LlamaForCausalLM.
 
     Works on a peft PeftModel (the LoRA layers live inside both modules, so their deltas apply).
     """
-    base = _base_model(model)
+    base = base_model(model)
     head = base.get_output_embeddings()
     decoder = base.get_decoder()
     if head is None or decoder is base:
@@ -93,7 +88,7 @@ def decoder_tokens(model, attention_mask: Tensor, logits_to_keep: int, prompt_ro
 
 def _can_share_prompts(model, prompt_rows: Tensor) -> bool:
     """Worth it (some prompt appears twice) and possible: layer checkpointing turns the cache off."""
-    base = _base_model(model)
+    base = base_model(model)
     name = "is_activation_checkpointing" if hasattr(type(base), "is_activation_checkpointing") else "is_gradient_checkpointing"
     checkpointing = getattr(base, name, False) and torch.is_grad_enabled()  # transformers 5 renamed it
     return not checkpointing and int(prompt_rows.unique().numel()) < prompt_rows.numel()
@@ -142,7 +137,7 @@ def _check_keep(input_ids: Tensor, logits_to_keep: int) -> None:
 def _head_fn(model, head):
     """The logits function: the plain lm_head matmul when possible, else the module itself
     (e.g. a LoRA-wrapped lm_head), with the model's final-logit soft-capping when it has one."""
-    cap = getattr(getattr(_base_model(model), "config", None), "final_logit_softcapping", None)
+    cap = getattr(getattr(base_model(model), "config", None), "final_logit_softcapping", None)
     if type(head) is torch.nn.Linear and not cap:
         return None
     if not cap:

@@ -69,28 +69,34 @@ def build_prompt(
     system_prompt: str | None = None,
     prefill: str = "",
 ) -> str:
-    """The full prompt text: chat template (or plain template) + assistant prefill.
+    """The full prompt text of a single-turn example: chat template (or plain template) + prefill."""
+    return render_prompt(tokenizer, build_messages(task, example, system_prompt=system_prompt), chat=chat,
+                         prefill=prefill)
+
+
+def render_prompt(tokenizer: Any, messages: list[dict], *, chat: bool | None = None, prefill: str = "") -> str:
+    """The prompt text of a conversation so far, ready for the model's next turn, + prefill.
 
     chat=None picks the chat template when the tokenizer has one. A template that refuses the
-    system role (some do) gets the system text prepended to the user turn instead.
-    The tokenizer may be None for plain prompts.
+    system role (some do) gets the system text prepended to the first user turn instead. Without a
+    chat template (seed 001's `is_chat=False`): the plain template, system text then
+    "Question: ... Answer: " (one user turn only). The tokenizer may be None for plain prompts.
     """
     if chat is None:
         chat = bool(getattr(tokenizer, "chat_template", None))
     if not chat:
-        system = _system_text(task, system_prompt)
-        question = task.user_message(example)
+        system = "".join(m["content"] for m in messages if m["role"] == "system")
+        question = "\n\n".join(m["content"] for m in messages if m["role"] != "system")
         if not system:
             return f"Question: {question}\nAnswer: {prefill}"
         return PLAIN_TEMPLATE.format(system=system, question=question) + prefill
-    messages = build_messages(task, example, system_prompt=system_prompt)
     try:
         text = _apply_template(tokenizer, messages)
     except Exception:
         if messages[0]["role"] != "system":
             raise
         merged = f"{messages[0]['content']}\n\n{messages[1]['content']}"
-        text = _apply_template(tokenizer, [{"role": "user", "content": merged}])
+        text = _apply_template(tokenizer, [{"role": "user", "content": merged}, *messages[2:]])
     return text + prefill
 
 

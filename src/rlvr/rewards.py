@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rlvr.prompts import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, extract_answer, parse_completion
+from rlvr.judge import is_lenient_format, is_strict_format, judge
+from rlvr.prompts import ANSWER_OPEN, parse_completion
 from rlvr.tasks.base import Example, Task
 
 logger = logging.getLogger(__name__)
@@ -71,24 +72,6 @@ def _with_prefill(text: str, prefill: str) -> str:
 # ------------------------------------------------------------------------------ built-ins
 
 
-def is_strict_format(text: str) -> bool:
-    """Seed 000's `^<think>.*?</think><answer>.*?</answer>$`, whitespace allowed around tags,
-    each tag exactly once (so no answer can hide inside the think block)."""
-    s = text.strip()
-    if not (s.startswith(THINK_OPEN) and s.endswith(ANSWER_CLOSE)):
-        return False
-    if any(s.count(tag) != 1 for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)):
-        return False
-    close, open_ = s.find(THINK_CLOSE), s.find(ANSWER_OPEN)
-    return close < open_ and not s[close + len(THINK_CLOSE) : open_].strip()
-
-
-def is_lenient_format(text: str) -> bool:
-    """A closed think block followed (somewhere later) by a closed answer tag."""
-    parsed = parse_completion(text)
-    return bool(parsed.answers and parsed.think_closes) and parsed.think_closes[0] < parsed.answers[-1][0]
-
-
 def make_format_reward(*, strict: bool = False, prefill: str = "") -> RewardFn:
     """1.0 for a completion in the think/answer format (strict: nothing else around), else 0.0."""
     check = is_strict_format if strict else is_lenient_format
@@ -106,19 +89,22 @@ format_reward_strict = make_format_reward(strict=True)
 
 
 def make_accuracy_reward(task: Task, *, prefill: str = "") -> RewardFn:
-    """task.verify(extract_answer(prefill + completion), example) for each completion.
+    """The task's verdict on each completion (`rlvr.judge.judge`): 1.0 right, 0.0 wrong.
 
-    The examples come from the `_example` column, else are rebuilt from the `question`,
-    `answer` and metadata columns (a TRL dataset made from `Example.columns()`).
+    In training the rollout has judged every completion already and passes the verdicts in the
+    `_verdicts` column (verify runs once per completion). Otherwise the examples come from the
+    `_example` column, else are rebuilt from the `question`, `answer` and metadata columns (a TRL
+    dataset made from `Example.columns()`).
     """
 
     @trusted
-    def accuracy_reward(completions: list, _example: Sequence[Example] | None = None, **columns: Any) -> list[float]:
+    def accuracy_reward(completions: list, _example: Sequence[Example] | None = None,
+                        _verdicts: Sequence | None = None, **columns: Any) -> list[float]:
+        if _verdicts is not None:
+            return [v.correct for v in _verdicts]
         examples = _example if _example is not None else examples_from_columns(columns, len(completions))
-        return [
-            float(task.verify(extract_answer(_with_prefill(completion_text(c), prefill)), ex))
-            for c, ex in zip(completions, examples, strict=True)
-        ]
+        return [judge(task, _with_prefill(completion_text(c), prefill), ex).correct
+                for c, ex in zip(completions, examples, strict=True)]
 
     return accuracy_reward
 

@@ -24,24 +24,30 @@ import torch
 from rlvr import prompts as prompt_lib
 from rlvr import rewards as reward_lib
 from rlvr.algorithms.advantages import group_advantages, zero_signal_groups
-from rlvr.buffer import Rollout
+from rlvr.buffer import Rollout, shard_bounds
 from rlvr.curriculum import group_success_rates
-from rlvr.distributed import shard_bounds
+from rlvr.environments import Environment, SingleTurn
+from rlvr.judge import Verdict, judge
 from rlvr.sampling.base import Completion, SamplingParams
 from rlvr.tasks.base import Example, Task
 
 
 @dataclass
 class PromptFormat:
-    """How examples become prompt text: chat template or plain, system prompt, assistant prefill."""
+    """How an episode's messages become prompt text: chat template or plain, system prompt, prefill."""
 
     chat: bool | None = None
     system_prompt: str | None = None
     prefill: str = ""
 
+    def environment(self, task: Task) -> Environment:
+        """The task as a single-turn environment with this system prompt (rlvr.environments)."""
+        return SingleTurn(task, self.system_prompt)
+
     def text(self, tokenizer, task: Task, example: Example) -> str:
-        return prompt_lib.build_prompt(tokenizer, task, example, chat=self.chat,
-                                       system_prompt=self.system_prompt, prefill=self.prefill)
+        """The prompt of the episode's first turn: the environment's first messages, rendered."""
+        messages = self.environment(task).reset(example)
+        return prompt_lib.render_prompt(tokenizer, messages, chat=self.chat, prefill=self.prefill)
 
     def encode(self, tokenizer, task: Task, examples: list[Example]) -> list[list[int]]:
         """Token ids of each example's prompt (the chat template already holds the special tokens)."""
@@ -82,7 +88,8 @@ def build_reward_fns(task: Task, weights: dict[str, float]) -> list[RewardFn]:
 
 
 def score_texts(reward_fns: list[RewardFn], task: Task, examples: list[Example], completions: list[str],
-                fmt: PromptFormat, timeout_s: float, conversational: bool) -> reward_lib.RewardResult:
+                fmt: PromptFormat, timeout_s: float, conversational: bool,
+                verdicts: list[Verdict] | None = None) -> reward_lib.RewardResult:
     """Score completions (one per entry of `examples`) with every reward function; never raises.
 
     Built-in rewards see the prefill plus the completion (so `<think>` prefilled by the prompt
@@ -94,6 +101,8 @@ def score_texts(reward_fns: list[RewardFn], task: Task, examples: list[Example],
         for key, value in ex.columns().items():
             columns.setdefault(key, []).append(value)
     columns["_example"] = list(examples)
+    if verdicts is not None:  # the judge's, so the accuracy reward does not verify again
+        columns["_verdicts"] = list(verdicts)
     builtin = [(r.name, r.fn, r.weight) for r in reward_fns if r.builtin]
     user = [(r.name, r.fn, r.weight) for r in reward_fns if not r.builtin]
     full = [fmt.prefill + c for c in completions]
@@ -116,6 +125,8 @@ class Experience:
     rewards: reward_lib.RewardResult
     correct: list[float]
     formatted: list[float]
+    answers: list[str | None]
+    """the judge's verdicts, one per completion (`rlvr.judge`)"""
     metrics: dict = field(default_factory=dict)
     group_success: list[float] = field(default_factory=list)
     """the success rate of every group sampled for the step, all processes', those dynamic sampling
@@ -181,9 +192,10 @@ def _sample_and_score(sampler, tokenizer, task, batch, seeds, offset, g, params,
                                               progress=progress) if batch else []
     texts = [tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outs]
     examples = [batch[o.prompt_index] for o in outs]
+    verdicts = [judge(task, fmt.prefill + t, ex) for t, ex in zip(texts, examples)]  # once per completion
     if texts:
         result = score_texts(reward_fns, task, examples, texts, fmt, reward_timeout,
-                             conversational=_is_chat(tokenizer, fmt))
+                             conversational=_is_chat(tokenizer, fmt), verdicts=verdicts)
     else:  # a process with no prompts this round (fewer prompts than processes)
         result = reward_lib.RewardResult(total=[], parts={r.name: [] for r in reward_fns}, errors={})
     total = torch.tensor(gather(result.total), dtype=torch.float32)  # [B*G] the whole round, all processes
@@ -192,14 +204,13 @@ def _sample_and_score(sampler, tokenizer, task, batch, seeds, offset, g, params,
     rollouts = [
         Rollout(prompt_ids=prompt_ids[o.prompt_index], completion_ids=list(o.token_ids),
                 old_logprobs=list(o.logprobs), advantage=float(a), truncated=o.finish_reason == "length",
-                group=offset + o.prompt_index)
+                group=offset + o.prompt_index, loss_mask=[1.0] * len(o.token_ids))  # single turn: all the model's
         for o, a in zip(outs, adv.tolist())
     ]
-    full = [fmt.prefill + t for t in texts]
-    correct = [float(task.verify(prompt_lib.extract_answer(t), ex)) for t, ex in zip(full, examples)]
-    formatted = reward_lib.format_reward(full)
+    correct = [v.correct for v in verdicts]
     success = group_success_rates(gather(correct), g)  # [B] every process's groups
-    return Experience(rollouts, examples, texts, result, correct, list(formatted), {"_zero_mask": zero}, success)
+    return Experience(rollouts, examples, texts, result, correct, [float(v.formatted) for v in verdicts],
+                      [v.answer for v in verdicts], {"_zero_mask": zero}, success)
 
 
 def _is_chat(tokenizer, fmt: PromptFormat) -> bool:
@@ -214,7 +225,7 @@ def _keep_groups(exp: Experience, keep: torch.Tensor, g: int) -> Experience:
     rewards = reward_lib.RewardResult(total=sel(res.total), parts={k: sel(v) for k, v in res.parts.items()},
                                       errors=dict(res.errors))
     return Experience(sel(exp.rollouts), sel(exp.examples), sel(exp.completions), rewards,
-                      sel(exp.correct), sel(exp.formatted), exp.metrics, exp.group_success)
+                      sel(exp.correct), sel(exp.formatted), sel(exp.answers), exp.metrics, exp.group_success)
 
 
 def concat_experience(parts: list[Experience]) -> Experience:
@@ -232,7 +243,7 @@ def concat_experience(parts: list[Experience]) -> Experience:
                                       parts={k: [x for p in parts for x in p.rewards.parts[k]] for k in names},
                                       errors=errors)
     return Experience(cat("rollouts"), cat("examples"), cat("completions"), rewards, cat("correct"),
-                      cat("formatted"), {}, cat("group_success"))
+                      cat("formatted"), cat("answers"), {}, cat("group_success"))
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -263,3 +274,13 @@ def experience_metrics(exp: Experience, g: int) -> dict:
     m["completion/truncated_frac"] = sum(r.truncated for r in exp.rollouts) / max(1, len(exp.rollouts))
     m["train/groups"] = len(groups)
     return m
+
+
+def sample_records(exp: Experience, step: int, fmt: PromptFormat, k: int = 4) -> list[dict]:
+    """The first k completions of a step with their prompts, answers and rewards, for samples.jsonl."""
+    out = []
+    for i in range(min(k, len(exp.completions))):
+        out.append({"step": step, "prompt": exp.examples[i].question, "completion": fmt.prefill + exp.completions[i],
+                    "answer": exp.answers[i], "ground_truth": exp.examples[i].answer,
+                    "rewards": {**{n: v[i] for n, v in exp.rewards.parts.items()}, "total": exp.rewards.total[i]}})
+    return out

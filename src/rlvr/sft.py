@@ -90,7 +90,8 @@ def sft_train(policy, tokenizer, task, demos, cfg: Config, *, run_dir: Path, tra
     """Supervised fine-tuning on completion tokens only (mean negative log-likelihood per token)."""
     from tqdm.auto import tqdm
 
-    from rlvr.trainer import make_optimizer, peak_rss_gb
+    from rlvr.runs import peak_rss_gb
+    from rlvr.update import make_optimizer
 
     fmt = PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill)
     items = _encode(tokenizer, task, fmt, demos)
@@ -142,7 +143,8 @@ def run_sft(cfg: Config, *, model=None, tokenizer=None, task=None, resume: bool 
     from rlvr.models import load_model
     from rlvr.tasks import get_task
     from rlvr.tracking import Tracker
-    from rlvr.trainer import prepare_policy, prepare_run_dir, save_final
+    from rlvr.models import prepare_policy
+    from rlvr.runs import prepare_run_dir, save_final
 
     run_dir = prepare_run_dir(cfg, resume=resume)
     torch.manual_seed(cfg.run.seed)
@@ -179,7 +181,7 @@ def run_sft(cfg: Config, *, model=None, tokenizer=None, task=None, resume: bool 
 def _evaluate(policy, tokenizer, task, cfg: Config, run_dir: Path, tracker, step: int, stage: str) -> dict:
     """Greedy accuracy on the first eval.n held-out examples (the same ones `rlvr train` uses)."""
     from rlvr.evaluate import evaluate_config
-    from rlvr.trainer import make_sampler
+    from rlvr.sampling import make_sampler
 
     policy.eval()
     result = evaluate_config(make_sampler(cfg.sampling.backend, policy, tokenizer), tokenizer, task, cfg,

@@ -47,7 +47,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from rlvr.sampling.base import Completion, SamplingParams
+from rlvr.models import base_model
+from rlvr.sampling.base import Completion, SamplingParams, StopStrings, cached_stop_strings, stop_index
 
 TOP_P_STAGES = (64, 512, 4096)
 """top-p without top-k looks at this many most likely tokens first, then (rows not covered) more"""
@@ -145,69 +146,11 @@ def _inverse_cdf_blocked(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor
 
 
 # ----------------------------------------------------------------------------------------------
-# stop strings
-# ----------------------------------------------------------------------------------------------
-
-class StopStrings:
-    """Decides cheaply whether a completion has just produced one of `stop_strings`.
-
-    Like HF's StopStringCriteria, a stop string counts when it overlaps the newest token. The
-    newest token must then contain the string's last character: a per-vocabulary mask of such
-    tokens (computed once) skips the decode for almost every row; the rest decode only their tail.
-    """
-
-    def __init__(self, tokenizer, stop_strings: Sequence[str], vocab_size: int):
-        self.strings = tuple(s for s in stop_strings if s)
-        self.tokenizer = tokenizer
-        self.tail = max((len(s) for s in self.strings), default=0) + 4
-        mask = torch.ones(vocab_size, dtype=torch.bool)
-        if self.strings:
-            if tokenizer is None:
-                raise ValueError("stop_strings need a tokenizer")
-            last_chars = {s[-1] for s in self.strings} | {"\ufffd"}  # partial UTF-8 bytes decode to U+FFFD
-            n = min(vocab_size, len(tokenizer))
-            texts = tokenizer.batch_decode([[i] for i in range(n)])
-            mask[:n] = torch.tensor([any(c in t for c in last_chars) for t in texts])
-        self.candidate = mask  # [V] True: this token may complete a stop string
-
-    def hit(self, token_ids: Sequence[int]) -> bool:
-        """Whether the generated tokens (all of them, newest last) end a stop string."""
-        text = self.tokenizer.decode(token_ids[-self.tail:])
-        return any(s in text for s in self.strings)
-
-
-def cached_stop_strings(cache: dict, model, tokenizer, params: SamplingParams) -> StopStrings | None:
-    """The `StopStrings` matcher of params.stop_strings, built once per set of strings (in `cache`)."""
-    if not params.stop_strings:
-        return None
-    key = tuple(params.stop_strings)
-    if key not in cache:
-        vocab = _base_model(model).get_output_embeddings().weight.shape[0]
-        cache[key] = StopStrings(tokenizer, key, vocab)
-    return cache[key]
-
-
-def stop_index(token_ids: Sequence[int], stop_ids: Sequence[int], stops: StopStrings | None) -> int | None:
-    """Length of the completion up to and including its first stop (token id or string), else None."""
-    stop_ids = set(stop_ids)
-    for i, tok in enumerate(token_ids):
-        if tok in stop_ids:
-            return i + 1
-        if stops is not None and stops.strings and stops.candidate[tok] and stops.hit(token_ids[: i + 1]):
-            return i + 1
-    return None
-
-
-# ----------------------------------------------------------------------------------------------
 # weights: the HF modules, LoRA deltas merged
 # ----------------------------------------------------------------------------------------------
 
 class Unsupported(Exception):
     """The lean forward cannot run this model; the HF forward is used instead."""
-
-
-def _base_model(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _linear(module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -289,7 +232,7 @@ def _fused(parts: list[tuple[torch.Tensor, torch.Tensor | None]], norm: torch.Te
 
 def lean_weights(model) -> dict:
     """The tensors `_LeanLlama` needs, read from a Llama/Qwen2/Qwen3 model (raises Unsupported)."""
-    base = _base_model(model)
+    base = base_model(model)
     config = base.config
     if config.model_type not in LEAN_MODEL_TYPES:
         raise Unsupported(f"model type {config.model_type}")
@@ -670,15 +613,23 @@ class FastSampler:
         engine.w = weights
         return engine, rows
 
-    def release(self) -> None:
-        """Free the KV cache kept between calls (it is reused while the next call fits in it)."""
-        self._cached_engine = None
+    def sync_weights(self, model=None) -> None:
+        """The weights changed (an optimizer step): derive the fused copies again on the next call.
 
-    def forget_weights(self) -> None:
-        """Drop the weights derived from the model (fused copies, references to its tensors): for
-        when its tensors are freed or refilled behind autograd's back (FSDP resharding)."""
+        `model`: the policy, if it is another object than the one given at construction. The
+        copies are also re-derived whenever a source tensor's version counter moves, so this is a
+        memory release as much as a correctness step (the old copies are not kept beside the new).
+        """
+        if model is not None:
+            self.model = model
         self._weights = None
-        self.release()
+
+    def release(self) -> None:
+        """Free everything kept between calls: the fused weight copies and the KV cache (~1 GB for
+        the 135M model at batch 64). The trainer calls it before each update, whose activations set
+        a run's peak, and FSDP after its weights were resharded behind autograd's back."""
+        self._weights = None
+        self._cached_engine = None
 
     def _lean_weights(self) -> dict | None:
         versions = _source_versions(self.model)

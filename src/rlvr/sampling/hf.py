@@ -16,8 +16,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from rlvr.sampling.base import Completion, SamplingParams
-from rlvr.sampling.fast import StopStrings, _base_model, _eval_mode, cached_stop_strings, stop_index
+from rlvr.models import base_model
+from rlvr.sampling.base import Completion, SamplingParams, StopStrings, cached_stop_strings, stop_index
+from rlvr.sampling.fast import _eval_mode
 
 
 class _Progress:
@@ -72,7 +73,7 @@ class HFSampler:
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # [P, L]
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         sampling = params.temperature > 0
-        base = _base_model(self.model)
+        base = base_model(self.model)
         saved = base.generation_config
         # generate() fills every option we leave None from the model's generation config (a Hub
         # model may carry repetition_penalty, top_k...): give it an empty one for this call.
@@ -119,6 +120,14 @@ class HFSampler:
         if sampling:
             options.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         return GenerationConfig(**options)
+
+    def sync_weights(self, model=None) -> None:
+        """`generate` runs the model's own weights: nothing to refresh (a new policy object is adopted)."""
+        if model is not None:
+            self.model = model
+
+    def release(self) -> None:
+        """Nothing is kept between calls (transformers' cache lives for one `generate`)."""
 
     def _stop_strings(self, params: SamplingParams) -> StopStrings | None:
         return cached_stop_strings(self._stops, self.model, self.tokenizer, params)
