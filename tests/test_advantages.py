@@ -50,7 +50,7 @@ def test_group_of_two():
     torch.testing.assert_close(adv, torch.tensor([-0.5, 0.5]) / (2**-0.5 + 1e-4))
 
 
-def test_group_size_one_gives_zero_advantages():
+def test_num_generations_one_gives_zero_advantages():
     # A single completion per prompt is its own baseline: A = 0 (std taken as 0, no NaN)
     adv = group_advantages(torch.tensor([1.0, 3.0]), 1)
     torch.testing.assert_close(adv, torch.zeros(2))

@@ -20,10 +20,24 @@ def run(*args, cwd=None, check=True):
     return proc
 
 
+COMMANDS = ("eval", "sft", "doctor", "train", "run", "report", "chat", "tasks", "config", "env")
+
+
 def test_help_lists_subcommands():
-    out = run("--help").stdout
-    for command in ("eval", "sft", "train", "run", "report", "chat", "tasks", "config"):
-        assert command in out
+    """Every sub-command is registered (its own --help names it), and the top-level help lists
+    exactly these commands."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from rlvr.cli import app
+
+    runner = CliRunner()
+    listed = set(re.findall(r"^[│|]\s+([a-z]+)\s{2,}", runner.invoke(app, ["--help"], prog_name="rlvr").output, re.MULTILINE))
+    assert set(COMMANDS) <= listed, listed
+    for command in COMMANDS:
+        result = runner.invoke(app, [command, "--help"], prog_name="rlvr")
+        assert result.exit_code == 0 and f"rlvr {command}" in " ".join(result.output.split()), (command, result.output)
 
 
 def test_tasks_and_config_listing():

@@ -1,6 +1,6 @@
 """Experience without padding, and minibatch collation.
 
-Each completion is stored as its own token lists (seed 004, tip 9: keep pad tokens out of the
+Each completion is stored as its own token lists (seed 004, docs/SEEDS.md, tip 9: keep pad tokens out of the
 buffer); padding is added only when a minibatch is built, to that minibatch's own longest prompt
 and completion, so short batches cost short forwards.
 

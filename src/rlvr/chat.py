@@ -27,7 +27,7 @@ def chat_loop(model_spec: str, *, task: str | None = None, max_new_tokens: int =
     from rich.console import Console
 
     from rlvr.models import load_model
-    from rlvr.prompts import DEFAULT_SYSTEM_PROMPT
+    from rlvr.prompts import DEFAULT_SYSTEM_PROMPT, render_prompt
     from rlvr.rollout import sampling_params
     from rlvr.sampling.fast import FastSampler
 
@@ -50,10 +50,6 @@ def chat_loop(model_spec: str, *, task: str | None = None, max_new_tokens: int =
         if not question:
             break
         messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
-        if getattr(tokenizer, "chat_template", None):
-            prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            prompt = f"{system}\n\nQuestion: {question}\nAnswer: "
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
         out = sampler.generate([ids], params, num_samples=1, generator=generator)[0]
         console.print(render(tokenizer.decode(out.token_ids, skip_special_tokens=True)))

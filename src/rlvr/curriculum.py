@@ -107,9 +107,10 @@ def reasoning_gym_levels(task: Task, *, seed: int = 0, items_per_level: int = 20
     return Levels(make=make, min_level=0, max_level=max_level, default_level=None)
 
 
-def group_success_rates(correct: Sequence[float], group_size: int) -> list[float]:
-    """Mean correctness of each group of `group_size` consecutive completions (groups are contiguous)."""
-    return [sum(correct[i:i + group_size]) / group_size for i in range(0, len(correct) - group_size + 1, group_size)]
+def group_success_rates(correct: Sequence[float], num_generations: int) -> list[float]:
+    """Mean correctness of each group of `num_generations` consecutive completions (groups are contiguous)."""
+    g = num_generations
+    return [sum(correct[i:i + g]) / g for i in range(0, len(correct) - g + 1, g)]
 
 
 class AdaptiveDifficulty:

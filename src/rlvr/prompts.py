@@ -10,7 +10,7 @@ demonstrations of the SFT warm-up, the format rewards):
 
 `extract_answer` returns the content of the last `<answer>` tag that lies *outside* every
 `<think>` block, so an answer written while still thinking never counts. Departure from the
-R1-Zero recipes (seed 000, TinyZero): those search `<answer>(.*?)</answer>` anywhere in the text.
+R1-Zero recipes (seed 000, docs/SEEDS.md, TinyZero): those search `<answer>(.*?)</answer>` anywhere in the text.
 
 With a prefill (e.g. "<think>" placed at the start of the assistant turn), the sampled completion
 lacks the opening tag: call these functions on `prefill + completion`. A completion whose first

@@ -1,6 +1,6 @@
 """Experience collection: examples -> prompts -> sampled completions -> rewards -> advantages.
 
-The first half of a GRPO step (seed 004, "Experience collection", steps 1-5). For B examples it
+The first half of a GRPO step (seed 004, docs/SEEDS.md, "Experience collection", steps 1-5). For B examples it
 samples G completions each, scores them with the weighted reward functions, normalises the rewards
 within each group into advantages, and returns `Rollout`s ready for the buffer, plus the step's
 metrics. Groups whose rewards are all equal carry no signal (TRL #3857): they are counted, and with
@@ -70,24 +70,26 @@ def sampling_params(tokenizer, *, max_new_tokens: int, temperature: float, top_p
 
 
 @dataclass
-class RewardFn:
+class WeightedReward:
+    """A reward function (`rlvr.rewards.RewardFn`, TRL's signature) with its name and weight."""
+
     name: str
-    fn: Callable
+    fn: reward_lib.RewardFn
     weight: float
     builtin: bool
     """built-in functions see prefill + completion text; a user's function sees TRL's completions"""
 
 
-def build_reward_fns(task: Task, weights: dict[str, float]) -> list[RewardFn]:
+def build_reward_fns(task: Task, weights: dict[str, float]) -> list[WeightedReward]:
     """Reward functions by name (accuracy, format, format_strict, length) or `file.py:function`."""
     fns = []
     for name, weight in weights.items():
         fn, builtin = reward_lib.resolve_reward(name, task)
-        fns.append(RewardFn(name=reward_lib.reward_name(name), fn=fn, weight=float(weight), builtin=builtin))
+        fns.append(WeightedReward(name=reward_lib.reward_name(name), fn=fn, weight=float(weight), builtin=builtin))
     return fns
 
 
-def score_texts(reward_fns: list[RewardFn], task: Task, examples: list[Example], completions: list[str],
+def score_texts(reward_fns: list[WeightedReward], task: Task, examples: list[Example], completions: list[str],
                 fmt: PromptFormat, timeout_s: float, conversational: bool,
                 verdicts: list[Verdict] | None = None) -> reward_lib.RewardResult:
     """Score completions (one per entry of `examples`) with every reward function; never raises.
@@ -135,7 +137,7 @@ class Experience:
 
 def collect_experience(sampler, tokenizer, task: Task, examples: Iterator[Example], *, batch_size: int,
                        num_generations: int, params: SamplingParams, fmt: PromptFormat,
-                       reward_fns: list[RewardFn], scale_rewards: str, dynamic_sampling: bool,
+                       reward_fns: list[WeightedReward], scale_rewards: str, dynamic_sampling: bool,
                        max_resample_rounds: int, reward_timeout: float, generator: torch.Generator,
                        progress: Callable[[int], None] | None = None, shard: tuple[int, int] = (0, 1),
                        gather: Callable[[list], list] = list) -> Experience:

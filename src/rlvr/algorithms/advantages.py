@@ -5,7 +5,7 @@ baseline of a completion is the mean reward of the G completions sampled for the
 the advantage is the reward minus that baseline, divided by the group's standard deviation. Every
 token of a completion gets the completion's advantage (outcome supervision).
 
-Shapes: N = number of completions = B * G (B prompts, G = `group_size` completions each); rewards
+Shapes: N = number of completions = B * G (B prompts, G = `num_generations` completions each); rewards
 are prompt-major, so group g is rewards[g*G:(g+1)*G] (the order every sampler here returns).
 
 Where this departs from the paper, following TRL (`GRPOConfig.scale_rewards`):
@@ -25,13 +25,13 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-def _check_rewards(rewards: Tensor, group_size: int) -> None:
+def _check_rewards(rewards: Tensor, num_generations: int) -> None:
     """Refuse rewards that cannot form groups or are not finite, naming the problem."""
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
-    if group_size < 1 or rewards.numel() % group_size != 0:
+    if num_generations < 1 or rewards.numel() % num_generations != 0:
         raise ValueError(
-            f"{rewards.numel()} rewards cannot be split into groups of group_size={group_size}: "
+            f"{rewards.numel()} rewards cannot be split into groups of num_generations={num_generations}: "
             "the number of completions must be a multiple of the group size"
         )
     bad = (~torch.isfinite(rewards)).nonzero().flatten()
@@ -75,7 +75,7 @@ def _scale_name(scale_rewards: str | bool) -> str:
 
 
 def group_advantages(
-    rewards: Tensor, group_size: int, *, scale_rewards: str | bool = "group", eps: float = 1e-4
+    rewards: Tensor, num_generations: int, *, scale_rewards: str | bool = "group", eps: float = 1e-4
 ) -> Tensor:
     """Group-relative advantages A_i = (r_i - mean(r_group)) / (std + eps).
 
@@ -90,8 +90,8 @@ def group_advantages(
     A group whose rewards are all equal has advantage 0 everywhere: it carries no learning signal
     (see `zero_signal_groups`).
     """
-    _check_rewards(rewards, group_size)
-    grouped = rewards.view(-1, group_size)  # [B, G]
+    _check_rewards(rewards, num_generations)
+    grouped = rewards.view(-1, num_generations)  # [B, G]
     centred = grouped - grouped.mean(dim=1, keepdim=True)  # [B, G]
     std = SCALES[_scale_name(scale_rewards)](rewards, grouped)  # [B, 1], [] or None
     if std is not None:
@@ -99,7 +99,7 @@ def group_advantages(
     return centred.reshape(-1)  # [N]
 
 
-def zero_signal_groups(rewards: Tensor, group_size: int) -> Tensor:
+def zero_signal_groups(rewards: Tensor, num_generations: int) -> Tensor:
     """Which groups have all rewards equal (within float tolerance): BoolTensor [N / G].
 
     Such a group has zero advantage for every completion, so (with beta = 0) it contributes nothing
@@ -107,6 +107,6 @@ def zero_signal_groups(rewards: Tensor, group_size: int) -> Tensor:
     same quantity as `frac_reward_zero_std`; DAPO's dynamic sampling (https://arxiv.org/abs/2503.14476)
     filters these groups out.
     """
-    _check_rewards(rewards, group_size)
-    grouped = rewards.view(-1, group_size)  # [B, G]
+    _check_rewards(rewards, num_generations)
+    grouped = rewards.view(-1, num_generations)  # [B, G]
     return torch.isclose(grouped, grouped[:, :1]).all(dim=1)  # [B]

@@ -18,7 +18,7 @@ import html
 from pathlib import Path
 
 import rlvr
-from rlvr.report import Run, Stage, Verdict, alarms, before_after, load_run, verdict
+from rlvr.report.data import Run, Stage, Verdict, alarms, before_after, load_run, verdict
 from rlvr.report.plots import CAPTIONS, make_plots
 
 REPORT_FILE = "report.html"

@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from rlvr.report import POSITION_STAGE, Run, load_run
+from rlvr.report.data import POSITION_STAGE, Run, load_run
 
 PLOTS_DIR = "plots"
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from rlvr.models import base_model
-from rlvr.sampling.base import Completion, SamplingParams, StopStrings, cached_stop_strings, stop_index
+from rlvr.sampling.base import Completion, SamplingParams, StopStrings, cached_stop_strings
 
 TOP_P_STAGES = (64, 512, 4096)
 """top-p without top-k looks at this many most likely tokens first, then (rows not covered) more"""

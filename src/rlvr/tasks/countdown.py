@@ -1,4 +1,4 @@
-"""Countdown (TinyZero, seed 002): reach a target with + - * / using each given number once.
+"""Countdown (TinyZero, seed 002, docs/SEEDS.md): reach a target with + - * / using each given number once.
 
 Problems are generated procedurally and are solvable by construction: the target is the value of
 a random expression over the numbers (integer intermediate results only), kept in the `solution`

@@ -1,4 +1,4 @@
-"""GSM8K grade-school math (seed 001), from local JSONL files or the Hugging Face Hub.
+"""GSM8K grade-school math (seed 001, docs/SEEDS.md), from local JSONL files or the Hugging Face Hub.
 
 Where the data comes from, first found wins: the `path` option; the RLVR_GSM8K_DIR environment
 variable; `data/gsm8k` or `../shared/data/gsm8k` relative to the current directory, then to the

@@ -1,4 +1,4 @@
-"""Subtraction of two integers (seed 000), with a question that cannot disagree with its label.
+"""Subtraction of two integers (seed 000, docs/SEEDS.md), with a question that cannot disagree with its label.
 
 Data exactly like seed 000: `rng = default_rng(seed)`, then `n1 = rng.integers(low, high, n)` and
 `n2 = rng.integers(low, high, n)`; the seed showed the pair as "n2 n1" with label n2 - n1.
