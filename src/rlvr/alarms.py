@@ -238,7 +238,7 @@ def reward_nonfinite_rule(h: History, base: Mapping[str, float], t: Thresholds):
     return None
 
 
-def nan_rule(def nan_rule(h: History, base: Mapping[str, float], t: Thresholds):
+def nan_rule(h: History, base: Mapping[str, float], t: Thresholds):
     loss = h.get("loss/policy", [])
     if not loss or math.isfinite(loss[-1]):
         return None
