@@ -81,7 +81,8 @@ def test_nonfinite_values_are_counted_per_reward_in_the_metrics():
     completions = ["none", "inf", "ok", "ok"]
     result = score([("sometimes", sometimes, 1.0), ("format", format_reward, 1.0)], completions, {})
     exp = Experience(rollouts=[Rollout([1], [2, 3], [0.0, 0.0], 0.0, False) for _ in completions], examples=[],
-                     completions=completions, rewards=result, correct=[0.0] * 4, formatted=[0.0] * 4)
+                     completions=completions, rewards=result, correct=[0.0] * 4, formatted=[0.0] * 4,
+                     answers=[None] * 4)
     m = experience_metrics(exp, 2)
     assert m["reward/sometimes/nonfinite"] == 2  # None and inf
     assert m["reward/sometimes/mean"] == 1.0  # over the two completions it scored
