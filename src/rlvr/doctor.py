@@ -387,7 +387,11 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
                               measure=measure_memory)
     policy.eval()
     chat = cfg.task.chat if cfg.task.chat is not None else bool(getattr(tokenizer, "chat_template", None))
-    hack = hack_finding(score_trivial_answers(task, cfg, conversational=chat), task.name)
+    try:
+        hack = hack_finding(score_trivial_answers(task, cfg, conversational=chat), task.name)
+    except Exception as e:  # noqa: BLE001 - a verifier choking on an empty answer must not hide the rest
+        hack = Finding("warn", f"The trivial-answer check failed: {type(e).__name__}: {e}"[:300],
+                       "Check that the task's verify and the rewards accept any answer text (an empty one too).")
     name = cfg.model.name if loaded else (getattr(model, "name_or_path", "") or "the given model")
     return Diagnosis(name, task.name, cfg.sampling.temperature, cfg.sampling.max_completion_length,
                      signal, memory, assess(signal, memory, cfg, [hack]), time.perf_counter() - t0)
