@@ -37,9 +37,10 @@ def _user_reward(source: str, name: str):
     """A user's reward from a file (untrusted: runs forked, as `rlvr train` runs it)."""
     from rlvr.rewards import load_reward
 
-    path = Path(tempfile.mkdtemp(prefix="rlvr_hostile_")) / f"{name}.py"
-    path.write_text(source)
-    return load_reward(f"{path}:{name}")
+    with tempfile.TemporaryDirectory(prefix="rlvr_hostile_") as d:
+        path = Path(d) / f"{name}.py"
+        path.write_text(source)
+        return load_reward(f"{path}:{name}")  # imported: the file is no longer needed
 
 
 def _value_attack(expression: str) -> Callable[[], bool]:
@@ -80,9 +81,13 @@ def _alive(pid: int) -> bool:
 
 def hanging_reward_with_children() -> bool:
     """Hangs after starting 3 `sleep 300`: one call, every completion 0, no sleep left running."""
+    with tempfile.TemporaryDirectory(prefix="rlvr_hostile_") as tmp:
+        return _hanging_reward_with_children(Path(tmp))
+
+
+def _hanging_reward_with_children(d: Path) -> bool:
     from rlvr.rewards import score
 
-    d = Path(tempfile.mkdtemp(prefix="rlvr_hostile_"))
     source = (f"import subprocess, time\ndef spawn(completions, **kw):\n"
               f"    open({str(d / 'calls')!r}, 'a').write('call\\n')\n"
               f"    kids = [subprocess.Popen(['sleep', '300']) for _ in range(3)]\n"
@@ -100,9 +105,13 @@ def hanging_reward_with_children() -> bool:
 
 def leftover_children_of_a_normal_call() -> bool:
     """Returns at once but leaves a `sleep 300` behind: killed with the call's process group."""
+    with tempfile.TemporaryDirectory(prefix="rlvr_hostile_") as tmp:
+        return _leftover_children(Path(tmp))
+
+
+def _leftover_children(d: Path) -> bool:
     from rlvr.rewards import score
 
-    d = Path(tempfile.mkdtemp(prefix="rlvr_hostile_"))
     source = (f"import subprocess\ndef daemon(completions, **kw):\n"
               f"    p = subprocess.Popen(['sleep', '300'])\n"
               f"    open({str(d / 'pid')!r}, 'w').write(str(p.pid))\n"
