@@ -17,11 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlvr.algorithms.advantages import group_advantages
 from rlvr.alarms import Alarms
+from rlvr.algorithms.advantages import group_advantages
 from rlvr.buffer import Rollout
 from rlvr.config import load_config
-from rlvr.doctor import Finding, SignalStats, assess, hack_finding, score_trivial_answers
+from rlvr.doctor import (
+    Finding,
+    SignalStats,
+    assess,
+    hack_finding,
+    score_trivial_answers,
+)
 from rlvr.rewards import (
     BROKEN_AFTER_CALLS,
     TIMEOUTS_TO_STOP,
@@ -144,7 +150,7 @@ def test_a_timed_out_reward_leaves_no_subprocess_and_costs_one_time_out(tmp_path
     children = [int(p) for p in pids.read_text().split()]
     assert len(children) == 3
     assert [pid for pid in children if _alive(pid)] == []  # before: 3 `sleep 300` reparented to PID 1
-    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
     running = [line for line in ps.splitlines() if int(line.split()[0]) in children and "defunct" not in line]
     assert running == []  # (killed orphans may show as <defunct> until PID 1 reaps them)
 
@@ -219,7 +225,7 @@ def test_rlvr_train_with_an_always_raising_reward_exits_non_zero_naming_it(tmp_p
          "-o", str(tmp_path / "run"), "task.options={n: 100, high: 10}", f"task.rewards={{{path}:always_raises: 1.0}}",
          "grpo.max_steps=3", "grpo.prompts_per_step=2", "grpo.num_generations=2", "sampling.max_completion_length=4",
          "eval.n=0", "run.doctor=off", "run.quiet=true"],
-        capture_output=True, text=True, env=env, timeout=600)
+        capture_output=True, text=True, env=env, timeout=600, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "RewardFunctionError" in proc.stderr and "'always_raises'" in proc.stderr
     assert "ZeroDivisionError" in proc.stderr and "Traceback" not in proc.stderr
@@ -242,7 +248,7 @@ def test_the_partial_credit_reward_is_reported_apart_from_accuracy():
     task = get_task("rg:syllogism", n=20, n_test=10)
     ex = task.train_examples()[0]
     cfg = load_config(None, ["task.rewards={accuracy: 1.0, partial_credit: 0.5}"])
-    from rlvr.rollout import build_reward_fns, PromptFormat, score_texts
+    from rlvr.rollout import PromptFormat, build_reward_fns, score_texts
 
     fns = build_reward_fns(task, cfg.task.rewards)
     result = score_texts(fns, task, [ex], ["<think>\n</think>\n<answer>YesNo</answer>"], PromptFormat(), 5.0, False)

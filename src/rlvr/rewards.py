@@ -413,8 +413,10 @@ def _score_one(name, fn, completions, columns, timeout_s) -> tuple[list[float], 
         return [], 0
     forked = not is_trusted(fn) and hasattr(os, "fork")
 
-    def run(jobs):
-        job = lambda k: _outcome(fn, completions, columns, jobs[k])  # noqa: E731
+    def run(jobs: list[tuple[int, int]]) -> list[tuple[str, Any]]:
+        def job(k: int) -> tuple[str, Any]:
+            return _outcome(fn, completions, columns, jobs[k])
+
         return run_forked(job, len(jobs), timeout_s) if forked else run_inline(job, len(jobs))
 
     status, payload = run([(0, n)])[0]
