@@ -62,6 +62,9 @@ def test_task_nobody_solves_has_no_signal_and_recommends_the_warm_up():
     d = diagnose(digit_cfg("sampling.max_completion_length=8"), model=model, tokenizer=tok, task=DigitTask("7"),
                  num_prompts=4, measure_memory=False)
     assert d.signal.zero_signal == 1.0 and d.signal.pass_at_g == 0.0 and d.signal.accuracy == 0.0
+    # the hack check: DigitTask's answer is always "7", so the most common train answer is always right
+    (hack,) = [f for f in d.findings if "Trivial answers" in f.message]
+    assert hack.severity == "warn" and "the most common train answer '7' scores accuracy 1.00" in hack.message
     first = d.findings[0]
     assert first.severity == "fatal" and "100% of groups have no signal" in first.message
     assert "rlvr sft" in first.fix and "temperature" in first.fix

@@ -215,7 +215,7 @@ def test_steps_reward_against_the_worked_solution():
 
 def test_registry_and_loading(tmp_path):
     task = get_task("subtraction", n=10)
-    assert set(REWARDS) == {"format", "format_strict", "accuracy", "length", "steps"}
+    assert set(REWARDS) == {"format", "format_strict", "accuracy", "partial_credit", "length", "steps"}
     for name in REWARDS:
         fn = get_reward(name, task=task)
         assert is_trusted(fn) and fn([GOOD], _example=[task.train_examples()[0]])[0] <= 1.0
@@ -293,23 +293,38 @@ def test_score_wrong_length_is_an_error():
     assert result.parts["short"] == [1.0, 1.0] and result.errors["short"] == 0  # per completion: one each
 
 
+def _nasty(completions, **kw):
+    """1.0 per completion; hangs on "hang", kills its process on "die", raises on a batch of "raise"."""
+    if len(completions) > 1 and "raise" in completions:
+        raise ValueError("no batches")
+    out = []
+    for c in completions:
+        if c == "hang":
+            while True:
+                pass
+        if c == "die":
+            import os
+
+            os._exit(3)
+        out.append(1.0)
+    return out
+
+
 @pytest.mark.timeout(60)
 def test_score_survives_a_hang_and_a_dying_function():
-    def nasty(completions, **kw):
-        out = []
-        for c in completions:
-            if c == "hang":
-                while True:
-                    pass
-            if c == "die":
-                import os
-
-                os._exit(3)
-            out.append(1.0)
-        return out
-
-    result = score([("nasty", nasty, 1.0)], ["ok", "hang", "ok", "die", "ok"], {}, timeout_s=1.0)
+    # the batch call hangs: killed after 1 s, every completion scores 0, no per-completion retries
+    result = score([("nasty", _nasty, 1.0)], ["ok", "hang", "ok"], {}, timeout_s=1.0)
+    assert result.parts["nasty"] == [0.0, 0.0, 0.0] and result.errors == {"nasty": 3}
+    # the batch call's process dies: per completion, only the dying one scores 0
+    result = score([("nasty", _nasty, 1.0)], ["ok", "die", "ok", "die", "ok"], {}, timeout_s=1.0)
     assert result.parts["nasty"] == [1.0, 0.0, 1.0, 0.0, 1.0] and result.errors == {"nasty": 2}
+
+
+@pytest.mark.timeout(60)
+def test_score_stops_retrying_at_the_first_time_out():
+    # the batch raises, so each completion is retried; "hang" times out and the last is not tried
+    result = score([("nasty", _nasty, 1.0)], ["ok", "hang", "raise"], {}, timeout_s=1.0)
+    assert result.parts["nasty"] == [1.0, 0.0, 0.0] and result.errors == {"nasty": 2}
 
 
 # ------------------------------------------------------------------ seeds 000 and 002 unchanged
@@ -343,10 +358,11 @@ def test_seed002_rewards_run_unchanged_and_the_hang_is_stopped(caplog):
     with caplog.at_level(logging.WARNING, logger="rlvr.rewards"):
         result = score(funcs, completions, columns, timeout_s=1.0)
     assert "'equation' failed on the batch (no result after 1 s)" in caplog.text  # it hung
-    # the batch call hangs on 9**9**9 -> killed after 1 s; per completion: only that one is 0
-    assert result.parts == {"format": [1.0, 1.0, 1.0], "equation": [1.0, 0.0, 1.0]}
-    assert result.errors == {"format": 0, "equation": 1}
-    assert result.total == [1.5, 0.5, 1.5]
+    # the batch call hangs on 9**9**9 -> killed after 1 s, the whole batch scores 0 (a time-out
+    # is not retried per completion: an always-hanging reward would cost (n + 1) time-outs)
+    assert result.parts == {"format": [1.0, 1.0, 1.0], "equation": [0.0, 0.0, 0.0]}
+    assert result.errors == {"format": 0, "equation": 3}
+    assert result.total == [0.5, 0.5, 0.5]
     # our own verifier answers the same question at once, without eval
     task = get_task("countdown", n=10)
     ex = make_countdown_example([9, 9, 9], 98)

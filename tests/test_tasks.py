@@ -204,20 +204,23 @@ def test_gsm8k_from_a_directory(tmp_path):
 def test_rg_bridge_agrees_with_reasoning_gym(name):
     import reasoning_gym
 
-    from rlvr.rewards import make_accuracy_reward
+    from rlvr.rewards import make_accuracy_reward, make_partial_credit_reward
 
     task = get_task(f"rg:{name}", n=20, n_test=10, seed=7)
     own = reasoning_gym.create_dataset(name, seed=7, size=20)
-    reward = make_accuracy_reward(task)
+    reward, partial = make_accuracy_reward(task), make_partial_credit_reward(task)
     for ex, entry in zip(task.train_examples(), own):
         assert ex.question == entry["question"]
         wrong = "Yes" if entry["answer"] == "No" else "No"
         for candidate in [entry["answer"], wrong, "42", "", None, "(P ∧ Q)"]:
             expected = float(own.score_answer(candidate, entry))
-            assert task.verify(candidate, ex) == expected
-            if candidate is not None:  # and through the reward path
+            assert task.partial_credit(candidate, ex) == expected
+            assert task.verify(candidate, ex) == float(expected == 1.0)  # accuracy: fully right only
+            if candidate is not None:  # and through the reward paths
                 completion = f"<think>\nok\n</think>\n<answer>{candidate}</answer>"
-                assert reward([completion], _example=[ex]) == [float(own.score_answer(candidate.strip(), entry))]
+                credit = float(own.score_answer(candidate.strip(), entry))
+                assert reward([completion], _example=[ex]) == [float(credit == 1.0)]
+                assert partial([completion], _example=[ex]) == [credit]
 
 
 def test_rg_train_and_test_differ():

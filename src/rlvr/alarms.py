@@ -16,6 +16,8 @@ TinyZero report (shared/USERS.md):
     length_collapse   completion/length_mean fallen to a small fraction of its start (the
                       thinking section shrinks and disappears, TinyZero #85)
     reward_errors     a reward function raised or timed out (its completions got 0)
+    reward_nonfinite  a reward function gave no finite value (None, NaN, inf, beyond float32) for
+                      some completions in each of several steps: masked out of their totals
     nan               a NaN or inf loss (verl #721)
 
 An alarm fires at most once per `every` steps per rule. Pure Python: no torch, no I/O; the trainer
@@ -73,6 +75,8 @@ class Thresholds:
     """entropy / length collapse: the recent mean fell below this fraction of the first steps' mean"""
     baseline_steps: int = 3
     """steps averaged for the start value of entropy and length"""
+    nonfinite_steps: int = 3
+    """reward_nonfinite: a reward gave non-finite values in each of this many consecutive steps"""
 
 
 def slope(values: Sequence[float]) -> float:
@@ -217,6 +221,23 @@ def reward_errors_rule(h: History, base: Mapping[str, float], t: Thresholds):
     return None
 
 
+def reward_nonfinite_rule(h: History, base: Mapping[str, float], t: Thresholds):
+    for key, values in h.items():
+        if not (key.startswith("reward/") and key.endswith("/nonfinite")):
+            continue
+        recent = values[-t.nonfinite_steps:]
+        if len(recent) < t.nonfinite_steps or min(recent) <= 0:
+            continue
+        name = key[len("reward/"):-len("/nonfinite")]
+        trend = (f"{recent[-1]:.0f} completions this step, and some in each of the last {len(recent)} steps, "
+                 f"got no finite value from {name} (None, NaN, inf or beyond float32)")
+        fix = (f"those completions' totals leave {name} out (masked, as TRL does for None), so it does not "
+               f"train on them: make {name} return a finite number for every completion (None only where "
+               "it does not apply)")
+        return key, trend, fix
+    return None
+
+
 def nan_rule(h: History, base: Mapping[str, float], t: Thresholds):
     loss = h.get("loss/policy", [])
     if not loss or math.isfinite(loss[-1]):
@@ -234,11 +255,14 @@ RULES: dict[str, Rule] = {
     "entropy_collapse": entropy_rule,
     "length_collapse": length_rule,
     "reward_errors": reward_errors_rule,
+    "reward_nonfinite": reward_nonfinite_rule,
     "nan": nan_rule,
 }
 WATCHED = ("signal/zero_std_groups", "completion/truncated_frac", "train/format_rate", "train/accuracy",
            "loss/kl", "policy/entropy", "completion/length_mean", "loss/policy")
 BASELINE_KEYS = ("policy/entropy", "completion/length_mean")
+COUNTS = ("/errors", "/nonfinite")
+"""per-reward counts (`reward/<name>/errors`), logged only when non-zero"""
 
 
 class Alarms:
@@ -267,7 +291,7 @@ class Alarms:
 
     def _record(self, metrics: Mapping[str, object]) -> None:
         for key, value in metrics.items():
-            watched = key in WATCHED or (key.startswith("reward/") and key.endswith("/errors"))
+            watched = key in WATCHED or (key.startswith("reward/") and key.endswith(COUNTS))
             if not watched or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             series = self.history.setdefault(key, [])
@@ -278,8 +302,8 @@ class Alarms:
                 starts.append(float(value))
                 if len(starts) >= self.thresholds.baseline_steps:
                     self.baseline[key] = _mean(starts)
-        for key in list(self.history):  # an error count absent this step means no errors
-            if key.endswith("/errors") and key not in metrics:
+        for key in list(self.history):  # a count absent this step means none
+            if key.endswith(COUNTS) and key not in metrics:
                 self.history[key].append(0.0)
                 del self.history[key][:-self.keep]
 

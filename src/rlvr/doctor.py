@@ -10,6 +10,11 @@ update on the longest sequences the config allows, then turns the numbers into f
     truncation, lengths        completions cut at max_completion_length cannot finish, and
                                usually earn nothing (TRL #5697)
     format rate, accuracy      separately: a model that never writes <answer> needs the warm-up
+    trivial answers            the task's verifier and the configured rewards on answers that need
+                               no reasoning (empty, a hedge, the question's first line or first
+                               listed premise, the most common train answer): a policy learns
+                               such an answer when it scores well (issue 21: copying a premise
+                               is "right" on 41 of 50 rg:propositional_logic problems)
     update memory              peak RSS increase of one real `update_policy` call (micro-batch of
                                per_device_train_batch_size rows, longest prompt + full completion),
                                so an out-of-memory shows at step 0 rather than step 50 (TRL #3678,
@@ -26,7 +31,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -235,9 +242,11 @@ def memory_finding(m: MemoryReport, cfg: Config) -> Finding:
     return Finding("ok", f"{what}{more}.")
 
 
-def assess(signal: SignalStats, memory: MemoryReport | None, cfg: Config) -> list[Finding]:
-    """All findings, fatal first. Pure: numbers and config in, sentences out."""
-    found = [signal_finding(signal, cfg), truncation_finding(signal, cfg)]
+def assess(signal: SignalStats, memory: MemoryReport | None, cfg: Config,
+           more: list[Finding] | tuple = ()) -> list[Finding]:
+    """All findings, fatal first; `more`: findings computed elsewhere (`hack_finding`). Pure:
+    numbers and config in, sentences out."""
+    found = [signal_finding(signal, cfg), truncation_finding(signal, cfg), *more]
     if found[0].severity != "fatal" and signal.mixed_accuracy < 0.1 and "accuracy" in cfg.task.rewards:
         found.append(Finding("warn", f"Only {_pct(signal.mixed_accuracy)} of groups have both right and wrong answers: "
                              "the signal comes from the other rewards (such as format), so the run can learn those "
@@ -249,12 +258,86 @@ def assess(signal: SignalStats, memory: MemoryReport | None, cfg: Config) -> lis
         found.append(Finding("warn", f"The model almost never uses the <think>/<answer> format ({_pct(signal.format_rate)}).",
                              f"{WARM_UP}, or prefill the answer's start (task.prefill=\"<think>\")."))
     for name, count in signal.reward_errors.items():
-        found.append(Finding("warn", f"The reward function {name} failed on {count} completions (they got 0).",
+        every = count >= signal.prompts * signal.generations > 0
+        found.append(Finding("fatal" if every else "warn",
+                             f"The reward function {name} failed on {'every one of the ' if every else ''}{count} "
+                             "completions (they got 0).",
                              f"Run {name} by hand on a completion to see the error (task.reward_timeout if only slow)."))
     if memory is not None:
         found.append(memory_finding(memory, cfg))
     order = {"fatal": 0, "warn": 1, "ok": 2}
     return sorted(found, key=lambda f: order[f.severity])
+
+
+# ------------------------------------------------------------------------------ trivial answers
+
+HACK_SCORE = 0.5
+"""a trivial answer whose mean accuracy or reward reaches this is reported"""
+ANSWER_BLIND = ("format", "format_strict", "length")
+"""built-in rewards that do not read the answer: every well-formatted trivial answer earns them"""
+_NUMBERED = re.compile(r"^\.?\s*\d+[.)]\s*(\S.*)$")
+"""a numbered line ("1. P", reasoning-gym's ".2. Q"): a premise, a given fact"""
+
+
+def trivial_answers(example: Example, common: str) -> dict[str, str]:
+    """Answers that need no reasoning, by what they are: empty, hedges, the question's first line,
+    its first listed item (a premise: "1. P"), the most common train answer."""
+    lines = [line.strip() for line in example.question.splitlines() if line.strip()]
+    items = [m.group(1).strip() for line in lines if (m := _NUMBERED.match(line))]
+    answers = {"an empty answer": "", "the hedge 'YesNo'": "YesNo", "the hedge 'True False'": "True False",
+               "the question's first line": lines[0] if lines else "",
+               "a copy of the first premise (numbered line)": items[0] if items else ""}
+    if common:
+        answers[f"the most common train answer {common[:40]!r}"] = common
+    return answers
+
+
+def score_trivial_answers(task, cfg: Config, *, n: int = 50, conversational: bool = False) -> dict[str, dict[str, float]]:
+    """{trivial answer: {"accuracy": mean verify, reward name: mean part}} on `n` training examples.
+
+    Each answer is written as a well-formatted completion (`<think>` then `<answer>`) and scored
+    by the task's verifier and by the configured rewards, the way a training step scores (the
+    answer-blind built-ins, `ANSWER_BLIND`, are left out)."""
+    from rlvr.rollout import PromptFormat, build_reward_fns, score_texts
+
+    train = task.train_examples()
+    common = Counter(ex.answer for ex in train).most_common(1)[0][0] if train else ""
+    examples = train[:: max(1, len(train) // n)][:n]
+    per_example = [trivial_answers(ex, common) for ex in examples]
+    kinds = list(per_example[0]) if per_example else []
+    pairs = [(kind, ex, answers[kind]) for kind in kinds for ex, answers in zip(examples, per_example)]
+    fmt = PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill)
+    texts = [f"<think>\n</think>\n<answer>{answer}</answer>" for _, _, answer in pairs]
+    texts = [t[len(fmt.prefill):] if fmt.prefill and t.startswith(fmt.prefill) else t for t in texts]
+    fns = [r for r in build_reward_fns(task, cfg.task.rewards) if r.name not in ANSWER_BLIND]
+    result = score_texts(fns, task, [ex for _, ex, _ in pairs], texts, fmt, cfg.task.reward_timeout,
+                         conversational) if fns and pairs else None
+    out: dict[str, dict[str, float]] = {}
+    for kind in kinds:
+        idx = [i for i, (k, _, _) in enumerate(pairs) if k == kind]
+        row = {"accuracy": sum(task.verify(pairs[i][2], pairs[i][1]) for i in idx) / len(idx)}
+        for name, values in (result.parts.items() if result else ()):
+            finite = [values[i] for i in idx if math.isfinite(values[i])]
+            row[name] = sum(finite) / len(finite) if finite else 0.0
+        out[kind] = row
+    return out
+
+
+def hack_finding(scores: dict[str, dict[str, float]], task_name: str) -> Finding:
+    """A warning naming the trivial answers that score >= HACK_SCORE (accuracy or a reward)."""
+    hits = {kind: [f"{metric} {value:.2f}" for metric, value in row.items() if value >= HACK_SCORE]
+            for kind, row in scores.items()}
+    hits = {kind: found for kind, found in hits.items() if found}
+    if not hits:
+        best = max((v for row in scores.values() for v in row.values()), default=0.0)
+        return Finding("ok", f"No trivial answer (empty, a hedge, a copied premise, the most common answer) "
+                       f"scores well on {task_name} (best mean score {best:.2f}).")
+    named = "; ".join(f"{kind} scores {', '.join(found)}" for kind, found in list(hits.items())[:4])
+    return Finding("warn", f"Trivial answers score well on {task_name}: {named}. A policy can learn these "
+                   "instead of the task (reward hacking).",
+                   "Reward only fully right answers (the accuracy reward), drop or lower rewards that pay these "
+                   "answers (partial_credit), or choose a dataset whose answers cannot be guessed; watch "
+                   "samples.jsonl for them.")
 
 
 # ------------------------------------------------------------------------------ entry points
@@ -303,9 +386,15 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
         memory = check_memory(policy, cfg, prompt_ids=longest, pad_token_id=tokenizer.pad_token_id,
                               measure=measure_memory)
     policy.eval()
+    chat = cfg.task.chat if cfg.task.chat is not None else bool(getattr(tokenizer, "chat_template", None))
+    try:
+        hack = hack_finding(score_trivial_answers(task, cfg, conversational=chat), task.name)
+    except Exception as e:  # noqa: BLE001 - a verifier choking on an empty answer must not hide the rest
+        hack = Finding("warn", f"The trivial-answer check failed: {type(e).__name__}: {e}"[:300],
+                       "Check that the task's verify and the rewards accept any answer text (an empty one too).")
     name = cfg.model.name if loaded else (getattr(model, "name_or_path", "") or "the given model")
     return Diagnosis(name, task.name, cfg.sampling.temperature, cfg.sampling.max_completion_length,
-                     signal, memory, assess(signal, memory, cfg), time.perf_counter() - t0)
+                     signal, memory, assess(signal, memory, cfg, [hack]), time.perf_counter() - t0)
 
 
 def render(d: Diagnosis) -> str:

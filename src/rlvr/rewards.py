@@ -7,9 +7,16 @@ list aligned with it. So seed 000's and seed 002's functions work unchanged.
 `score` calls each function on the whole batch, returns the weighted total and every part (as
 GRPO-Zero does). A function that raises is retried completion by completion, so only the bad
 completion scores 0 (counted in `errors`, logged). User-supplied functions run in a forked child
-process killed at the time-out: a hang inside C code (`9**9**9` reached through seed 002's `eval`)
-holds the GIL, so no thread could stop it. One fork per function per batch (~10 ms); built-in
-rewards, marked `trusted`, run in-process.
+process, in its own process group, killed with its subprocesses at the time-out (`rlvr.sandbox`);
+a batch call that times out is not retried (every completion scores 0). One fork per function
+per batch (~10 ms); built-in rewards, marked `trusted`, run in-process.
+
+Values (issue 21): one rule, TRL's rule for None extended. A value that is None, NaN, +-inf or
+beyond float32's range is masked: NaN in the function's part, left out of that completion's
+weighted total (the total is finite by construction) and of the reward's mean, and counted per
+function by the trainer (`reward/<name>/nonfinite`). For the built-in `steps` reward NaN is its
+"not applicable". A broken function stops the run (`RewardFunctionError`): one that raised on
+every completion of its first calls, or timed out several calls in a row.
 
 Columns: the trainer passes `_example` (list[Example]), read by the accuracy reward, next to the
 examples' own columns (`question`, `answer`, metadata such as `target`, `nums`, `difference`);
@@ -23,20 +30,15 @@ import inspect
 import logging
 import math
 import os
-import pickle
 import re
-import select
-import signal
-import struct
-import sys
-import time
 from collections import Counter
 from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from rlvr.judge import is_lenient_format, is_strict_format, judge
-from rlvr.prompts import ANSWER_OPEN, parse_completion
+from rlvr.prompts import ANSWER_OPEN, extract_answer, parse_completion
+from rlvr.sandbox import run_forked, run_inline
 from rlvr.tasks.base import Example, Task
 
 logger = logging.getLogger(__name__)
@@ -119,6 +121,27 @@ def examples_from_columns(columns: dict[str, Sequence], n: int) -> list[Example]
         Example(str(columns["question"][i]), str(columns["answer"][i]), {k: columns[k][i] for k in meta_keys})
         for i in range(n)
     ]
+
+
+def make_partial_credit_reward(task: Task, *, prefill: str = "") -> RewardFn:
+    """The task's partial credit for the extracted answer: `task.partial_credit(answer, example)`
+    where the task has one (reasoning-gym's own score in [0, 1]), else `task.verify`.
+
+    Accuracy counts only fully right answers; this reward keeps the partial credit as a signal,
+    logged apart (`reward/partial_credit/mean`). Gameable on some datasets (a hedge such as
+    "YesNo" earns ~0.5 on rg:syllogism): `rlvr doctor` warns when a trivial answer scores well.
+    """
+    credit = getattr(task, "partial_credit", None) or task.verify
+
+    @trusted
+    def partial_credit(completions: list, _example: Sequence[Example] | None = None, **columns: Any) -> list[float]:
+        examples = _example if _example is not None else examples_from_columns(columns, len(completions))
+        return [
+            float(credit(extract_answer(_with_prefill(completion_text(c), prefill)), ex))
+            for c, ex in zip(completions, examples, strict=True)
+        ]
+
+    return partial_credit
 
 
 def make_length_penalty(*, max_length: int = 1024, soft_length: int | None = None,
@@ -210,6 +233,8 @@ REWARDS: dict[str, Callable[..., RewardFn]] = {
     "format": lambda task=None, prefill="", **o: make_format_reward(strict=False, prefill=prefill, **o),
     "format_strict": lambda task=None, prefill="", **o: make_format_reward(strict=True, prefill=prefill, **o),
     "accuracy": lambda task=None, prefill="", **o: make_accuracy_reward(_need(task, "accuracy"), prefill=prefill, **o),
+    "partial_credit": lambda task=None, prefill="", **o: make_partial_credit_reward(_need(task, "partial_credit"),
+                                                                                   prefill=prefill, **o),
     "length": lambda task=None, prefill="", **o: make_length_penalty(**o),
     "steps": lambda task=None, prefill="", **o: make_steps_reward(_need(task, "steps"), prefill=prefill, **o),
 }
@@ -268,15 +293,90 @@ def example_columns(examples: Sequence[Example]) -> dict[str, list]:
 
 # --------------------------------------------------------------------------------- scoring
 
+FLOAT32_MAX = 3.4028234663852886e38
+"""the largest float32: a reward beyond it would be inf once the trainer makes a tensor of it"""
+TIMEOUTS_TO_STOP = 3
+"""a reward function whose calls time out this many times in a row stops the run"""
+BROKEN_AFTER_CALLS = 2
+"""a reward function that raised on every completion of its first this-many calls stops the run"""
+
+
+class RewardFunctionError(RuntimeError):
+    """A reward function that cannot be used: it raised on every completion of its first calls
+    (`BROKEN_AFTER_CALLS`), or timed out `TIMEOUTS_TO_STOP` calls in a row. A broken reward is a
+    bug, not noise: training on it would train on nothing, so the run stops naming the function
+    (`rlvr train` prints the message in one line and exits 1)."""
+
 
 @dataclass
 class RewardResult:
     total: list[float]
-    """weighted sum per completion (NaN parts, a function's "not applicable", count as 0)"""
+    """weighted sum per completion over the functions that gave a value: masked parts (NaN) are
+    left out, so the total is finite; clamped to float32's range"""
     parts: dict[str, list[float]]
-    """per reward-function name, unweighted"""
+    """per reward-function name, unweighted; NaN where it gave no finite value (None, NaN, +-inf,
+    beyond float32: "not applicable", masked out of the total and of the reward's mean)"""
     errors: dict[str, int]
     """per name: completions whose call raised or timed out (scored 0)"""
+
+
+@dataclass
+class RewardHealth:
+    """What `score` remembers of one reward function across calls (see `health_of`)."""
+
+    calls: int = 0
+    succeeded: bool = False
+    """gave a value (finite or not) for at least one completion"""
+    failed_calls: int = 0
+    """calls that raised on every completion"""
+    timeouts_in_a_row: int = 0
+
+
+def health_of(fn: RewardFn) -> RewardHealth:
+    """The function's health record, kept on the function itself (as `trusted` marks it), so it
+    lives as long as the run's reward functions: `build_reward_fns` makes fresh ones per run (a
+    user's file is imported anew). A callable that takes no attributes gets a fresh record each
+    call (no memory across calls)."""
+    health = getattr(fn, "rlvr_health", None)
+    if not isinstance(health, RewardHealth):
+        health = RewardHealth()
+        try:
+            fn.rlvr_health = health
+        except (AttributeError, TypeError):  # a bound method, a builtin
+            pass
+    return health
+
+
+def check_weight(name: str, weight: float) -> float:
+    """The weight as a float; ValueError naming the reward when it is not a finite float32 number
+    (a NaN or 1e39 weight made every total non-finite)."""
+    try:
+        w = float(weight)
+    except (TypeError, ValueError):
+        raise ValueError(f"the weight of reward {name!r} must be a number, got {weight!r}") from None
+    if not math.isfinite(w) or abs(w) > FLOAT32_MAX:
+        raise ValueError(f"the weight of reward {name!r} must be a finite number (|w| <= 3.4e38), got {weight!r}")
+    return w
+
+
+def reward_value(value: Any) -> float:
+    """A reward function's value as a float; NaN (masked) for None, NaN, +-inf and values beyond
+    float32's range (TRL masks None the same way, with nansum over the functions). TypeError or
+    ValueError for something that is not a number."""
+    if value is None:
+        return math.nan
+    try:
+        x = float(value)
+    except OverflowError:  # an int beyond float64
+        return math.nan
+    return x if math.isfinite(x) and abs(x) <= FLOAT32_MAX else math.nan
+
+
+def weighted_total(values: Sequence[float], weights: Sequence[float]) -> float:
+    """sum_k w_k r_k over the functions k with a finite value r_k (0 when none has), clamped to
+    +-FLOAT32_MAX: finite by construction, so a tensor of totals is finite."""
+    t = sum(w * v for v, w in zip(values, weights) if math.isfinite(v))
+    return max(-FLOAT32_MAX, min(FLOAT32_MAX, t))
 
 
 def score(
@@ -290,49 +390,85 @@ def score(
 
     `columns` values that are sequences as long as `completions` are per-completion columns;
     anything else (TRL's `trainer_state`) is passed unchanged to every call. `timeout_s` bounds
-    each call of an untrusted function: the batch call, then each retried completion.
+    each call of an untrusted function: the batch call, or the retries one completion at a time
+    after the batch call raised (the first retry that times out ends them). Raises
+    `RewardFunctionError` for a broken function (see `health_of`, `_check_health`).
     """
     names = [name for name, _, _ in reward_funcs]
     if len(set(names)) != len(names):
         raise ValueError(f"reward names must be unique, got {names}")
+    weights = [check_weight(name, w) for name, _, w in reward_funcs]
     n, parts, errors = len(completions), {}, {}
     for name, fn, _ in reward_funcs:
         parts[name], errors[name] = _score_one(name, fn, completions, columns, timeout_s)
-    total = [
-        sum(w * parts[name][i] for name, _, w in reward_funcs if not math.isnan(parts[name][i]))
-        for i in range(n)
-    ]
+    total = [weighted_total([parts[name][i] for name in names], weights) for i in range(n)]
     return RewardResult(total=total, parts=parts, errors=errors)
 
 
 def _score_one(name, fn, completions, columns, timeout_s) -> tuple[list[float], int]:
-    """The batch call; if it fails, one call per completion (failures score 0)."""
+    """The batch call; if it raises, one call per completion (failures score 0); if it times out,
+    every completion scores 0 (no retries: a hanging function costs one time-out per call)."""
     n = len(completions)
     if n == 0:
         return [], 0
     forked = not is_trusted(fn) and hasattr(os, "fork")
-    run = (lambda jobs: _run_forked(fn, completions, columns, jobs, timeout_s)) if forked else (
-        lambda jobs: _run_inline(fn, completions, columns, jobs))
+
+    def run(jobs: list[tuple[int, int]]) -> list[tuple[str, Any]]:
+        def job(k: int) -> tuple[str, Any]:
+            return _outcome(fn, completions, columns, jobs[k])
+
+        return run_forked(job, len(jobs), timeout_s) if forked else run_inline(job, len(jobs))
+
     status, payload = run([(0, n)])[0]
     if status == "ok":
+        _check_health(name, health_of(fn), ok=True, timed_out=False, error="", timeout_s=timeout_s)
         return payload, 0
-    outcomes = run([(i, i + 1) for i in range(n)])
+    if status == "timeout":
+        outcomes = [(status, payload)] * n
+    else:
+        outcomes = run([(i, i + 1) for i in range(n)])
     values = [p[0] if s == "ok" else 0.0 for s, p in outcomes]
     bad = [p for s, p in outcomes if s != "ok"]
-    logger.warning("reward %r failed on the batch (%s); per completion: %d of %d scored 0%s",
-                   name, payload, len(bad), n, f", first: {bad[0]}" if bad else "")
+    timed_out = any(s == "timeout" for s, _ in outcomes)
+    logger.warning("reward %r failed on the batch (%s); %d of %d completions scored 0%s", name, payload,
+                   len(bad), n, f", first per completion: {bad[0]}" if bad and status != "timeout" else "")
+    _check_health(name, health_of(fn), ok=len(bad) < n, timed_out=timed_out,
+                  error=bad[0] if status != "timeout" and bad else payload, timeout_s=timeout_s)
     return values, len(bad)
 
 
+def _check_health(name: str, health: RewardHealth, *, ok: bool, timed_out: bool, error: str,
+                  timeout_s: float) -> None:
+    """Record one call; raise RewardFunctionError when the function is broken: TIMEOUTS_TO_STOP
+    time-outs in a row, or an exception on every completion of its first BROKEN_AFTER_CALLS calls
+    (a function that gave values once keeps today's containment: its failures score 0)."""
+    health.calls += 1
+    health.timeouts_in_a_row = health.timeouts_in_a_row + 1 if timed_out else 0
+    if health.timeouts_in_a_row >= TIMEOUTS_TO_STOP:
+        raise RewardFunctionError(
+            f"reward function {name!r} timed out on {health.timeouts_in_a_row} calls in a row (no result "
+            f"after {timeout_s:g} s each); fix it, or raise task.reward_timeout if it is only slow")
+    if ok:
+        health.succeeded = True
+        return
+    if not timed_out:
+        health.failed_calls += 1
+    if not health.succeeded and health.failed_calls >= BROKEN_AFTER_CALLS:
+        raise RewardFunctionError(
+            f"reward function {name!r} raised on every completion of its first {health.failed_calls} calls: "
+            f"{error}")
+
+
 def _call(fn: RewardFn, completions: list, columns: dict[str, Any], start: int, stop: int) -> list[float]:
-    """fn on completions[start:stop] with the matching column slices; checked, as floats."""
+    """fn on completions[start:stop] with the matching column slices; checked, as floats (NaN:
+    no finite value, see `reward_value`)."""
     n = len(completions)
     sliced = {k: (v[start:stop] if _is_aligned(v, n) else v) for k, v in columns.items()}
     out = fn(completions=completions[start:stop], **_accepted_kwargs(fn, sliced))
     values = list(out)
     if len(values) != stop - start:
         raise ValueError(f"returned {len(values)} rewards for {stop - start} completions")
-    return [math.nan if v is None else float(v) for v in values]
+    return [reward_value(v) for v in values]
 
 
 def _is_aligned(value: Any, n: int) -> bool:
@@ -359,88 +495,3 @@ def _outcome(fn, completions, columns, job) -> tuple[str, Any]:
         raise
     except BaseException as e:  # a user's function may raise anything, SystemExit included
         return "error", f"{type(e).__name__}: {e}"[:300]
-
-
-def _run_inline(fn, completions, columns, jobs) -> list[tuple[str, Any]]:
-    return [_outcome(fn, completions, columns, job) for job in jobs]
-
-
-def _run_forked(fn, completions, columns, jobs, timeout_s) -> list[tuple[str, Any]]:
-    """Run the jobs in forked children; a job silent for `timeout_s` is killed and scored as a
-    time-out, and a new child resumes with the next job."""
-    outcomes: list[tuple[str, Any] | None] = [None] * len(jobs)
-    k = 0
-    while k < len(jobs):
-        k = _fork_from(fn, completions, columns, jobs, k, timeout_s, outcomes)
-    return outcomes
-
-
-def _fork_from(fn, completions, columns, jobs, k0, timeout_s, outcomes) -> int:
-    """One child runs jobs[k0:], streaming one frame per job; returns where to resume."""
-    read_fd, write_fd = os.pipe()
-    try:
-        pid = os.fork()
-    except OSError as e:  # out of memory or processes: run here, without the time-out
-        os.close(read_fd), os.close(write_fd)
-        logger.warning("cannot fork for a reward function (%s); running it in-process", e)
-        outcomes[k0:] = _run_inline(fn, completions, columns, jobs[k0:])
-        return len(jobs)
-    if pid == 0:  # the child: never returns
-        os.close(read_fd)
-        try:
-            for k in range(k0, len(jobs)):
-                _write_frame(write_fd, (k, *_outcome(fn, completions, columns, jobs[k])))
-        finally:
-            sys.stdout.flush(), sys.stderr.flush()
-            os._exit(0)
-    os.close(write_fd)
-    reader, k = _FrameReader(read_fd), k0
-    try:
-        while k < len(jobs):
-            frame = reader.read(timeout_s)
-            if frame is None:  # silent past the time-out, or the child died
-                outcomes[k] = ("timeout" if reader.alive else "error",
-                               f"no result after {timeout_s:g} s" if reader.alive else "the child process died")
-                return k + 1
-            k, status, payload = frame
-            outcomes[k] = (status, payload)
-            k += 1
-        return k
-    finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(pid, 0)
-        os.close(read_fd)
-
-
-def _write_frame(fd: int, obj: Any) -> None:
-    data = pickle.dumps(obj)
-    data = struct.pack("<I", len(data)) + data
-    while data:
-        data = data[os.write(fd, data):]
-
-
-class _FrameReader:
-    """Length-prefixed pickles from a pipe, with a time-out per frame."""
-
-    def __init__(self, fd: int):
-        self.fd, self.buffer, self.alive = fd, b"", True
-
-    def read(self, timeout_s: float) -> Any | None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if len(self.buffer) >= 4:
-                size = struct.unpack("<I", self.buffer[:4])[0]
-                if len(self.buffer) >= 4 + size:
-                    frame, self.buffer = self.buffer[4 : 4 + size], self.buffer[4 + size :]
-                    return pickle.loads(frame)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
-                return None
-            chunk = os.read(self.fd, 1 << 16)
-            if not chunk:
-                self.alive = False
-                return None
-            self.buffer += chunk

@@ -263,6 +263,9 @@ def experience_metrics(exp: Experience, g: int) -> dict:
     m["reward/total/mean"], m["reward/total/std"] = _mean_std(exp.rewards.total)
     for name, values in exp.rewards.parts.items():
         m[f"reward/{name}/mean"], m[f"reward/{name}/std"] = _mean_std(values)
+        nonfinite = sum(v != v for v in values)  # NaN: no finite value (None, NaN, inf), masked out of the total
+        if nonfinite:
+            m[f"reward/{name}/nonfinite"] = nonfinite
     for name, count in exp.rewards.errors.items():
         if count:
             m[f"reward/{name}/errors"] = count

@@ -74,20 +74,27 @@ MAX_ANSWER_CHARS = 10_000
 """Verifiers give 0 to longer answers at once (a 1 MB answer must not cost a second)."""
 
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?")
+_GROUPED = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+"""a number with thousands separators: groups of exactly three digits after the first (1,234 / 12,345,678)"""
+_CURRENCY = re.compile(r"^([+-]?)\s*\$\s*")
 
 
 def parse_number(text: str | None, *, remove_comma: bool = True) -> Fraction | None:
     """The exact value of a number written as text, or None.
 
     Accepts "42", "-3.5", "1/3", "$1,234." (with remove_comma) and the unicode minus; "1,234"
-    is not a number when remove_comma=False (seed 001's `not_remove_comma`).
+    is not a number when remove_comma=False (seed 001's `not_remove_comma`). Commas are removed
+    only as thousands separators (groups of three: "12,345,678"); spaces only around the text and
+    after a leading sign or "$". So "4 2" and "1,2" are not numbers (they were 42 and 12).
     """
     if text is None or len(text) > 100:
         return None
-    s = text.strip().replace("\u2212", "-").replace("$", "").replace(" ", "")
-    if remove_comma:
-        s = s.replace(",", "")
+    s = text.strip().replace("\u2212", "-")
+    s = _CURRENCY.sub(r"\1", s).removesuffix("$").rstrip()  # "$5", "-$5", "$ 5", LaTeX's "$18$"
+    s = re.sub(r"^([+-])\s+", r"\1", s)  # "- 5"
     s = s.removesuffix(".")
+    if remove_comma and _GROUPED.fullmatch(s):
+        s = s.replace(",", "")
     if not _NUMBER.fullmatch(s):
         return None
     try:

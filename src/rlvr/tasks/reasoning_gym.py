@@ -6,6 +6,12 @@ shifted by one: the test seed defaults to `seed + n`, past every train item, and
 ranges are refused. Test questions that also occur in train are dropped (small problem spaces).
 The verifier is the dataset's own `score_answer(answer, entry)`, so rlvr scores exactly as
 reasoning-gym does; the entry (question, answer, metadata) is kept in the `rg_entry` column.
+
+Accuracy counts an answer right only when reasoning-gym scores it fully right (1.0): `verify` is
+0/1. Reasoning-gym's partial credit was averaged as accuracy before, and it is gameable (issue
+21): on rg:syllogism the hedge "YesNo" earned ~0.5, on rg:propositional_logic a tautology 0.25
+on every problem. The partial credit stays available as `partial_credit` (the reward of that
+name), reported apart from accuracy.
 Options other than n / n_test / seed / test_seed go to the dataset's config (difficulty etc.).
 """
 
@@ -65,7 +71,11 @@ class ReasoningGymTask(Task):
         return self._test
 
     def verify(self, answer: str | None, example: Example) -> float:
-        """reasoning-gym's own score (often 0/1, some datasets give partial credit)."""
+        """1.0 when reasoning-gym scores the answer fully right, else 0.0 (see the module docstring)."""
+        return 1.0 if self.partial_credit(answer, example) >= 1.0 else 0.0
+
+    def partial_credit(self, answer: str | None, example: Example) -> float:
+        """reasoning-gym's own score in [0, 1] (often 0/1; some datasets give partial credit)."""
         if answer is not None and len(answer) > MAX_ANSWER_CHARS:
             return 0.0
         try:
