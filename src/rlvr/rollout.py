@@ -92,7 +92,10 @@ def build_reward_fns(task: Task, weights: dict[str, float]) -> list[WeightedRewa
 def score_texts(reward_fns: list[WeightedReward], task: Task, examples: list[Example], completions: list[str],
                 fmt: PromptFormat, timeout_s: float, conversational: bool,
                 verdicts: list[Verdict] | None = None) -> reward_lib.RewardResult:
-    """Score completions (one per entry of `examples`) with every reward function; never raises.
+    """Score completions (one per entry of `examples`) with every reward function. A function that
+    fails or hangs scores 0 for what it could not score (counted); one that is plainly broken
+    (fails on everything from the start, or times out again and again) raises
+    `rewards.RewardFunctionError` naming it.
 
     Built-in rewards see the prefill plus the completion (so `<think>` prefilled by the prompt
     counts); a user's function sees exactly what TRL would pass it: the completion alone, as a
@@ -112,7 +115,8 @@ def score_texts(reward_fns: list[WeightedReward], task: Task, examples: list[Exa
     if user:
         trl_style = [[{"role": "assistant", "content": c}] for c in completions] if conversational else completions
         more = reward_lib.score(user, trl_style, columns, timeout_s=timeout_s)
-        result = reward_lib.RewardResult(total=[a + b for a, b in zip(result.total, more.total)],
+        result = reward_lib.RewardResult(total=[reward_lib.weighted_total((a, b), (1.0, 1.0))
+                                                for a, b in zip(result.total, more.total)],
                                          parts={**result.parts, **more.parts},
                                          errors={**result.errors, **more.errors})
     return result
@@ -200,7 +204,8 @@ def _sample_and_score(sampler, tokenizer, task, batch, seeds, offset, g, params,
                              conversational=_is_chat(tokenizer, fmt), verdicts=verdicts)
     else:  # a process with no prompts this round (fewer prompts than processes)
         result = reward_lib.RewardResult(total=[], parts={r.name: [] for r in reward_fns}, errors={})
-    total = torch.tensor(gather(result.total), dtype=torch.float32)  # [B*G] the whole round, all processes
+    # [B*G] the whole round, all processes; float64: totals near the float32 limit must not overflow the group mean
+    total = torch.tensor(gather(result.total), dtype=torch.float64)
     adv = group_advantages(total, g, scale_rewards=scale_rewards)[offset * g: offset * g + len(outs)]  # [b*G] ours
     zero = zero_signal_groups(total, g)  # [B]
     rollouts = [
