@@ -319,7 +319,9 @@ def _prune(root: Path, keep: int) -> None:
 def _write_failure(final: Path, file_name: str, err: BaseException, needed: int, previous: Path | None) -> str:
     """What failed, how much room the checkpoint needs and what is free, and what is still usable."""
     reason = getattr(err, "strerror", None) or str(err)
-    found = re.search(r'message: "([^"]+)"', reason)  # safetensors: IoError(Os { code: 28, ..., message: "..." })
+    # safetensors: "Error while serializing: I/O error: No space left on device (os error 28)" (0.8),
+    # or "... IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })" (older)
+    found = re.search(r'message: "([^"]+)"', reason) or re.search(r"I/O error: (.+)$", reason)
     reason = found.group(1) if found else reason
     try:
         free = f"{_size(shutil.disk_usage(final.parent).free)} are free there"
