@@ -213,7 +213,7 @@ def _load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
     else:
         result = model.load_state_dict(state, strict=False)
     if getattr(result, "unexpected_keys", None):
-        raise CheckpointError(f"checkpoint weights have keys the model does not: {result.unexpected_keys[:3]}")
+        raise CheckpointError(f"checkpoint weights have keys the model does not have: {result.unexpected_keys[:3]}")
 
 
 # ----------------------------------------------------------------------------- random states
@@ -384,14 +384,16 @@ def load_checkpoint(path: str | Path, *, model, optimizer, scheduler,
                     generators: dict[str, torch.Generator]) -> dict:
     """Restore weights, optimizer, scheduler and random states; return the trainer state."""
     blob = read_checkpoint(path)
-    _load_trainable_state(model, blob["trainable"])
     try:
+        _load_trainable_state(model, blob["trainable"])
         optimizer.load_state_dict(blob["optimizer"])
         scheduler.load_state_dict(blob["scheduler"])
         set_rng_state(blob["rng"], generators)
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
-        raise CheckpointError(f"checkpoint {path} does not fit this run (optimizer, scheduler or random "
-                              f"state): {type(err).__name__}: {err}") from err
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"checkpoint {path} does not fit this run (weights, optimizer, scheduler or "
+                              f"random state): {type(err).__name__}: {str(err)[:500]}") from err
     return blob["state"]
 
 
