@@ -147,7 +147,8 @@ def _disk_full() -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         script = _DISK_FULL.format(bench=str(ROOT / "bench"), run=tmp)
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                              timeout=300, check=False)
         msg = done.stdout
         ok = (done.returncode == 0 and "writing trainable.safetensors failed: File too large" in msg
               and "needs about 0.8 MB" in msg and "previous checkpoint step-000001 is intact" in msg)
@@ -171,7 +172,6 @@ def _tied_once() -> bool:
 
 def attacks() -> list[tuple[str, Callable[[], bool]]]:
     """(name, check): each check returns True when rlvr handles the attack as designed."""
-    huge_header = lambda m: struct.pack("<Q", 2**40) + b"{}"  # noqa: E731
     return [
         ("checkpoint: crafted pickle as optim_rng.pt (old layout) is refused, never unpickled",
          lambda: _refused(_legacy_pickle, "old pickle format")),
@@ -194,7 +194,7 @@ def attacks() -> list[tuple[str, Callable[[], bool]]]:
         ("checkpoint: tensor reference to a missing tensor",
          lambda: _refused(_edit_tree(lambda t: t.update(rng={"tensor": "nope"})), "missing from")),
         ("checkpoint: safetensors header claiming 1 TB",
-         lambda: _refused(_write("optim_rng.safetensors", huge_header), "unreadable: optim_rng.safetensors")),
+         lambda: _refused(_write("optim_rng.safetensors", _huge_header), "unreadable: optim_rng.safetensors")),
         ("checkpoint: trainable.safetensors symlinked to /etc/passwd",
          lambda: _refused(_symlink("trainable.safetensors", "/etc/passwd"), "unreadable: trainable.safetensors")),
         ("checkpoint: state.json step is not an integer",
@@ -207,6 +207,11 @@ def attacks() -> list[tuple[str, Callable[[], bool]]]:
         ("checkpoint: disk full (RLIMIT_FSIZE) mid-write", _disk_full),
         ("checkpoint: tied weights stored once, tied again on load", _tied_once),
     ]
+
+
+def _huge_header(marker: Path) -> bytes:
+    """A safetensors file whose first 8 bytes say its JSON header is 1 TB long."""
+    return struct.pack("<Q", 2**40) + b"{}"
 
 
 def _bad_ties() -> bytes:

@@ -271,19 +271,21 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, optimizer, schedul
         (STATE_FILE, lambda p: p.write_text(json.dumps({**trainer_state, "step": step}, indent=1))),  # last
     ]
     needed = sum(t.nbytes for t in (*weights.values(), *tensors.values()))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
-    current = "the checkpoint directory"
+    current, tmp = "the checkpoint directory", None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))  # a full disk can fail this too
         for current, write in writes:
             write(tmp / current)
         current = "the checkpoint directory"
         _fsync_dir(tmp)
         _move_into_place(tmp, final)
     except (OSError, RuntimeError, _safetensor_error()) as err:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(_write_failure(final, current, err, needed, previous)) from err
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     _prune(root, keep)
     return final
