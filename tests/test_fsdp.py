@@ -46,10 +46,11 @@ def max_diff(a: dict, b: dict) -> float:
 
 def checkpoint_diffs(one: Path, two: Path) -> tuple[float, float]:
     """Max differences of two checkpoints' trainable weights and Adam state (same layout asserted)."""
-    from safetensors.torch import load_file
+    from rlvr.checkpoint import read_checkpoint
 
-    w_diff = max_diff(load_file(str(one / "trainable.safetensors")), load_file(str(two / "trainable.safetensors")))
-    o1, o2 = (torch.load(c / "optim_rng.pt", weights_only=False)["optimizer"] for c in (one, two))
+    c1, c2 = read_checkpoint(one), read_checkpoint(two)
+    w_diff = max_diff(c1["trainable"], c2["trainable"])
+    o1, o2 = c1["optimizer"], c2["optimizer"]
     assert o1["param_groups"] == o2["param_groups"]
     assert o1["state"].keys() == o2["state"].keys() and len(o1["state"]) > 0
     o_diff = max(float((o1["state"][i][k] - o2["state"][i][k]).abs().max())

@@ -10,8 +10,10 @@ first, one line per call, flushed at once: a crash loses at most the line being 
 
 On resume the files are appended to. A line cut short by a crash is removed before appending (so
 the file stays valid JSONL), and `read_jsonl` skips a cut-short last line. Steps logged twice
-(after a crash the trainer redoes the steps since its last checkpoint) are either purged at
-construction (`purge_step`) or, when reading, resolved by `last_per_step` (the later line wins).
+(after a crash the trainer redoes the steps since its last checkpoint) are purged: at construction
+when the first redone step is known (`purge_step`), otherwise at the first line written to each file
+(a run killed before its first checkpoint starts again from step 0: writing step s drops the old
+lines of steps >= s). When reading, `last_per_step` resolves any duplicate left (the later line wins).
 
 External trackers are imported only when asked for in `report_to`; a missing one is an error at
 construction, before any training time is spent.
@@ -97,11 +99,17 @@ def _repair_tail(path: Path) -> None:
     path.write_bytes(keep)
 
 
-def _purge_from(path: Path, step: int) -> None:
-    """Rewrite `path` without records whose step is >= `step` (atomically, via a temp file)."""
+def _purge_from(path: Path, step: int, only_if_needed: bool = False) -> None:
+    """Rewrite `path` without records whose step is >= `step` (atomically, via a temp file).
+
+    only_if_needed: leave the file untouched when it holds no such record.
+    """
     if not path.exists():
         return
-    kept = [r for r in read_jsonl(path) if not (isinstance(r.get("step"), int) and r["step"] >= step)]
+    records = read_jsonl(path)
+    kept = [r for r in records if not (isinstance(r.get("step"), int) and r["step"] >= step)]
+    if only_if_needed and len(kept) == len(records):
+        return
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text("".join(_dumps(r) + "\n" for r in kept), encoding="utf-8")
     tmp.replace(path)
@@ -140,17 +148,23 @@ class _TensorBoardSink:
     """Scalars into TensorBoard event files in the run directory itself."""
 
     def __init__(self, run_dir: Path, purge_step: int | None):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+        self.run_dir, self.purge_step = run_dir, purge_step
+        self.writer = None
 
     def log(self, values: dict[str, float], step: int) -> None:
+        if self.writer is None:  # opened at the first step, which (if not given) is the one to purge from
+            from torch.utils.tensorboard import SummaryWriter
+
+            earlier = any(self.run_dir.glob("events.out.tfevents.*"))
+            purge = self.purge_step if self.purge_step is not None else (step if earlier else None)
+            self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge)
         for key, value in values.items():
             self.writer.add_scalar(key, value, global_step=step)
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 class _WandbSink:
@@ -250,7 +264,8 @@ class Tracker:
             and passed to the external trackers.
         is_main: False on non-main processes of a multi-process run: every method does nothing.
         purge_step: on resume, the first step to be redone: records with step >= purge_step are
-            removed from the JSONL files and hidden in TensorBoard. None: append as is.
+            removed from the JSONL files and hidden in TensorBoard. None: the first step written to
+            each file is the first redone (nothing is removed in a new run).
     """
 
     def __init__(
@@ -266,6 +281,7 @@ class Tracker:
         self.is_main = is_main
         self._files: dict[str, Any] = {}
         self._sinks: list[Any] = []
+        self._purged: set[str] = set()  # files whose earlier lines of redone steps are gone
         if not is_main:
             return
         names = [n for n in dict.fromkeys(report_to) if n not in ("tensorboard", "none")]
@@ -276,6 +292,7 @@ class Tracker:
             _repair_tail(path)
             if purge_step is not None:
                 _purge_from(path, purge_step)
+                self._purged.add(file_name)
         if config is not None:
             self._write_config(config)
         self._sinks.append(_TensorBoardSink(self.run_dir, purge_step))
@@ -291,6 +308,9 @@ class Tracker:
 
     def _append(self, file_name: str, record: Mapping) -> None:
         handle = self._files.get(file_name)
+        if file_name not in self._purged and isinstance(record.get("step"), int):
+            _purge_from(self.run_dir / file_name, record["step"], only_if_needed=True)
+            self._purged.add(file_name)
         if handle is None:
             handle = open(self.run_dir / file_name, "a", encoding="utf-8")  # noqa: SIM115
             self._files[file_name] = handle
