@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -257,7 +258,11 @@ def attach_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0,
         model = model.merge_and_unload()
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         task_type="CAUSAL_LM")
-    model = get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft 0.21 reads `model.is_gradient_checkpointing`, which transformers 5 deprecates (a
+        # FutureWarning on every run); the attribute's value is still right, the warning is not ours
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(model, config)
     if fused:
         from rlvr.fused import fuse
 
