@@ -292,3 +292,169 @@ def _encode(data: np.ndarray, name: str, dtype: str):
         except gguf.quants.QuantError as err:  # a row that is not a multiple of 32: f16, as llama.cpp does
             log.warning("%s: %s; writing f16", name, err)
     return data.astype(np.float16), Q.F16
+
+
+# ----------------------------------------------------------------------------------------------- Hub
+
+HUB_WHAT = ("merged", "adapter")
+
+
+class HubError(RuntimeError):
+    """An upload that cannot start (no token, offline, unreachable or refusing endpoint); says which."""
+
+
+@dataclass
+class UploadPlan:
+    """What `push_to_hub` sends: the files of one folder and a generated model card, in one commit."""
+
+    repo_id: str
+    folder: Path
+    files: list[str]  # paths relative to `folder`, README.md excepted (the card replaces it)
+    card: str
+    private: bool = False
+    what: str = "merged"
+    summary: dict = field(default_factory=dict)
+
+
+def find_final_dir(run_dir: str | Path) -> Path:
+    """RUN/final (rlvr train, rlvr sft) or RUN/grpo/final, RUN/sft/final (rlvr run, the pipeline)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ExportError(f"run directory {run_dir} does not exist")
+    for candidate in (run_dir / "final", run_dir / "grpo" / "final", run_dir / "sft" / "final"):
+        if candidate.is_dir():
+            return candidate
+    raise ExportError(f"{run_dir} holds no final model (looked for final/, grpo/final/, sft/final/)")
+
+
+def build_upload(run_dir: str | Path, repo_id: str, *, what: str = "merged", private: bool = False) -> UploadPlan:
+    """The folder (RUN/final/merged or RUN/final/adapter), its files and the model card for a run."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if what not in HUB_WHAT:
+        raise ExportError(f"push_to_hub: what='{what}' is not one of {', '.join(HUB_WHAT)}")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ExportError(f"push_to_hub: '{repo_id}' is not a Hub repo id (owner/name): {err}") from err
+    folder = find_final_dir(run_dir) / what
+    if not folder.is_dir():
+        raise ExportError(f"push_to_hub: {folder} does not exist (a full fine-tune has no adapter; use merged)")
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                   if p.is_file() and p.name != "README.md" and not p.name.startswith("."))
+    summary = _read_json(Path(run_dir) / "summary.json")
+    card = model_card(repo_id, summary, base_model=_base_model(Path(run_dir), folder, summary), what=what)
+    return UploadPlan(repo_id, folder, files, card, private, what, summary)
+
+
+def push_to_hub(run_dir: str | Path, repo_id: str, token: str | None = None, private: bool = False, *,
+                what: str = "merged", endpoint: str | None = None, timeout: float = 5.0) -> str:
+    """Upload a run's merged model (or its LoRA adapter) with a model card; return the commit URL.
+
+    The token is `token`, else $HF_TOKEN, else the one `hf auth login` saved; it is never printed.
+    Before anything is sent, a pre-flight (whoami, `timeout` seconds, no retries) fails fast with a
+    message naming the problem: HF_HUB_OFFLINE set, no token, endpoint unreachable, token refused.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    plan = build_upload(run_dir, repo_id, what=what, private=private)
+    endpoint = _endpoint(endpoint)
+    token = _token(token)
+    preflight(endpoint, token, timeout=timeout)
+    api = HfApi(endpoint=endpoint, token=token)
+    api.create_repo(plan.repo_id, private=plan.private, exist_ok=True, repo_type="model")
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(plan.folder / name)) for name in plan.files]
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=plan.card.encode()))
+    info = api.create_commit(plan.repo_id, operations, commit_message=f"Upload {plan.what} model trained with rlvr",
+                             repo_type="model")
+    return str(getattr(info, "commit_url", info))
+
+
+def _endpoint(endpoint: str | None) -> str:
+    from huggingface_hub import constants
+
+    return (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def _token(token: str | None) -> str:
+    """The token to upload with, or a HubError saying how to give one (offline mode is refused first)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise HubError("push_to_hub: HF_HUB_OFFLINE is set; unset it to upload")
+    if not token:
+        from huggingface_hub import get_token
+
+        token = os.environ.get("HF_TOKEN") or get_token()
+    if not token:
+        raise HubError("push_to_hub: no Hugging Face token; pass --token, set HF_TOKEN, or run `hf auth login`")
+    return token
+
+
+def preflight(endpoint: str, token: str, *, timeout: float = 5.0) -> str:
+    """Check the endpoint answers and accepts the token (GET /api/whoami-v2); return the user name."""
+    import httpx
+
+    url = f"{endpoint}/api/whoami-v2"
+    try:
+        response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+    except httpx.TimeoutException:
+        raise HubError(f"push_to_hub: {endpoint} did not answer within {timeout:g} s (no network?)") from None
+    except httpx.HTTPError as err:
+        raise HubError(f"push_to_hub: cannot reach {endpoint} ({type(err).__name__}: {err}); "
+                       "no network, or set HF_ENDPOINT") from None
+    if response.status_code in (401, 403):
+        raise HubError(f"push_to_hub: {endpoint} refused the token (HTTP {response.status_code}); "
+                       "it needs write access")
+    if response.status_code != 200:
+        raise HubError(f"push_to_hub: {url} answered HTTP {response.status_code}")
+    try:
+        return str(response.json().get("name", ""))
+    except ValueError:
+        raise HubError(f"push_to_hub: {url} did not answer as the Hugging Face Hub does") from None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _base_model(run_dir: Path, folder: Path, summary: dict) -> str | None:
+    """The Hub id (or the name) of the model the run started from: the adapter's base, else the run's model."""
+    from rlvr.models import ALIASES, portable_base_reference
+
+    adapter = _read_json(folder / "adapter_config.json") or _read_json(folder.parent / "adapter" / "adapter_config.json")
+    name = adapter.get("base_model_name_or_path") or summary.get("model")
+    if name in ALIASES:
+        return ALIASES[name][2]
+    return portable_base_reference(name) if name else None
+
+
+def model_card(repo_id: str, summary: dict, *, base_model: str | None, what: str = "merged") -> str:
+    """A README.md for the Hub: front matter (base model, library, tags), the run's task and accuracies."""
+    library = "peft" if what == "adapter" else "transformers"
+    front = ["---", f"library_name: {library}", "pipeline_tag: text-generation",
+             "tags:", "- rlvr", "- grpo", "- reinforcement-learning"]
+    if base_model and not Path(base_model).is_absolute():
+        front[1:1] = [f"base_model: {base_model}"]
+    lines = front + ["---", "", f"# {repo_id.split('/')[-1]}", ""]
+    task = summary.get("task", "a verifiable task")
+    lines += [f"Trained with [rlvr](https://pypi.org/project/rlvr/) (GRPO, reinforcement learning from "
+              f"verifiable rewards) on the task `{task}`" + (f", starting from `{base_model}`." if base_model else "."), ""]
+    rows = summary.get("before_after") or []
+    if rows:
+        lines += ["| stage | accuracy | format | examples |", "|---|---|---|---|"]
+        lines += [f"| {r.get('stage', '?')} | {_pct(r.get('accuracy'))} | {_pct(r.get('format_rate'))} | {r.get('n', '')} |"
+                  for r in rows]
+        lines += ["", "Held-out accuracy measured by rlvr's evaluation of the task's verifier.", ""]
+    loader = ("from peft import AutoPeftModelForCausalLM\n"
+              f"model = AutoPeftModelForCausalLM.from_pretrained(\"{repo_id}\")" if what == "adapter" else
+              "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+              f"model = AutoModelForCausalLM.from_pretrained(\"{repo_id}\")\n"
+              f"tokenizer = AutoTokenizer.from_pretrained(\"{repo_id}\")")
+    lines += ["## Use", "", "```python", loader, "```", ""]
+    return "\n".join(lines)
+
+
+def _pct(value) -> str:
+    return f"{value:.1%}" if isinstance(value, (int, float)) else ""
