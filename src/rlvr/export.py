@@ -357,9 +357,9 @@ def push_to_hub(run_dir: str | Path, repo_id: str, token: str | None = None, pri
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    plan = build_upload(run_dir, repo_id, what=what, private=private)
+    token = _token(token)  # first: refusing without a token or offline costs nothing
     endpoint = _endpoint(endpoint)
-    token = _token(token)
+    plan = build_upload(run_dir, repo_id, what=what, private=private)
     preflight(endpoint, token, timeout=timeout)
     api = HfApi(endpoint=endpoint, token=token)
     api.create_repo(plan.repo_id, private=plan.private, exist_ok=True, repo_type="model")
@@ -420,14 +420,18 @@ def _read_json(path: Path) -> dict:
 
 
 def _base_model(run_dir: Path, folder: Path, summary: dict) -> str | None:
-    """The Hub id (or the name) of the model the run started from: the adapter's base, else the run's model."""
+    """The Hub id of the model the run started from: the run's model (summary.json), else the adapter's
+    base (for a pipeline run that is the SFT model inside the run); None when only a local path is known."""
     from rlvr.models import ALIASES, portable_base_reference
 
     adapter = _read_json(folder / "adapter_config.json") or _read_json(folder.parent / "adapter" / "adapter_config.json")
-    name = adapter.get("base_model_name_or_path") or summary.get("model")
-    if name in ALIASES:
-        return ALIASES[name][2]
-    return portable_base_reference(name) if name else None
+    for name in (summary.get("model"), adapter.get("base_model_name_or_path")):
+        if not name:
+            continue
+        name = ALIASES[name][2] if name in ALIASES else portable_base_reference(name)
+        if not Path(name).expanduser().is_absolute() and not Path(name).expanduser().exists():
+            return name
+    return None
 
 
 def model_card(repo_id: str, summary: dict, *, base_model: str | None, what: str = "merged") -> str:
@@ -435,7 +439,7 @@ def model_card(repo_id: str, summary: dict, *, base_model: str | None, what: str
     library = "peft" if what == "adapter" else "transformers"
     front = ["---", f"library_name: {library}", "pipeline_tag: text-generation",
              "tags:", "- rlvr", "- grpo", "- reinforcement-learning"]
-    if base_model and not Path(base_model).is_absolute():
+    if base_model:
         front[1:1] = [f"base_model: {base_model}"]
     lines = front + ["---", "", f"# {repo_id.split('/')[-1]}", ""]
     task = summary.get("task", "a verifiable task")
