@@ -309,19 +309,8 @@ def test_cli_push_without_a_token_says_how_to_give_one(run_dir, tmp_path):
 
 
 # --------------------------------------------------------------------------------- the real 135M model
-
-
-@pytest.mark.slow
-def test_bundled_model_round_trip(tmp_path):
-    from rlvr.models import load_model
-
-    model, tokenizer = load_model("smollm2-135m", device="cpu", dtype="fp32")
-    path = export_gguf("smollm2-135m", tmp_path / "smollm2.gguf", dtype="f16")
-    assert 250e6 < path.stat().st_size < 290e6  # 135M parameters x 2 bytes (measured 270.9 MB)
-    loaded = _load_gguf(path)
-    for ref, out in zip(_logits(model, tokenizer), _logits(loaded, tokenizer)):
-        assert (out - ref).abs().max().item() < 0.1  # f16 weights; measured 3.5e-2 on logits of size ~20
-        assert (out.argmax(-1) == ref.argmax(-1)).float().mean().item() > 0.95  # measured: all agree
+# (No 135M GGUF round trip here: transformers' GGUF loader alone took ~2 min for it on the shared test
+# machine, past the 60 s a slow test may take; the tiny model above checks the same code paths.)
 
 
 @pytest.mark.slow
