@@ -298,6 +298,64 @@ def test_preflight_reports_a_refused_token_without_printing_it():
     assert SECRET not in str(err.value)
 
 
+class _LocalHub(BaseHTTPRequestHandler):
+    """The Hub API calls an upload makes, answered as the Hub answers them for small files (every
+    file "regular", none through LFS), recording what was sent."""
+
+    def _reply(self, obj, code=200):
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        self._reply({"name": "me", "auth": {}} if self.path == "/api/whoami-v2" else {}, 200 if "whoami" in self.path else 404)
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.calls.append((self.path, self.headers.get("Authorization"), body))
+        host = self.headers["Host"]
+        if self.path == "/api/repos/create":
+            return self._reply({"url": f"http://{host}/me/x", "name": "me/x", "id": "1"})
+        if self.path == "/api/validate-yaml":
+            return self._reply({"errors": [], "warnings": []})
+        if self.path.endswith("/preupload/main"):
+            files = json.loads(body)["files"]
+            return self._reply({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+        if self.path.endswith("/commit/main"):
+            return self._reply({"commitUrl": f"http://{host}/me/x/commit/0123", "commitOid": "0" * 40})
+        self._reply({}, 404)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_push_sends_the_folder_and_the_card_in_one_commit(run_dir, monkeypatch):
+    import base64
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    server = HTTPServer(("127.0.0.1", 0), _LocalHub)
+    server.calls = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = push_to_hub(run_dir, "me/x", token=SECRET, private=True, endpoint=f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert url.endswith("/me/x/commit/0123")
+    paths = [path for path, _, _ in server.calls]
+    assert paths == ["/api/repos/create", "/api/validate-yaml", "/api/models/me/x/preupload/main", "/api/models/me/x/commit/main"]
+    assert all(auth == f"Bearer {SECRET}" for _, auth, _ in server.calls)
+    assert json.loads(server.calls[0][2]) == {"name": "x", "organization": "me", "visibility": "private", "type": "model"}
+    lines = [json.loads(line) for line in server.calls[-1][2].decode().splitlines()]
+    files = {line["value"]["path"]: base64.b64decode(line["value"]["content"]) for line in lines if line["key"] == "file"}
+    assert set(files) == set(build_upload(run_dir, "me/x").files) | {"README.md"}
+    assert files["config.json"] == (run_dir / "final" / "merged" / "config.json").read_bytes()
+    assert b"| after | 45.5% |" in files["README.md"]
+
+
 def test_cli_push_without_a_token_says_how_to_give_one(run_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE")}
     env["HF_HOME"] = str(tmp_path / "hf")  # no saved token
