@@ -185,9 +185,13 @@ def test_llama_cpp_generates_what_transformers_generates(exported, tiny_smol):
     from llama_cpp import Llama
 
     model, tokenizer = tiny_smol
-    ids = tokenizer(PROMPTS[0], return_tensors="pt")["input_ids"]
+    ids = tokenizer(PROMPTS[0], return_tensors="pt")["input_ids"]  # [1, T]
+    expected = []  # greedy by hand: generate() would stop at EOS, llama.cpp's generator does not
     with torch.no_grad():
-        expected = model.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1]:].tolist()
+        for _ in range(8):
+            expected.append(int(model(ids).logits[0, -1].argmax()))
+            ids = torch.cat([ids, torch.tensor([[expected[-1]]])], dim=1)
+    ids = ids[:, :-8]
     llm = Llama(model_path=str(exported["f32"]), n_ctx=128, verbose=False)
     got = []
     for token in llm.generate(ids[0].tolist(), temp=0.0, top_k=1):
