@@ -371,8 +371,38 @@ def test_cli_push_without_a_token_says_how_to_give_one(run_dir, tmp_path):
 
 
 # --------------------------------------------------------------------------------- the real 135M model
-# (No 135M GGUF round trip here: transformers' GGUF loader alone took ~2 min for it on the shared test
-# machine, past the 60 s a slow test may take; the tiny model above checks the same code paths.)
+# (No 135M round trip through transformers here: its GGUF loader alone took ~2 min for this model on
+# the shared test machine, past the 60 s a slow test may take; the tiny model above checks that path.)
+
+
+@pytest.mark.slow
+def test_bundled_model_exports_as_llama_cpps_own_converter_did(tmp_path):
+    """The bundled SmolLM2 GGUF was written by llama.cpp's convert_hf_to_gguf.py (then quantised to
+    Q4_1); rlvr's cache holds it dequantised. Exporting that copy must give the same file layout:
+    every metadata value (tokens, merges, token types, template, ids, hyper-parameters), every tensor
+    name and shape, and the same q/k weights (a wrong permutation would differ by the weights' size)."""
+    import gguf
+    from gguf.quants import dequantize
+
+    from rlvr.models import bundled_gguf
+
+    path = export_gguf("smollm2-135m", tmp_path / "smollm2.gguf", dtype="q8_0")
+    assert 135e6 < path.stat().st_size < 155e6  # 135M weights x 8.5 bits (measured 144.8 MB)
+    ours, theirs = gguf.GGUFReader(str(path)), gguf.GGUFReader(str(bundled_gguf()))
+    descriptive = {"general.basename", "general.finetune", "general.languages", "general.license",
+                   "general.organization", "general.size_label", "general.type"}  # from the Hub card
+    assert set(theirs.fields) - set(ours.fields) == descriptive
+    assert set(ours.fields) - set(theirs.fields) == {"tokenizer.ggml.add_eos_token"}  # False, written explicitly
+    for key in set(ours.fields) & set(theirs.fields):
+        if not key.startswith(("general.", "GGUF.")):
+            assert ours.fields[key].contents() == pytest.approx(theirs.fields[key].contents()), key
+    mine, ref = {t.name: t for t in ours.tensors}, {t.name: t for t in theirs.tensors}
+    assert {n: list(t.shape) for n, t in mine.items()} == {n: list(t.shape) for n, t in ref.items()}
+    for name in ("blk.0.attn_q.weight", "blk.29.attn_k.weight", "token_embd.weight"):
+        a = dequantize(mine[name].data, mine[name].tensor_type)
+        b = dequantize(ref[name].data, ref[name].tensor_type)
+        # the same numbers up to our Q8_0 rounding: <= max|w| / 254 per block, ~0.011 for |w| <= 2.85
+        assert np.abs(a - b).max() < 0.05, name
 
 
 @pytest.mark.slow
