@@ -110,7 +110,9 @@ def export_gguf(model_or_run_dir: str | Path, out_path: str | Path | None = None
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     out = Path(out_path) if out_path is not None else default_gguf_path(model_dir, dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)[1])
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    os.close(fd)  # GGUFWriter opens the file itself
+    tmp = Path(name)
     try:
         writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
         writer.add_name(_model_name(model_dir))
