@@ -243,12 +243,12 @@ def chat(
 def export_cmd(
     run_dir: Path = typer.Argument(..., help="a run directory (its final merged model) or a model directory"),
     gguf: bool = typer.Option(False, "--gguf", help="write a GGUF file (llama.cpp, Ollama, LM Studio)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="GGUF path [default: RUN/final/model-DTYPE.gguf]"),
+    out: Optional[Path] = typer.Option(None, "--out", help="GGUF path (default: RUN/final/model-DTYPE.gguf)"),
     dtype: str = typer.Option("f16", "--dtype", help="GGUF weights: f32, f16 or q8_0"),
     push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="upload to this Hub repo (owner/name)"),
     private: bool = typer.Option(False, "--private", help="create the Hub repo private"),
     adapter: bool = typer.Option(False, "--adapter", help="upload the LoRA adapter instead of the merged model"),
-    token: Optional[str] = typer.Option(None, "--token", help="Hub token [default: $HF_TOKEN or `hf auth login`]"),
+    token: Optional[str] = typer.Option(None, "--token", help="Hub token (default: $HF_TOKEN, or the one `hf auth login` saved)"),
 ):
     """Ship a trained model: --gguf writes a GGUF file; --push-to-hub REPO_ID uploads it with a model card."""
     import time
