@@ -238,6 +238,35 @@ def chat(
     chat_loop(model, task=task, max_new_tokens=max_new_tokens, temperature=temperature)
 
 
+# --- rlvr export: ship a run (GGUF for llama.cpp / Ollama / LM Studio; upload to the Hub) ---------
+@app.command("export")
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="a run directory (its final merged model) or a model directory"),
+    gguf: bool = typer.Option(False, "--gguf", help="write a GGUF file (llama.cpp, Ollama, LM Studio)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="GGUF path (default: RUN/final/model-DTYPE.gguf)"),
+    dtype: str = typer.Option("f16", "--dtype", help="GGUF weights: f32, f16 or q8_0"),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="upload to this Hub repo (owner/name)"),
+    private: bool = typer.Option(False, "--private", help="create the Hub repo private"),
+    adapter: bool = typer.Option(False, "--adapter", help="upload the LoRA adapter instead of the merged model"),
+    token: Optional[str] = typer.Option(None, "--token", help="Hub token (default: $HF_TOKEN, or the one `hf auth login` saved)"),
+):
+    """Ship a trained model: --gguf writes a GGUF file; --push-to-hub REPO_ID uploads it with a model card."""
+    import time
+
+    from rlvr import export
+
+    if not gguf and not push_to_hub:
+        raise typer.BadParameter("say what to export: --gguf and/or --push-to-hub REPO_ID")
+    if gguf:
+        t0 = time.time()
+        path = export.export_gguf(run_dir, out, dtype=dtype)
+        typer.echo(f"{path}  ({path.stat().st_size / 1e6:.1f} MB, {dtype}, {time.time() - t0:.0f}s)")
+    if push_to_hub:
+        url = export.push_to_hub(run_dir, push_to_hub, token=token, private=private,
+                                 what="adapter" if adapter else "merged")
+        typer.echo(f"uploaded to {url}")
+# --- end rlvr export -----------------------------------------------------------------------------
+
 def main() -> None:
     """Entry point: run the app, printing errors in one line unless --debug.
 

@@ -129,6 +129,7 @@ def save_pretrained_atomic(model, tokenizer, path: str | Path) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        make_base_reference_portable(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             path.rename(old)
@@ -140,6 +141,59 @@ def save_pretrained_atomic(model, tokenizer, path: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def portable_base_reference(base: str) -> str:
+    """The Hub id for a base model that is the bundled model's dequantised cache copy; `base` otherwise.
+
+    An adapter trained on the bundled model records that cache directory
+    (~/.cache/rlvr/models/SmolLM2-135M-Instruct.Q4_1-<key>), which exists on this machine only; the Hub
+    id (HuggingFaceTB/SmolLM2-135M-Instruct) loads anywhere. The cache copy holds the Q4_1 weights of
+    that model dequantised, so the adapter sits on a base a quantisation step away from the Hub's
+    weights (final/merged is exact).
+    """
+    path = Path(base).expanduser()
+    models = (cache_dir() / "models").resolve()
+    for _package, filename, hub_id in ALIASES.values():
+        if path.parent.resolve() == models and path.name.startswith(f"{Path(filename).stem}-"):
+            return hub_id
+    return base
+
+
+def make_base_reference_portable(adapter_dir: Path) -> None:
+    """Rewrite a saved adapter's base_model_name_or_path (and peft's model card) with
+    `portable_base_reference`; a directory without adapter_config.json is left as it is."""
+    config_path = Path(adapter_dir) / "adapter_config.json"
+    if not config_path.is_file():
+        return
+    import json
+
+    config = json.loads(config_path.read_text())
+    old = config.get("base_model_name_or_path")
+    new = portable_base_reference(old) if old else old
+    if new == old:
+        return
+    config["base_model_name_or_path"] = new
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    card = Path(adapter_dir) / "README.md"
+    if card.is_file():
+        card.write_text(card.read_text().replace(old, new))
+
+
+def _load_adapter(adapter_dir: Path, torch_dtype):
+    """A LoRA adapter on its base; a base that is the bundled model's Hub id loads from the bundled
+    copy (what it was trained on, and no network needed), as `portable_base_reference` promises."""
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    for alias, (_package, _filename, hub_id) in ALIASES.items():
+        if base == hub_id and bundled_gguf(alias) is not None:
+            base = str(dequantise_gguf(bundled_gguf(alias)))
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
+    return PeftModel.from_pretrained(model, str(adapter_dir))
 
 
 def resolve_model_path(spec: str) -> tuple[str, list[str]]:
@@ -192,9 +246,7 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", load_in_
     quant = _quantization(load_in_4bit, dev)
     try:
         if (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "config.json").is_file():
-            from peft import AutoPeftModelForCausalLM
-
-            model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype).merge_and_unload()
+            model = _load_adapter(Path(path), torch_dtype).merge_and_unload()
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **quant)
         tokenizer = AutoTokenizer.from_pretrained(path)
