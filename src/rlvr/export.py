@@ -445,7 +445,7 @@ def model_card(repo_id: str, summary: dict, *, base_model: str | None, what: str
         front[1:1] = [f"base_model: {base_model}"]
     lines = front + ["---", "", f"# {repo_id.split('/')[-1]}", ""]
     task = summary.get("task", "a verifiable task")
-    lines += [f"Trained with [rlvr](https://pypi.org/project/rlvr/) (GRPO, reinforcement learning from "
+    lines += [f"Trained with rlvr (GRPO, reinforcement learning from "
               f"verifiable rewards) on the task `{task}`" + (f", starting from `{base_model}`." if base_model else "."), ""]
     rows = summary.get("before_after") or []
     if rows:
