@@ -32,6 +32,13 @@ from rlvr.sampling.base import Completion, SamplingParams
 from rlvr.tasks.base import Example, Task
 
 
+MAX_TOTAL = 1e15
+"""rewards beyond this are clamped for the advantages: a finite float32 total near 3e38 (a user
+reward's 1e38) would overflow its group's mean or variance into inf and the advantages into NaN;
+with |r| <= 1e15 the squares stay finite for any group size. Real rewards are nowhere near it, so
+their advantages are computed exactly as without the clamp."""
+
+
 @dataclass
 class PromptFormat:
     """How an episode's messages become prompt text: chat template or plain, system prompt, prefill."""
@@ -204,8 +211,8 @@ def _sample_and_score(sampler, tokenizer, task, batch, seeds, offset, g, params,
                              conversational=_is_chat(tokenizer, fmt), verdicts=verdicts)
     else:  # a process with no prompts this round (fewer prompts than processes)
         result = reward_lib.RewardResult(total=[], parts={r.name: [] for r in reward_fns}, errors={})
-    # [B*G] the whole round, all processes; float64: totals near the float32 limit must not overflow the group mean
-    total = torch.tensor(gather(result.total), dtype=torch.float64)
+    # [B*G] the whole round, all processes; within +-MAX_TOTAL so the group's float32 mean and variance stay finite
+    total = torch.tensor(gather(result.total), dtype=torch.float32).clamp(-MAX_TOTAL, MAX_TOTAL)
     adv = group_advantages(total, g, scale_rewards=scale_rewards)[offset * g: offset * g + len(outs)]  # [b*G] ours
     zero = zero_signal_groups(total, g)  # [B]
     rollouts = [
