@@ -360,27 +360,33 @@ def key_forms(key: str) -> list[str]:
 
 def scrub_secret(text: str, key: str | None) -> str:
     """`text` with every form of `key` (`key_forms`) masked as "***", and every run of at least
-    `MIN_LEAK_CHARS` characters that starts or ends one (a key cut short by a server)."""
+    `MIN_LEAK_CHARS` characters that starts or ends one (a key cut short by a server). The spans are
+    all found in the original text, then merged, so one form's partial match cannot hide another's."""
     if not key or not text:
         return text
+    spans: list[tuple[int, int]] = []
     for form in key_forms(key):
-        text = _mask_runs(text, form)
-        text = _mask_runs(text[::-1], form[::-1])[::-1]  # runs that end the key (cut at its start)
-    return text
+        spans += _runs(text, form)
+        spans += [(len(text) - end, len(text) - start) for start, end in _runs(text[::-1], form[::-1])]
+    pieces, last = [], 0
+    for start, end in sorted(spans):
+        if start > last or not pieces:
+            pieces += [text[last:start], "***"]
+        last = max(last, end)
+    return "".join(pieces) + text[last:]
 
 
-def _mask_runs(text: str, form: str) -> str:
-    """Mask each run of `text` that starts like `form` for at least MIN_LEAK_CHARS characters (the
-    whole of a shorter `form`) and continues like it as far as it goes."""
-    head = form[:MIN_LEAK_CHARS]
-    pieces, i = [], 0
+def _runs(text: str, form: str) -> list[tuple[int, int]]:
+    """(start, end) of each run of `text` that starts like `form` for at least MIN_LEAK_CHARS
+    characters (the whole of a shorter `form`) and continues like it as far as it goes."""
+    head, spans, i = form[:MIN_LEAK_CHARS], [], 0
     while (j := text.find(head, i)) >= 0:
         n = len(head)
         while n < len(form) and j + n < len(text) and text[j + n] == form[n]:
             n += 1
-        pieces += [text[i:j], "***"]
-        i = j + n
-    return "".join(pieces) + text[i:]
+        spans.append((j, j + n))
+        i = j + 1
+    return spans
 
 
 @dataclass
