@@ -176,18 +176,13 @@ def check_range(key: str, value: Any) -> None:
 
 
 def check_loss_type(name: str) -> None:
-    """The loss types are the names `rlvr.algorithms.losses.LossType` has (plus the two TRL names
-    the losses branch adds, until it is merged)."""
+    """The loss types are the names `rlvr.algorithms.losses.LossType` has: a new one is accepted
+    here as soon as the algorithms module has it."""
     from rlvr.algorithms.losses import LossType
 
-    names = list(dict.fromkeys([t.value for t in LossType] + list(_PENDING_LOSS_TYPES)))
+    names = [t.value for t in LossType]
     if name not in names:
         raise ConfigError(f"grpo.loss_type '{name}' is not one of {', '.join(names)}")
-
-
-_PENDING_LOSS_TYPES = ("cispo", "sapo")
-"""TRL loss types whose surrogates are being added to `rlvr.algorithms.losses`; drop this tuple
-once `LossType` has them."""
 
 
 def check_rewards(rewards: dict[str, float]) -> None:
