@@ -51,6 +51,19 @@ def test_wrong_types_in_yaml_are_named(tmp_path):
         load_config(path)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("grpo: 3\n", "section 'grpo' must be a mapping"),
+    ("- grpo\n- 3\n", "section 'config' must be a mapping"),
+    ("grpo:\n  max_steps: ten\n", "grpo.max_steps: expected a whole number"),
+    ("task:\n  options: &a {x: *a}\n", "anchors and aliases refer to themselves"),
+])
+def test_errors_from_a_config_file_name_the_file(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"config file '{_literal(str(path))}'.*{_literal(message)}"):
+        load_config(path)
+
+
 def test_values_set_in_python_are_checked_by_finalize():
     cfg = Config()
     cfg.sft.use_peft = "maybe"

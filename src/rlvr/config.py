@@ -344,7 +344,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         except UnicodeDecodeError as err:
             raise ConfigError(f"config file '{path}' is not UTF-8 text (byte {err.object[err.start]:#x} "
                               f"at offset {err.start})") from None
-        _apply(config, data)
+        try:
+            _apply(config, data)
+        except ConfigError as err:
+            raise ConfigError(f"config file '{path}': {err}") from None
     for text in overrides:
         keys, value = parse_override(text)
         nested: Any = value

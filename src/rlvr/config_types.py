@@ -230,7 +230,8 @@ class _BoundedLoader(yaml.SafeLoader):
         memo: dict[int, int] = {}
         expanded = _expanded_size(node, memo, set())
         if expanded - len(memo) > MAX_ALIAS_EXPANSION:
-            raise _TooLarge(f"its anchors and aliases expand {len(memo)} nodes to {expanded}")
+            raise _TooLarge(f"its anchors and aliases expand {len(memo)} nodes to {expanded:,}, more than the "
+                            f"{MAX_ALIAS_EXPANSION:,} extra allowed")
         return super().construct_document(node)
 
 
@@ -240,7 +241,7 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], active: set[int]) -> i
     if key in memo:
         return memo[key]
     if key in active:
-        raise _TooLarge("an alias refers to a node that contains it (an endless document)")
+        raise _TooLarge("its anchors and aliases refer to themselves (an endless document)")
     active.add(key)
     if isinstance(node, yaml.SequenceNode):
         children = list(node.value)
@@ -260,7 +261,6 @@ def load_yaml(text: str, where: str) -> Any:
     try:
         return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
     except _TooLarge as err:
-        raise ConfigError(f"{where}: {err}, more than the {MAX_ALIAS_EXPANSION:,} allowed; "
-                          "write the values out instead of nesting aliases") from None
+        raise ConfigError(f"{where}: {err}; write the values out instead of nesting aliases") from None
     except RecursionError:
         raise ConfigError(f"{where}: nested too deeply to be a config") from None
