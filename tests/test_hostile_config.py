@@ -368,7 +368,7 @@ def test_malformed_key_is_refused_at_start_unshown(tmp_path, monkeypatch, caplog
 
 
 def test_scrub_masks_every_form_and_cut():
-    from rlvr.demos import scrub_secret
+    from rlvr.apikey import scrub_secret
 
     text = (f"raw {KEY}; repr {KEY!r}; bytes {KEY.encode()!r}; json {json.dumps(KEY)}; "
             f"start {KEY[:12]}...; end ...{KEY[-9:]}")

@@ -31,7 +31,6 @@ import os
 import random
 import threading
 import time
-import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any, Callable, Coroutine, Iterator, Sequence, TypeVar
 
 import httpx
 
+from rlvr.apikey import APIKeyError, read_api_key, scrub_secret
 from rlvr.prompts import build_messages, extract_answer, format_completion, parse_completion
 from rlvr.tasks.base import Example, Task
 
@@ -326,69 +326,6 @@ def message_text(response: dict[str, Any]) -> str:
     return content
 
 
-# ----------------------------------------------------------------------------------------------
-# The API key: read once, checked, and scrubbed from everything shown
-
-MIN_LEAK_CHARS = 8
-"""a run of at least this many characters of the key (its start or its end, as a server or a cut
-leaves it) is masked as well as the whole key"""
-
-
-def read_api_key(env: str) -> str | None:
-    """The key in `$env`, stripped of surrounding whitespace (a secret file's trailing newline would
-    make httpx raise `Illegal header value b'Bearer sk-...\\n'`, printing the key); None when unset or
-    empty. Raises TeacherAPIError, without showing the key, when whitespace or a character that is
-    not printable ASCII is left inside it (no HTTP header can carry it)."""
-    key = (os.environ.get(env) or "").strip()
-    for i, char in enumerate(key):
-        if char.isspace() or not 32 < ord(char) < 127:
-            what = "whitespace" if char.isspace() else "a character that is not printable ASCII"
-            raise TeacherAPIError(f"${env} holds {what} at position {i + 1} of the {len(key)}-character key "
-                                  "(the key is not shown); export the key alone, e.g. "
-                                  f"export {env}=\"$(tr -d '[:space:]' < keyfile)\"")
-    return key or None
-
-
-def key_forms(key: str) -> list[str]:
-    """The ways a key can appear in error text: raw, repr-escaped (str and bytes), JSON-escaped
-    (also with `\\/`), URL-quoted; longest first."""
-    forms = {key, repr(key)[1:-1], repr(key.encode("utf-8", "backslashreplace"))[2:-1],
-             json.dumps(key)[1:-1], json.dumps(key)[1:-1].replace("/", "\\/"),
-             urllib.parse.quote(key, safe=""), urllib.parse.quote_plus(key)}
-    return sorted(forms, key=len, reverse=True)
-
-
-def scrub_secret(text: str, key: str | None) -> str:
-    """`text` with every form of `key` (`key_forms`) masked as "***", and every run of at least
-    `MIN_LEAK_CHARS` characters that starts or ends one (a key cut short by a server). The spans are
-    all found in the original text, then merged, so one form's partial match cannot hide another's."""
-    if not key or not text:
-        return text
-    spans: list[tuple[int, int]] = []
-    for form in key_forms(key):
-        spans += _runs(text, form)
-        spans += [(len(text) - end, len(text) - start) for start, end in _runs(text[::-1], form[::-1])]
-    pieces, last = [], 0
-    for start, end in sorted(spans):
-        if start > last or not pieces:
-            pieces += [text[last:start], "***"]
-        last = max(last, end)
-    return "".join(pieces) + text[last:]
-
-
-def _runs(text: str, form: str) -> list[tuple[int, int]]:
-    """(start, end) of each run of `text` that starts like `form` for at least MIN_LEAK_CHARS
-    characters (the whole of a shorter `form`) and continues like it as far as it goes."""
-    head, spans, i = form[:MIN_LEAK_CHARS], [], 0
-    while (j := text.find(head, i)) >= 0:
-        n = len(head)
-        while n < len(form) and j + n < len(text) and text[j + n] == form[n]:
-            n += 1
-        spans.append((j, j + n))
-        i = j + 1
-    return spans
-
-
 @dataclass
 class _Reply:
     text: str | None  # None: failed after every retry
@@ -555,8 +492,12 @@ def run_teacher_job(
     `progress(result)` is called after each finished example. Blocking; inside a running event
     loop (a notebook) the job runs in a thread of its own.
     """
+    try:
+        api_key = read_api_key(api_key_env)
+    except APIKeyError as err:
+        raise TeacherAPIError(str(err)) from None
     job = _Job(url=base_url.rstrip("/") + "/chat/completions", model=model,
-               api_key=read_api_key(api_key_env), api_key_env=api_key_env,
+               api_key=api_key, api_key_env=api_key_env,
                temperature=temperature, system_prompt=system_prompt, concurrency=concurrency,
                timeout_s=timeout_s, max_retries=max_retries, backoff_base_s=backoff_base_s,
                max_backoff_s=max_backoff_s, abort_after_failures=abort_after_failures,
