@@ -93,6 +93,8 @@ BAD_OVERRIDES = [
     ("run.doctor=maybe", "run.doctor"),
     ("model.lora_r=0", "model.lora_r"),
     ("model.lora_dropout=1.5", "model.lora_dropout"),
+    ("model.device=gpu", "model.device"),
+    ("sft.teacher_base_url=file:///etc/passwd", "sft.teacher_base_url"),
     ("grpo.learnin_rate=1e-5", "did you mean 'learning_rate'"),
 ]
 

@@ -129,6 +129,8 @@ def test_presets_load_unchanged(preset):
     ("task.rewards={accuracy: 0, format: 0}", "every weight is 0"),
     ("run.output_dir=", "run.output_dir must not be empty"),
     ("grpo.delta=1.1", "grpo.delta (1.1) must be > 1 + grpo.epsilon_high (1.2)"),
+    ("model.device=gpu", "model.device must be auto, cpu, mps, cuda or cuda:N, got 'gpu'"),
+    ("sft.teacher_base_url=ftp://example.com/v1", "sft.teacher_base_url must be an http:// or https:// URL"),
 ])
 def test_out_of_range_values_are_named(override, message):
     with pytest.raises(ConfigError, match=_literal(message)):

@@ -20,9 +20,12 @@ from typing import Any, Literal, get_type_hints
 import yaml
 
 from rlvr.config_types import (
+    DEVICE_PATTERN,
+    URL_PATTERN,
     ConfigError,
     check_env_name,
     check_loss_type,
+    check_pattern,
     check_range,
     check_rewards,
     coerce,
@@ -272,6 +275,8 @@ class Config:
         check_loss_type(g.loss_type)
         check_rewards(self.task.rewards)
         check_env_name("sft.teacher_api_key_env", self.sft.teacher_api_key_env)
+        check_pattern("model.device", self.model.device, DEVICE_PATTERN, "auto, cpu, mps, cuda or cuda:N")
+        check_pattern("sft.teacher_base_url", self.sft.teacher_base_url, URL_PATTERN, "an http:// or https:// URL")
         c = self.curriculum
         if c.min_level is not None and c.max_level is not None and c.min_level > c.max_level:
             raise ConfigError(f"curriculum.min_level ({c.min_level}) must be <= curriculum.max_level ({c.max_level})")

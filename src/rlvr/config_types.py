@@ -199,6 +199,19 @@ def check_rewards(rewards: dict[str, float]) -> None:
         raise ConfigError("task.rewards: every weight is 0, so there is nothing to learn")
 
 
+def check_pattern(key: str, value: str, pattern: str, what: str) -> None:
+    """ConfigError naming `key` when `value` does not match `pattern` (what it should look like: `what`)."""
+    if not re.fullmatch(pattern, value):
+        raise ConfigError(f"{key} must be {what}, got {value!r}")
+
+
+DEVICE_PATTERN = r"auto|cpu|mps|meta|(cuda|xpu|npu|hpu)(:\d+)?"
+"""model.device: what `torch.device` takes (and auto)"""
+
+URL_PATTERN = r"https?://[^\s/]+(/\S*)?"
+"""sft.teacher_base_url: an http(s) URL"""
+
+
 def check_env_name(key: str, name: str) -> None:
     """An environment variable's name (not its value: a key pasted here would be saved with the run)."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
