@@ -407,3 +407,26 @@ def _literal(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# F. bench/bench_hostile.py counts what its modules report
+
+
+def test_bench_hostile_counts_tried_handled_and_errors(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_hostile", ROOT / "bench" / "bench_hostile.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (tmp_path / "hostile_toy.py").write_text(
+        "def attacks():\n"
+        "    return [('ok', lambda: True), ('not handled', lambda: False), ('truthy', lambda: 1),\n"
+        "            ('raises', lambda: 1 / 0)]\n")
+    modules = bench.load_modules(tmp_path)
+    rows = [bench.run_attack(m, name, fn) for m, mod in modules.items() for name, fn in mod.attacks()]
+    summary = bench.summarise(rows)
+    # only an attack returning True counts (1 is not True); the one that raises is recorded, not fatal
+    assert (summary["tried"], summary["handled"]) == (4, 1)
+    assert summary["per_module"] == {"hostile_toy": [1, 4]}
+    assert "ZeroDivisionError" in rows[3]["error"] and rows[3]["handled"] is False
