@@ -177,8 +177,9 @@ def sft(
 
     cfg = _config(config, ctx.args, **{"model.name": model, "task.name": task, "run.output_dir": output_dir})
     result, _ = run_sft(cfg)
+    loss = f"loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}" if result.losses else "no loss (0 steps)"
     typer.echo(f"SFT: {result.num_demos} demonstrations, {result.steps} steps, {result.seconds:.0f}s, "
-               f"loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}; model in {cfg.run.output_dir}/final/merged")
+               f"{loss}; model in {cfg.run.output_dir}/final/merged")
 
 
 @app.command(context_settings=_EXTRA)

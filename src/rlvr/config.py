@@ -15,17 +15,24 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_type_hints
 
 import yaml
 
-from rlvr.algorithms.losses import LossType
+from rlvr.config_types import (
+    DEVICE_PATTERN,
+    URL_PATTERN,
+    ConfigError,
+    check_env_name,
+    check_loss_type,
+    check_pattern,
+    check_range,
+    check_rewards,
+    coerce,
+    load_yaml,
+)
 
-LOSS_TYPES = tuple(t.value for t in LossType)
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with a message that names the offending option."""
+__all__ = ["Config", "ConfigError", "load_config", "parse_override", "describe_options"]
 
 
 @dataclass
@@ -34,7 +41,7 @@ class ModelConfig:
     """model spec: `smollm2-135m` (bundled), a Hub id, a local HF directory, a run directory or a .gguf file"""
     device: str = "auto"
     """auto (cuda, then mps, then cpu), or cpu / cuda / cuda:1 / mps"""
-    dtype: str = "auto"
+    dtype: Literal["auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"] = "auto"
     """auto (fp32 on CPU, bf16 on a GPU that supports it), fp32, bf16, fp16"""
     use_peft: bool = True
     """train a LoRA adapter (True) or all weights (False)"""
@@ -44,7 +51,7 @@ class ModelConfig:
     """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)"""
     lora_dropout: float = 0.0
     """dropout on the LoRA input"""
-    lora_target_modules: Any = "all-linear"
+    lora_target_modules: str | list[str] = "all-linear"
     """modules that get an adapter: "all-linear" or a list such as [q_proj, v_proj]"""
     fused_layers: bool = True
     """compute each LoRA linear, gated MLP and RMSNorm as one autograd node (rlvr.fused): same
@@ -59,15 +66,15 @@ class ModelConfig:
 class TaskConfig:
     name: str = "subtraction"
     """task spec: subtraction, countdown, gsm8k, rg:<reasoning-gym name>, jsonl:PATH, csv:PATH, hf:ID, file.py[:Class]"""
-    options: dict = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     """task-specific options, e.g. {high: 100, order: first_minus_second} for subtraction"""
-    system_prompt: Any = None
+    system_prompt: str | None = None
     """override the system prompt (None: the task's default, asking for <think> then <answer>)"""
-    chat: Any = None
-    """use the tokenizer's chat template (True), a plain text template (False), or auto (None)"""
+    chat: bool | None = None
+    """use the tokenizer's chat template (True), a plain text template (False), or auto (None; "auto" is read as None)"""
     prefill: str = ""
     """text that starts the assistant's turn, e.g. "<think>" (seed 002, seed 001's reasoning prefix)"""
-    rewards: dict = field(default_factory=lambda: {"accuracy": 0.85, "format": 0.15})
+    rewards: dict[str, float] = field(default_factory=lambda: {"accuracy": 0.85, "format": 0.15})
     """reward functions and their weights: built-in names (accuracy, format, format_strict, length) or file.py:function"""
     reward_timeout: float = 10.0
     """seconds a reward function may run on one batch before it is stopped and its completions get 0"""
@@ -75,8 +82,8 @@ class TaskConfig:
 
 @dataclass
 class SamplingConfig:
-    backend: str = "fast"
-    """generation backend: fast (rlvr's sampler) or hf (transformers' generate, the reference)"""
+    backend: Literal["fast", "hf", "vllm"] = "fast"
+    """generation backend: fast (rlvr's sampler), hf (transformers' generate, the reference) or vllm (needs the vllm package)"""
     temperature: float = 1.0
     """sampling temperature; log-probs for the update are computed at the same temperature"""
     top_p: float = 1.0
@@ -113,27 +120,31 @@ class GRPOConfig:
     """AdamW beta2"""
     warmup_ratio: float = 0.0
     """fraction of optimizer steps with a linear learning-rate warm-up"""
-    lr_scheduler_type: str = "constant"
+    lr_scheduler_type: Literal["constant", "linear", "cosine"] = "constant"
     """constant, linear or cosine decay after warm-up"""
     max_grad_norm: float = 1.0
     """gradient clipping (global L2 norm)"""
     epsilon: float = 0.2
     """PPO ratio clip: ratios outside [1 - epsilon, 1 + epsilon_high] get no gradient"""
-    epsilon_high: Any = None
-    """upper clip (DAPO's clip-higher, e.g. 0.28); None: same as epsilon"""
-    delta: Any = None
-    """TRL's two-sided clip of the ratio (r <= delta, with the clip surrogate); None: off"""
+    epsilon_high: float | None = None
+    """upper clip (DAPO's clip-higher, e.g. 0.28); None: same as epsilon. With loss_type cispo it is
+    the upper bound of the clipped importance weight (TRL: ScaleRL recommends 5.0)"""
+    delta: float | None = None
+    """two-sided clip (INTELLECT-2, https://arxiv.org/abs/2505.07291): the ratio is also capped at
+    delta, bounding the loss of negative-advantage tokens; None: off (TRL's default). Must be
+    > 1 + epsilon_high (TRL recommends greater than 1 + epsilon)"""
     sapo_temperature_pos: float = 1.0
-    """SAPO's gate temperature for positive advantages (loss_type sapo)"""
+    """loss_type sapo: gate temperature for tokens with positive advantage (SAPO,
+    https://arxiv.org/abs/2511.20347; TRL's default 1.0)"""
     sapo_temperature_neg: float = 1.05
-    """SAPO's gate temperature for negative advantages (loss_type sapo)"""
+    """loss_type sapo: gate temperature for tokens with non-positive advantage (TRL's default 1.05)"""
     beta: float = 0.0
     """KL coefficient to the reference model (k3 estimator); 0 turns the KL term off (DAPO, Dr. GRPO)"""
     loss_type: str = "grpo"
-    """grpo (per-sequence mean), dr_grpo (sum / constant length), dapo (token mean over the batch), bnpo (token mean per micro-batch)"""
-    scale_rewards: str = "group"
-    """advantage scaling: group (divide by the group's std, GRPO), batch, or none (Dr. GRPO)"""
-    importance_sampling_level: str = "token"
+    """grpo (per-sequence mean), dr_grpo (sum / constant length), dapo (token mean over the batch), bnpo (token mean per micro-batch), cispo (clipped importance weights, MiniMax-M1), sapo (soft gate, SAPO); the names `rlvr.algorithms.losses` knows"""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """advantage scaling: group (divide by the group's std, GRPO), batch, or none (Dr. GRPO); as in TRL, true is read as group and false as none"""
+    importance_sampling_level: Literal["token", "sequence"] = "token"
     """token (GRPO) or sequence (GSPO) importance ratio"""
     mask_truncated_completions: bool = False
     """exclude completions that hit max_completion_length from the loss (DAPO)"""
@@ -161,7 +172,7 @@ class SFTConfig:
     """passes over the demonstrations"""
     learning_rate: float = 2e-4
     """AdamW peak learning rate (LoRA likes a higher rate than full fine-tuning)"""
-    use_peft: Any = None
+    use_peft: bool | None = None
     """LoRA for the warm-up: true, false (full fine-tuning), or null to follow model.use_peft (GRPO's)"""
     batch_size: int = 8
     """demonstrations per optimizer step"""
@@ -189,7 +200,7 @@ class EvalConfig:
     """completions per example: 1 is greedy; k > 1 samples at the training temperature for pass@k / mean@k"""
     batch_size: int = 64
     """prompts per generation batch"""
-    max_new_tokens: Any = None
+    max_new_tokens: int | None = None
     """None: the sampling config's max_completion_length"""
 
 
@@ -203,11 +214,11 @@ class CurriculumConfig:
     """the level stays while the window's mean accuracy is within target +- band"""
     window: int = 16
     """groups per decision (16 = two steps of 8 prompts)"""
-    min_level: Any = None
+    min_level: int | None = None
     """lowest level (None: the task's; subtraction 1 = numbers 0-9, countdown 1 = two numbers, rg:* 0)"""
-    max_level: Any = None
+    max_level: int | None = None
     """highest level (None: the task's)"""
-    start_level: Any = None
+    start_level: int | None = None
     """first level (None: the task's own data level when known, else min_level)"""
 
 
@@ -223,11 +234,11 @@ class RunConfig:
     """how many recent checkpoints to keep"""
     log_samples_every: int = 5
     """write a few sample completions to samples.jsonl every N steps"""
-    report_to: list = field(default_factory=list)
+    report_to: list[str] = field(default_factory=list)
     """extra trackers: wandb, trackio, mlflow (JSONL and TensorBoard are always written)"""
     quiet: bool = False
     """no progress bars or per-step lines (errors and the final table still print)"""
-    log_format: str = "text"
+    log_format: Literal["text", "json"] = "text"
     """console output: text (progress bars and a line per step) or json (one JSON object per step on stdout, no bars)"""
     max_bad_steps: int = 3
     """stop after this many consecutive steps with a NaN/inf loss or gradient"""
@@ -235,8 +246,8 @@ class RunConfig:
     """torch CPU threads (0: torch's default)"""
     alarm_every: int = 10
     """raise each training alarm (no signal, truncation, reward hacking, KL/entropy/length collapse) at most once per N steps (0: off)"""
-    doctor: str = "warn"
-    """at step 0, check that the run can learn (`rlvr doctor`: signal, truncation, memory; writes doctor.json): warn (print the findings, go on), stop (exit 2 when it cannot learn) or off"""
+    doctor: Literal["warn", "stop", "off"] = "warn"
+    """at step 0, check that the run can learn (`rlvr doctor`: signal, truncation, memory; writes doctor.json): warn (print the findings, go on), stop (exit 2 when it cannot learn) or off (YAML's bare off / on are read as off / warn)"""
 
 
 @dataclass
@@ -252,29 +263,28 @@ class Config:
 
     def finalize(self) -> "Config":
         """Check values and derive the ones that depend on others (the only place that does)."""
+        for section in dataclasses.fields(self):  # values set in Python are checked as YAML ones are
+            obj = getattr(self, section.name)
+            hints = get_type_hints(type(obj))
+            for f in dataclasses.fields(obj):
+                key = f"{section.name}.{f.name}"
+                value = coerce(getattr(obj, f.name), hints[f.name], key)
+                check_range(key, value)
+                setattr(obj, f.name, value)
         g = self.grpo
-        # YAML reads a bare off / on as a boolean (then made a string)
-        self.run.doctor = {"false": "off", "true": "warn"}.get(str(self.run.doctor).lower(), self.run.doctor)
-        checks = [
-            (g.num_generations >= 2, "grpo.num_generations must be >= 2 (a group of one has no relative advantage)"),
-            (g.prompts_per_step >= 1, "grpo.prompts_per_step must be >= 1"),
-            (g.per_device_train_batch_size >= 1, "grpo.per_device_train_batch_size must be >= 1"),
-            (g.loss_type in LOSS_TYPES, f"grpo.loss_type '{g.loss_type}' is not one of {', '.join(LOSS_TYPES)}"),
-            (g.scale_rewards in ("group", "batch", "none"), f"grpo.scale_rewards '{g.scale_rewards}' is not one of group, batch, none"),
-            (g.importance_sampling_level in ("token", "sequence"), "grpo.importance_sampling_level must be token or sequence"),
-            (g.lr_scheduler_type in ("constant", "linear", "cosine"), f"grpo.lr_scheduler_type '{g.lr_scheduler_type}' is not one of constant, linear, cosine"),
-            (0 < self.curriculum.target < 1, "curriculum.target must be in (0, 1)"),
-            (self.run.log_format in ("text", "json"), f"run.log_format '{self.run.log_format}' is not one of text, json"),
-            (self.run.doctor in ("warn", "stop", "off"), f"run.doctor '{self.run.doctor}' is not one of warn, stop, off"),
-            (self.sampling.backend in ("fast", "hf", "vllm"), f"sampling.backend '{self.sampling.backend}' is not one of fast, hf, vllm"),
-            (self.sampling.max_completion_length >= 1, "sampling.max_completion_length must be >= 1"),
-            (self.sampling.temperature >= 0, "sampling.temperature must be >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        if g.epsilon_high is None:
+        check_loss_type(g.loss_type)
+        check_rewards(self.task.rewards)
+        check_env_name("sft.teacher_api_key_env", self.sft.teacher_api_key_env)
+        check_pattern("model.device", self.model.device, DEVICE_PATTERN, "auto, cpu, mps, cuda or cuda:N")
+        check_pattern("sft.teacher_base_url", self.sft.teacher_base_url, URL_PATTERN, "an http:// or https:// URL")
+        c = self.curriculum
+        if c.min_level is not None and c.max_level is not None and c.min_level > c.max_level:
+            raise ConfigError(f"curriculum.min_level ({c.min_level}) must be <= curriculum.max_level ({c.max_level})")
+        if g.epsilon_high is None and g.loss_type != "cispo":  # cispo: None is its own cap (see losses)
             g.epsilon_high = g.epsilon
+        if g.delta is not None and g.loss_type not in ("cispo", "sapo") and not g.delta > 1 + g.epsilon_high:
+            raise ConfigError(f"grpo.delta ({g.delta}) must be > 1 + grpo.epsilon_high ({1 + g.epsilon_high:g}): "
+                              "it caps the ratio of negative-advantage tokens, so below the upper clip it would cut ratios the clip allows (TRL recommends > 1 + epsilon)")
         if self.run.log_format == "json":
             self.run.quiet = True
         if self.eval.max_new_tokens is None:
@@ -298,43 +308,11 @@ def _unknown(name: str, where: str, options: list[str]) -> ConfigError:
     return ConfigError(f"unknown option '{where}{name}'{hint}")
 
 
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Convert a YAML/command-line value to the field's declared type, or fail naming the key."""
-    hint = {"int": int, "float": float, "bool": bool, "str": str, "dict": dict, "list": list}.get(annotation, None)
-    if hint is None or value is None:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise ConfigError(f"option '{key}' takes true or false, not {value!r}")
-    if hint in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"option '{key}' takes a number, not {value!r}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"option '{key}' takes a number, not {value!r}") from None
-        if hint is int:
-            if number != int(number):
-                raise ConfigError(f"option '{key}' takes a whole number, not {value!r}")
-            return int(number)
-        return number
-    if hint is str:
-        return str(value)
-    if hint is dict and not isinstance(value, dict):
-        raise ConfigError(f"option '{key}' takes a mapping, not {value!r}")
-    if hint is list and not isinstance(value, list):
-        return [value] if value not in ("", None) else []
-    return value
-
-
 def _apply(obj: Any, data: dict, where: str = "") -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"section '{where.rstrip('.') or 'config'}' must be a mapping, not {data!r}")
     names = _field_names(type(obj))
-    types_ = {f.name: f.type for f in dataclasses.fields(obj)}
+    hints = get_type_hints(type(obj))
     for key, value in data.items():
         if key not in names:
             raise _unknown(str(key), where, names)
@@ -342,7 +320,7 @@ def _apply(obj: Any, data: dict, where: str = "") -> None:
         if dataclasses.is_dataclass(current):
             _apply(current, value or {}, f"{where}{key}.")
         else:
-            setattr(obj, key, _coerce(value, types_[key], f"{where}{key}"))
+            setattr(obj, key, coerce(value, hints[key], f"{where}{key}"))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -351,7 +329,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override '{text}' must look like section.option=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml(raw, f"override '{key}'") if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -365,10 +343,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = load_yaml(path.read_text(encoding="utf-8"), f"config file '{path}'") or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
-        _apply(config, data)
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file '{path}' is not UTF-8 text (byte {err.object[err.start]:#x} "
+                              f"at offset {err.start})") from None
+        try:
+            _apply(config, data)
+        except ConfigError as err:
+            raise ConfigError(f"config file '{path}': {err}") from None
     for text in overrides:
         keys, value = parse_override(text)
         nested: Any = value

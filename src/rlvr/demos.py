@@ -15,7 +15,9 @@ as well as 429, honouring `Retry-After`; every reply is checked with the task's 
 kept only if right (rejection sampling: a teacher told the answer still gets it wrong sometimes);
 and each finished example is appended to a JSONL file at once, so an interrupted job resumes where
 it stopped instead of paying for the same requests again. The API key is read from the environment
-and never written anywhere.
+and never written anywhere: it is stripped (secret mounts end in a newline) and checked at start,
+and every error text is scrubbed of it, in each form it can take (raw, repr- or JSON-escaped,
+URL-quoted, cut short), before it is cut to length or logged.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ import os
 import random
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Iterator, Sequence, TypeVar
 
 import httpx
 
+from rlvr.apikey import APIKeyError, read_api_key, scrub_secret
 from rlvr.prompts import build_messages, extract_answer, format_completion, parse_completion
 from rlvr.tasks.base import Example, Task
 
@@ -349,8 +353,13 @@ class _Job:
     min_score: float
 
     def scrub(self, text: str) -> str:
-        """Error text with the API key masked (a server may echo it)."""
-        return text.replace(self.api_key, "***") if self.api_key else text
+        """Error text with the API key masked in every form (a server may echo it)."""
+        return scrub_secret(text, self.api_key)
+
+    def excerpt(self, text: str, limit: int = 200) -> str:
+        """The first `limit` characters of a server's text, scrubbed BEFORE the cut (a cut through
+        the key would leave a prefix that no longer matches it)."""
+        return self.scrub(text[:limit + 4096])[:limit]
 
 
 async def _ask_teacher(client: httpx.AsyncClient, job: _Job, messages: list[dict[str, str]],
@@ -371,21 +380,23 @@ async def _ask_teacher(client: httpx.AsyncClient, job: _Job, messages: list[dict
         except (asyncio.TimeoutError, httpx.TimeoutException):
             error = f"no reply within {job.timeout_s} s"
         except httpx.TransportError as err:
-            error = f"{type(err).__name__}: {err}"
+            error = job.scrub(f"{type(err).__name__}: {err}")
+        except Exception as err:  # noqa: BLE001 - anything else (httpx may quote the header): scrubbed, unchained
+            raise TeacherAPIError(job.scrub(f"request to {job.url} failed: {type(err).__name__}: {err}")) from None
         else:
             status = response.status_code
             if status == 200:
                 try:
                     return _Reply(message_text(response.json()), attempt + 1)
                 except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-                    error = f"malformed reply: {response.text[:200]!r}"
+                    error = f"malformed reply: {job.excerpt(response.text)!r}"
             elif status in (401, 403, 404):
-                raise TeacherAPIError(job.scrub(_config_error(job, status, response.text)))
+                raise TeacherAPIError(_config_error(job, status, job.excerpt(response.text)))
             elif status == 429 or status >= 500:
-                error = f"HTTP {status}: {response.text[:200]}"
+                error = f"HTTP {status}: {job.excerpt(response.text)}"
                 retry_after = parse_retry_after(response.headers)
             else:  # e.g. 400 (prompt too long): this example will not work, the others may
-                return _Reply(None, attempt + 1, job.scrub(f"HTTP {status}: {response.text[:300]}"))
+                return _Reply(None, attempt + 1, f"HTTP {status}: {job.excerpt(response.text, 300)}")
         if attempt < job.max_retries:
             delay = retry_delay(attempt, base_s=job.backoff_base_s, max_s=job.max_backoff_s,
                                 retry_after_s=retry_after, rng=rng)
@@ -402,7 +413,7 @@ def _config_error(job: _Job, status: int, text: str) -> str:
         hint = f"check the key in ${job.api_key_env}"
     else:
         hint = f"${job.api_key_env} is not set; export the API key there"
-    return f"HTTP {status} from {job.url}: {hint} (server said: {text[:200]})"
+    return f"HTTP {status} from {job.url}: {hint} (server said: {text})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,11 +439,28 @@ class TeacherResult:
     retries: int = 0
     """HTTP attempts beyond the first, over all requests"""
     out_path: Path | None = None
+    failures: Counter = field(default_factory=Counter)
+    """why requests failed: error text (scrubbed, cut to 120 characters) -> count"""
+    rejections: Counter = field(default_factory=Counter)
+    """why replies were rejected: "wrong answer", "format", "verify error: ..." -> count"""
 
     def counts(self) -> dict[str, int]:
         return {"requested": self.requested, "accepted": self.accepted, "rejected": self.rejected,
                 "failed": self.failed, "resumed": self.resumed, "retries": self.retries,
                 "demos": len(self.demos)}
+
+    def why_none(self) -> str:
+        """Why no demonstration came back: the counts, and the commonest failure and rejection reasons."""
+        def top(counter: Counter) -> str:
+            return "; ".join(f"{n} x {reason}" for reason, n in counter.most_common(3))
+
+        text = (f"the teacher gave no usable demonstration, so there is nothing to train on: "
+                f"{self.requested} requested, {self.failed} failed, {self.rejected} rejected")
+        if self.failures:
+            text += f"; failures: {top(self.failures)}"
+        if self.rejections:
+            text += f"; rejections: {top(self.rejections)}"
+        return text + f" (replies are in {self.out_path}; a re-run asks the failed ones again)"
 
     def summary(self) -> str:
         return (f"teacher: {self.requested} requested, {self.accepted} accepted, {self.rejected} "
@@ -464,8 +492,12 @@ def run_teacher_job(
     `progress(result)` is called after each finished example. Blocking; inside a running event
     loop (a notebook) the job runs in a thread of its own.
     """
+    try:
+        api_key = read_api_key(api_key_env)
+    except APIKeyError as err:
+        raise TeacherAPIError(str(err)) from None
     job = _Job(url=base_url.rstrip("/") + "/chat/completions", model=model,
-               api_key=os.environ.get(api_key_env) or None, api_key_env=api_key_env,
+               api_key=api_key, api_key_env=api_key_env,
                temperature=temperature, system_prompt=system_prompt, concurrency=concurrency,
                timeout_s=timeout_s, max_retries=max_retries, backoff_base_s=backoff_base_s,
                max_backoff_s=max_backoff_s, abort_after_failures=abort_after_failures,
@@ -520,6 +552,7 @@ async def _request_all(task: Task, todo: list[tuple[str, Example]], job: _Job, r
                     result.retries += reply.attempts - 1
                     if reply.text is None:
                         result.failed += 1
+                        result.failures[reply.error[:120]] += 1
                         in_a_row += 1
                         log.warning("teacher: no demonstration for %r: %s",
                                     example.question[:60], reply.error)
@@ -536,6 +569,8 @@ async def _request_all(task: Task, todo: list[tuple[str, Example]], job: _Job, r
                     finished[key] = record
                     result.accepted += record["accepted"]
                     result.rejected += not record["accepted"]
+                    if not record["accepted"]:
+                        result.rejections[record["reason"]] += 1
                     if progress is not None:
                         progress(result)
         finally:
@@ -546,7 +581,7 @@ async def _request_all(task: Task, todo: list[tuple[str, Example]], job: _Job, r
 
 def _teacher_record(task: Task, key: str, example: Example, reply: str, job: _Job) -> dict[str, Any]:
     """The line written to `out_path`: a `Demo` record plus the verdict."""
-    verdict = judge_reply(task, example, reply, verify=job.verify, min_score=job.min_score)
+    verdict = judge_reply(task, example, job.scrub(reply), verify=job.verify, min_score=job.min_score)
     demo = Demo(example.question, verdict.completion, example.answer,
                 dict(example.metadata), "teacher")
     return {"key": key, **demo.to_record(), "accepted": verdict.accepted, "reason": verdict.reason,
@@ -590,22 +625,28 @@ def _iter_jsonl(path: Path, *, strict: bool = True) -> Iterator[tuple[int, dict[
     `strict=False` is skipped with a warning (the torn last line of an interrupted job)."""
     if not path.exists():
         raise DemoFileError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                problem = (None if isinstance(record, dict)
-                           else f"expected a JSON object, got {type(record).__name__}")
-            except json.JSONDecodeError as err:
-                problem = f"not valid JSON ({err.msg} at column {err.colno})"
-            if problem is None:
-                yield lineno, record
-            elif strict:
-                raise DemoFileError(f"{path}:{lineno}: {problem}")
-            else:
-                log.warning("%s:%d: %s; line skipped", path, lineno, problem)
+    data = path.read_bytes()
+    try:  # not strict: a torn last line may end inside a character; it is skipped below
+        text = data.decode("utf-8-sig", errors="strict" if strict else "replace")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DemoFileError(f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#04x}); "
+                            "re-save the file as UTF-8") from None
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            problem = (None if isinstance(record, dict)
+                       else f"expected a JSON object, got {type(record).__name__}")
+        except json.JSONDecodeError as err:
+            problem = f"not valid JSON ({err.msg} at column {err.colno})"
+        if problem is None:
+            yield lineno, record
+        elif strict:
+            raise DemoFileError(f"{path}:{lineno}: {problem}")
+        else:
+            log.warning("%s:%d: %s; line skipped", path, lineno, problem)
 
 
 def _read_finished(path: Path) -> dict[str, dict[str, Any]]:

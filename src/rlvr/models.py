@@ -212,6 +212,9 @@ def resolve_model_path(spec: str) -> tuple[str, list[str]]:
         if path.is_file():
             return str(dequantise_gguf(path)), tried
         raise ModelNotFound(f"model '{spec}': no such GGUF file")
+    if path.is_file():
+        raise ModelNotFound(f"model '{spec}': {path} is a file; give the directory that holds config.json "
+                            "(and the weights), a run directory or a .gguf file")
     if path.is_dir():
         for candidate in (path, path / "final" / "merged", path / "grpo" / "final" / "merged",
                           path / "sft" / "final" / "merged", path / "merged"):
@@ -219,8 +222,60 @@ def resolve_model_path(spec: str) -> tuple[str, list[str]]:
             if (candidate / "config.json").is_file() or (candidate / "adapter_config.json").is_file():
                 return str(candidate), tried
         raise ModelNotFound(f"model '{spec}': tried {'; '.join(tried)}; none holds config.json or adapter_config.json")
+    if looks_like_path(spec):
+        raise ModelNotFound(f"model '{spec}': no such directory {path.absolute()} (a local path; a Hub id "
+                            "looks like org/name)")
     tried.append(f"the Hub id {spec}")
     return spec, tried
+
+
+def looks_like_path(spec: str) -> bool:
+    """A spec that can only be a local path: ./x, ../x, /x, ~/x, C:\\x, a\\b, or more than one '/'
+    (a Hub id is `name` or `org/name`)."""
+    return (spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1
+            or (len(spec) > 1 and spec[1] == ":"))
+
+
+def hub_offline(repo_id: str, timeout_s: float = 5.0) -> bool:
+    """Before loading a Hub id: False when the Hub answers (load as usual); True when it does not
+    (HF_HUB_OFFLINE=1 or no network) but the model is in the local cache (load it from there only).
+    Otherwise raise ModelNotFound at once: huggingface_hub would retry each file for ~45 s first."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    reason = "HF_HUB_OFFLINE is set"
+    if not offline:
+        import httpx
+
+        try:
+            httpx.head(endpoint, timeout=timeout_s, follow_redirects=False)
+            return False
+        except httpx.HTTPError as err:
+            reason = f"the Hub ({endpoint}) cannot be reached: {type(err).__name__}: {err}"
+    try:
+        cached = any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in ("config.json", "adapter_config.json"))
+    except Exception:  # noqa: BLE001 - not a valid repo id
+        cached = False
+    if not cached:
+        raise ModelNotFound(f"model '{repo_id}' is not a local path nor in the Hugging Face cache, and {reason}; "
+                            "download it where there is network, or give a local directory")
+    return True
+
+
+def check_weight_files(directory: str | Path) -> None:
+    """ModelNotFound naming the file when a *.safetensors in `directory` is empty or unreadable
+    (safetensors alone says `HeaderTooSmall`, without the file)."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception as err:  # noqa: BLE001 - SafetensorError, OSError, ...
+            size = file.stat().st_size
+            raise ModelNotFound(f"{file}: not a readable safetensors file ({size} bytes; {err}); "
+                                "it may be empty or cut short: copy or save the model again") from None
 
 
 def _quantization(load_in_4bit: bool, device: torch.device) -> dict:
@@ -241,6 +296,10 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", load_in_
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path, tried = resolve_model_path(spec)
+    local = Path(path).is_dir()
+    if local:
+        check_weight_files(path)
+    offline = not local and hub_offline(path)  # no network: from the cache only, no retries
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     quant = _quantization(load_in_4bit, dev)
@@ -248,8 +307,8 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", load_in_
         if (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "config.json").is_file():
             model = _load_adapter(Path(path), torch_dtype).merge_and_unload()
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **quant)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=offline, **quant)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
     except (OSError, ValueError) as err:
         raise ModelNotFound(f"model '{spec}' could not be loaded; tried {'; '.join(tried)}: {err}") from err
     _fix_tokenizer(tokenizer, model)
@@ -262,7 +321,8 @@ def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
     path, _ = resolve_model_path(spec)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    offline = not Path(path).is_dir() and hub_offline(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
     _fix_tokenizer(tokenizer, None)
     return tokenizer
 

@@ -49,9 +49,12 @@ def load_demonstrations(cfg: Config, task, examples) -> list:
         return found
     if source == "teacher":
         out = Path(cfg.run.output_dir) / "teacher_demos.jsonl"
-        return demo_lib.teacher_demos(task, examples, base_url=cfg.sft.teacher_base_url,
-                                      model=cfg.sft.teacher_model, api_key_env=cfg.sft.teacher_api_key_env,
-                                      out_path=out)
+        result = demo_lib.run_teacher_job(task, examples, base_url=cfg.sft.teacher_base_url,
+                                          model=cfg.sft.teacher_model, api_key_env=cfg.sft.teacher_api_key_env,
+                                          out_path=out)
+        if not result.demos:  # stop here: training on nothing would write an untrained final/
+            raise demo_lib.TeacherAPIError(result.why_none())
+        return result.demos
     if source.endswith(".jsonl"):
         return demo_lib.load_demos_jsonl(source)
     raise ConfigError(f"sft.source '{source}' is not procedural, teacher or a .jsonl path")
@@ -156,6 +159,9 @@ def run_sft(cfg: Config, *, model=None, tokenizer=None, task=None, resume: bool 
     g = torch.Generator().manual_seed(cfg.run.seed)
     chosen = [examples[i] for i in torch.randperm(len(examples), generator=g)[:cfg.sft.num_examples].tolist()]
     demos = load_demonstrations(cfg, task, chosen)
+    if not demos:
+        raise ConfigError(f"no demonstrations from sft.source '{cfg.sft.source}' for {len(chosen)} examples: "
+                          "nothing to fine-tune on")
     model_cfg = cfg.model if cfg.sft.use_peft is None else dataclasses.replace(cfg.model, use_peft=bool(cfg.sft.use_peft))
     policy = prepare_policy(model, model_cfg)
     rows = []

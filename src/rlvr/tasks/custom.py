@@ -13,6 +13,7 @@ import csv
 import hashlib
 import importlib.util
 import inspect
+import io
 import json
 import sys
 from pathlib import Path
@@ -106,23 +107,33 @@ def _examples(rows: list[dict], question_column: str, answer_column: str, *, whe
 
 def _read_jsonl(path: str) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from e
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+    for number, line in enumerate(_read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from e
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
 
 
 def _read_csv(path: str) -> list[dict]:
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
+    return list(csv.DictReader(io.StringIO(_read_text(path), newline="")))
+
+
+def _read_text(path: str) -> str:
+    """The file as UTF-8 text (a leading BOM dropped); a ValueError naming the file, line and byte
+    when it is not UTF-8 (e.g. saved as Latin-1)."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
+                         "re-save the file as UTF-8") from None
 
 
 def _read_hub(dataset_id: str, config_name, train_split: str, test_split: str | None):
