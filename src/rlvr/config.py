@@ -19,6 +19,10 @@ from typing import Any, Literal, get_type_hints
 
 import yaml
 
+from rlvr.algorithms.losses import LOSS_TYPES, loss_spec
+
+CLIP_LOSS_TYPES = tuple(str(t) for t, spec in LOSS_TYPES.items() if spec.surrogate == "clip")
+
 from rlvr.config_types import (
     DEVICE_PATTERN,
     URL_PATTERN,
@@ -282,7 +286,10 @@ class Config:
             raise ConfigError(f"curriculum.min_level ({c.min_level}) must be <= curriculum.max_level ({c.max_level})")
         if g.epsilon_high is None and g.loss_type != "cispo":  # cispo: None is its own cap (see losses)
             g.epsilon_high = g.epsilon
-        if g.delta is not None and g.loss_type not in ("cispo", "sapo") and not g.delta > 1 + g.epsilon_high:
+        if g.delta is not None and loss_spec(g.loss_type).surrogate != "clip":
+            raise ConfigError(f"grpo.delta applies to the clipped surrogate (loss types {', '.join(CLIP_LOSS_TYPES)}), "
+                              f"not to loss_type '{g.loss_type}': remove grpo.delta")
+        if g.delta is not None and not g.delta > 1 + g.epsilon_high:
             raise ConfigError(f"grpo.delta ({g.delta}) must be > 1 + grpo.epsilon_high ({1 + g.epsilon_high:g}): "
                               "it caps the ratio of negative-advantage tokens, so below the upper clip it would cut ratios the clip allows (TRL recommends > 1 + epsilon)")
         if self.run.log_format == "json":
