@@ -173,7 +173,7 @@ def test_shared_prompt_forward_matches_one_forward_values_and_gradients(tokenize
         results.append((logp, entropy, torch.autograd.grad(loss, params)))
     (plain, ent_plain, g_plain), (shared, ent_shared, g_shared) = results
     torch.testing.assert_close(shared, plain, atol=1e-5, rtol=0)
-    torch.testing.assert_close(ent_shared, ent_plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent_shared, ent_plain, atol=3e-5, rtol=0)  # ~10.8 nats summed over 49k terms: fp32 rounding reaches 1.05e-5 on some CPUs
     assert all(g.abs().sum() > 0 for g in g_plain)
     for a, b in zip(g_shared, g_plain):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
