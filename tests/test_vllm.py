@@ -154,7 +154,10 @@ def test_per_prompt_generators_reproduce_and_do_not_depend_on_other_prompts(full
     long_prompts = [p + tokenizer.encode(" Think step by step and explain your reasoning." * 8) for p in prompts]
     long_prompts = long_prompts + long_prompts
     params = SamplingParams(max_new_tokens=4, temperature=1.0, top_p=0.95)
-    gens = lambda: [torch.Generator().manual_seed(100 + i) for i in range(len(long_prompts))]  # noqa: E731
+
+    def gens():
+        return [torch.Generator().manual_seed(100 + i) for i in range(len(long_prompts))]
+
     first = sampler.generate(long_prompts, params, num_samples=8, generator=gens())
     again = sampler.generate(long_prompts, params, num_samples=8, generator=gens())
     assert [c.token_ids for c in first] == [c.token_ids for c in again]

@@ -28,8 +28,17 @@ How it keeps rlvr's contract (sampling/base.py):
 - release(): on CUDA with `vllm_enable_sleep_mode`, `sleep(level=1)` (weights to CPU, KV cache freed)
   and `wake_up` before the next push or generation. On CPU vLLM has no sleep mode: the KV cache stays
   allocated (`vllm_kv_cache_memory_bytes` sizes it) and release() does nothing.
-Unverified here (no GPU): sleep mode, CUDA graphs (`vllm_enforce_eager=False`, the default on CUDA),
-tensor parallelism (`vllm_tensor_parallel_size`), bf16 logits (`hf_overrides head_dtype float32`).
+- Threads (CPU): vLLM binds its OpenMP threads to the cores (`VLLM_CPU_OMP_THREADS_BIND`, "auto")
+  and then replaces `torch.set_num_threads` with a no-op for the whole process, the trainer's too;
+  `VLLM_CPU_OMP_THREADS_BIND=nobind` leaves threads to torch. On a shared machine use one thread or
+  OMP_WAIT_POLICY=PASSIVE (two spinning OpenMP threads on 2 busy cores: 15x slower, see tests).
+Unverified here (no GPU), with the code that would run: sleep mode (`release` -> `LLM.sleep(level=1)`,
+`_wake` -> `LLM.wake_up`, TRL uses level 2 because it always pushes before sampling); CUDA graphs
+(`enforce_eager=False`, the default on CUDA; the 1/T logits scale is read at run time by
+`compute_logits`, which runs outside the captured decoder graph); tensor parallelism
+(`vllm_tensor_parallel_size` is passed to `LLM`; in-process TP needs TRL's
+`distributed_executor_backend="external_launcher"` under torchrun, not wired); bf16 models (log-probs
+come from bf16 logits unless `engine_kwargs={"hf_overrides": {"head_dtype": "float32"}}`).
 """
 
 from __future__ import annotations
@@ -39,14 +48,14 @@ import shutil
 import tempfile
 import time
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import torch
 
 from rlvr.sampling.base import Completion, SamplingParams
 
-ENGINE_DEFAULTS = dict(enable_chunked_prefill=False, logprobs_mode="raw_logprobs", generation_config="vllm")
+ENGINE_DEFAULTS = {"enable_chunked_prefill": False, "logprobs_mode": "raw_logprobs", "generation_config": "vllm"}
 """Engine settings the contract depends on (module docstring): whole-prompt prefill (per-request
 seeds), raw log-probs (the temperature is in the logits scale), no sampling defaults from the model's
 generation_config.json (rlvr passes every option)."""
