@@ -172,7 +172,7 @@ class VLLMSampler:
         self.kv_cache_memory_bytes = vllm_kv_cache_memory_bytes
         self.llm = None
         self._scale = 1.0
-        self._asleep = False
+        self._asleep: set[str] = set()  # sleep-mode tags (CUDA) that are asleep
         self._lora_id = 0
         self._dir = Path(tempfile.mkdtemp(prefix="rlvr-vllm-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._dir), True)
@@ -223,17 +223,19 @@ class VLLMSampler:
             del engine
         self._cleanup()
 
-    def _wake(self, tags: list[str] | None = None) -> None:
-        if self._asleep:
-            self.llm.wake_up(tags=tags)
-            self._asleep = tags is not None and set(tags) != {"weights", "kv_cache"}
+    def _wake(self, tags: Sequence[str] = ("weights", "kv_cache")) -> None:
+        """Wake what sleeps of `tags` (TRL's order: weights before a push, the KV cache before sampling)."""
+        wake = [t for t in tags if t in self._asleep]
+        if wake:
+            self.llm.wake_up(tags=wake)
+            self._asleep -= set(wake)
 
     def release(self) -> None:
         """Before an update: on CUDA with sleep mode, weights to CPU and the KV cache freed (level 1);
         otherwise nothing (vLLM's CPU backend has no sleep mode)."""
         if self.llm is not None and self.sleep_mode and not self._asleep:
             self.llm.sleep(level=1)
-            self._asleep = True
+            self._asleep = {"weights", "kv_cache"}
 
     # -- weights ---------------------------------------------------------------------------------
     def _save_adapter(self) -> Path:
