@@ -27,8 +27,10 @@ needs_vllm = pytest.mark.skipif(
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 QUESTIONS = ["What is 7 + 5?", "Name a colour.", "Write one word that rhymes with cat.", "Count to five."]
-LOGP_BOUND = 2e-3
-"""max |vLLM log-prob - trainer log-prob| per token, fp32 (measured: ~1e-4, kernels and batch shapes)"""
+LOGP_BOUND = 5e-4
+"""max |vLLM log-prob - trainer log-prob| per token, fp32. Measured over 512 sampled tokens per setting
+(4 prompts x 4 samples x 32): T=1: mean 5.8e-6, max 3.8e-5; T=0.7, top-p 0.9, top-k 20: 4.9e-6, 5.3e-5;
+T=1.3, top-p 0.95: 6.0e-6, 2.8e-5 (other kernels and batch shapes; nothing systematic)."""
 MAX_LEN = 256
 
 
