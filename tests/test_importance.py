@@ -92,3 +92,13 @@ def test_identical_log_probs_mean_no_mismatch_and_unit_weights():
 def test_empty_mask_gives_zeros():
     m = mismatch_metrics(TRAINER, SAMPLER, torch.zeros_like(MASK))
     assert m == {"sampling/logp_diff/mean": 0.0, "sampling/logp_diff/max": 0.0, "sampling/kl": 0.0}
+
+
+def test_importance_imports_no_model_library():
+    # DESIGN.md rule 7: the algorithm core is pure tensors.
+    import subprocess
+    import sys
+
+    code = ("import sys, rlvr.algorithms.importance; "
+            "bad = [m for m in ('transformers', 'peft', 'accelerate', 'vllm') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
