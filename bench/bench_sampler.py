@@ -8,6 +8,12 @@ are reported, with the tokens/s as a fraction of an fp32 matmul ceiling measured
 
     .venv/bin/python bench/bench_sampler.py [--rounds 3] [--threads N] [--hf-sampler] [--profile]
 
+With vLLM (its own environment, scripts/setup_vllm.sh), each backend once in its own process, so
+that each has its own peak RSS; vLLM's engine start and weight-sync seconds per push are measured too,
+full fine-tuning and both LoRA sync paths (merge and push, adapter as a LoRARequest):
+
+    .venv-vllm/bin/python bench/bench_sampler.py --vllm [--record bench/results/sampler_vllm.json]
+
 OMP_WAIT_POLICY defaults to PASSIVE here: with the default (spinning) policy, two torch processes
 sharing 2 cores make each parallel op wait for a descheduled thread, and a decode step measured
 7.5 s instead of 0.45 s. Set OMP_WAIT_POLICY=ACTIVE in the environment to measure without it.
@@ -120,6 +126,99 @@ def report(wall: dict, cpu: dict, gflops: list, params: int) -> None:
     print("per-round fast / hf generate:", " ".join(f"{x:.2f}" for x in ratios))
 
 
+VLLM_BACKENDS = ["hf generate", "fast", "vllm", "vllm lora merge", "vllm lora adapter"]
+
+
+def _perturb_lora(model, seed: int) -> None:
+    """Seeded noise on the LoRA B matrices (zero at init): a stand-in for one update."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn(p.shape, generator=g) * 0.01)
+
+
+def one_backend(name: str, args) -> dict:
+    """Time one backend in this process: tok/s of one generation (8 x 8 x 64), and for vLLM the
+    engine start and the mean of 3 weight pushes (weights changed before each); peak RSS."""
+    import resource
+
+    model, tok = load_model("smollm2-135m", dtype=args.dtype)
+    prompts = make_prompts(tok, args.prompts)
+    out: dict = {"backend": name}
+    if name == "hf generate":
+        t0 = time.perf_counter()
+        n = run_hf(model, tok, prompts, args.samples, args.new_tokens)
+    else:
+        if name == "fast":
+            sampler = FastSampler(model, tok, max_batch_size=args.prompts * args.samples)
+            run_sampler(sampler, prompts[:1], 2, 4, 0)  # warm-up, as time_rounds
+        else:
+            from rlvr.models import attach_lora
+            from rlvr.sampling.vllm import VLLMSampler
+
+            if "lora" in name:
+                model = attach_lora(model, r=16, alpha=32)
+                _perturb_lora(model, 0)
+            sampler = VLLMSampler(model, tok, vllm_max_model_length=256, vllm_max_num_seqs=64,
+                                  vllm_lora_sync="adapter" if "adapter" in name else "merge")
+            sampler.start()
+            out["start_s"] = sampler.start_seconds
+        t0 = time.perf_counter()
+        n = run_sampler(sampler, prompts, args.samples, args.new_tokens, 0)
+    out["tok_s"] = n / (time.perf_counter() - t0)
+    if name.startswith("vllm"):
+        for step in range(3):
+            if "lora" in name:
+                _perturb_lora(model, step + 1)
+            else:
+                with torch.no_grad():
+                    model.model.layers[step].mlp.down_proj.weight.mul_(1.001)
+            sampler.release()
+            sampler.sync_weights(model)
+        out["sync_s"] = statistics.mean(sampler.sync_seconds)
+        out["sync_s_each"] = sampler.sync_seconds
+        sampler.close()
+    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    out["load_after"] = os.getloadavg()[0]
+    return out
+
+
+def machine_info() -> dict:
+    """`rlvr env` (the shared venv's), the CPU model, the load average."""
+    import subprocess
+
+    env = subprocess.run([sys.executable, "-m", "rlvr", "env"], capture_output=True, text=True, check=False).stdout
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    return {"rlvr_env": env.strip().splitlines(), "cpu_model": cpu, "cores": os.cpu_count(),
+            "load_average_start": os.getloadavg()}
+
+
+def vllm_comparison(args) -> None:
+    """Each backend in its own process (this interpreter: the vLLM environment), one run each."""
+    import json
+    import subprocess
+
+    record = {"settings": {"prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens,
+                           "temperature": 1.0, "top_p": 0.95, "dtype": args.dtype, "eos": "ignored",
+                           "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"], "python": sys.executable},
+              "machine": machine_info(), "results": []}
+    for name in VLLM_BACKENDS:
+        cmd = [sys.executable, __file__, "--one", name, "--prompts", str(args.prompts), "--samples",
+               str(args.samples), "--new-tokens", str(args.new_tokens), "--dtype", args.dtype]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        result = json.loads(line[7:]) if line else {"backend": name, "error": proc.stderr[-2000:]}
+        print(json.dumps(result))
+        record["results"].append(result)
+    record["machine"]["load_average_end"] = os.getloadavg()
+    if args.record:
+        with open(args.record, "w") as f:
+            json.dump(record, f, indent=2)
+            f.write("\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -130,8 +229,20 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one fast run")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--dtype", default="fp32", help="model dtype for both backends (fp32, bf16)")
+    parser.add_argument("--vllm", action="store_true", help="HF generate, fast and vLLM (full, LoRA merge, "
+                        "LoRA adapter), each once in its own process: run with .venv-vllm/bin/python")
+    parser.add_argument("--record", help="with --vllm: write the results (JSON) here")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one backend, one JSON line
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # rounds show up as they finish, even through a pipe
+    if args.one:
+        import json
+
+        print("RESULT " + json.dumps(one_backend(args.one, args)))
+        return
+    if args.vllm:
+        vllm_comparison(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
 
