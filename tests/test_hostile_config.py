@@ -34,7 +34,7 @@ from rlvr.config_types import MAX_ALIAS_EXPANSION, RANGES
     ("model.lora_target_modules={a: 1}", "model.lora_target_modules: expected a string or a list of strings"),
     ("task.rewards={accuracy: high}", "task.rewards.accuracy: expected a number, got 'high'"),
     ("model.dtype=fp8", "model.dtype: expected one of auto, fp32"),
-    ("sampling.backend=sglang", "sampling.backend: expected one of fast, hf, vllm, got 'sglang'"),
+    ("sampling.backend=sglang", "sampling.backend: expected one of auto, fast, hf, vllm, got 'sglang'"),
     ("grpo.scale_rewards=std", "grpo.scale_rewards: expected one of group, batch, none"),
     ("task.prefill=null", "task.prefill: expected a string, got None"),
     ("grpo.delta=yes", "grpo.delta: expected a number or null, got True"),  # YAML 1.1: yes is true

@@ -99,7 +99,7 @@ def eval_cmd(
     batch_size: Optional[int] = typer.Option(None, help="prompts per generation batch [default: 64]"),
     prefill: Optional[str] = typer.Option(None, help="assistant prefill, e.g. '<think>'"),
     chat: Optional[bool] = typer.Option(None, "--chat/--plain", help="chat template or plain prompt (default: auto)"),
-    backend: Optional[str] = typer.Option(None, help="fast or hf [default: fast]"),
+    backend: Optional[str] = typer.Option(None, help="auto, fast, hf or vllm [default: auto: vllm on a CUDA GPU where installed, else fast]"),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="where to write eval.jsonl (default runs/eval-...)"),
     option: list[str] = typer.Option([], "--task-option", help="task option key=value (repeatable), e.g. high=100"),
     seed: int = typer.Option(0, help="sampling seed"),
@@ -117,6 +117,7 @@ def eval_cmd(
     from rlvr.models import load_model
     from rlvr.tasks import get_task
     from rlvr.sampling import make_sampler
+    from rlvr.config import sampler_options
 
     overrides = [f"task.options.{text}" for text in option] + list(ctx.args)
     cfg = _config(config, overrides, **{"model.name": model, "task.name": task, "eval.n": n, "eval.samples": samples,
@@ -126,7 +127,7 @@ def eval_cmd(
     m, tok = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
     out = output_dir or Path("runs") / f"eval-{t.name.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     k = cfg.eval.samples
-    result = evaluate_config(make_sampler(cfg.sampling.backend, m, tok), tok, t, cfg, temperature=temperature,
+    result = evaluate_config(make_sampler(cfg.sampling.backend, m, tok, **sampler_options(cfg)), tok, t, cfg, temperature=temperature,
                              generator=torch.Generator().manual_seed(seed), out_path=Path(out) / "eval.jsonl")
     (Path(out) / "summary.json").write_text(json.dumps({"model": cfg.model.name, "task": cfg.task.name,
                                                         **result.summary()}, indent=1))

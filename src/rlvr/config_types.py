@@ -121,6 +121,8 @@ RANGES: dict[str, str] = {
     "task.reward_timeout": "(0, 86400]",
     "sampling.temperature": "[0, 100]", "sampling.top_p": "(0, 1]", "sampling.top_k": "[0, inf)",
     "sampling.max_completion_length": "[1, inf)",
+    "sampling.vllm_gpu_memory_utilization": "(0, 1]", "sampling.vllm_max_model_length": "[1, inf)",
+    "sampling.vllm_kv_cache_memory_bytes": "[1, inf)", "grpo.vllm_importance_sampling_clip_max": "(0, inf)",
     "grpo.max_steps": "[1, inf)", "grpo.prompts_per_step": "[1, inf)", "grpo.num_generations": "[2, inf)",
     "grpo.num_iterations": "[1, inf)", "grpo.steps_per_generation": "[1, inf)",
     "grpo.per_device_train_batch_size": "[1, inf)", "grpo.learning_rate": "[0, 1]",

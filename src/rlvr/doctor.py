@@ -40,7 +40,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from rlvr.config import Config
+from rlvr.config import Config, sampler_options
 from rlvr.memory import GB, MemoryReport, check_memory, peak_since, start_peak
 from rlvr.tasks.base import Example
 
@@ -373,7 +373,7 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
     task = task or get_task(cfg.task.name, **cfg.task.options)
     examples = examples if examples is not None else example_stream(cfg, task)
     policy.eval()
-    sampler = sampler or make_sampler(cfg.sampling.backend, policy, tokenizer)
+    sampler = sampler or make_sampler(cfg.sampling.backend, policy, tokenizer, **sampler_options(cfg))
     with torch.random.fork_rng(devices=[]):  # the global RNG a following run uses is left as it was
         signal, exp = sample_signal(sampler, tokenizer, task, examples, cfg, num_prompts=num_prompts,
                                     generator=torch.Generator().manual_seed(cfg.run.seed + 12345),

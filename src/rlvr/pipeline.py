@@ -41,6 +41,7 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> list[dict]:
     from rlvr.tasks import get_task
     from rlvr.runs import peak_rss_gb, write_report_safely
     from rlvr.sampling import make_sampler
+    from rlvr.config import sampler_options
     from rlvr.trainer import train
 
     t0 = time.time()
@@ -61,7 +62,7 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> list[dict]:
     if resume and base_summary.exists():
         rows.append(json.loads(base_summary.read_text()))
     else:
-        result = evaluate_config(make_sampler(cfg.sampling.backend, model, tokenizer), tokenizer, task, cfg,
+        result = evaluate_config(make_sampler(cfg.sampling.backend, model, tokenizer, **sampler_options(cfg)), tokenizer, task, cfg,
                                  progress=not cfg.run.quiet, out_path=run_dir / "eval" / "base.jsonl")
         rows.append(_row("base", result.summary()))
         base_summary.write_text(json.dumps(rows[-1], indent=1))

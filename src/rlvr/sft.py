@@ -188,9 +188,10 @@ def _evaluate(policy, tokenizer, task, cfg: Config, run_dir: Path, tracker, step
     """Greedy accuracy on the first eval.n held-out examples (the same ones `rlvr train` uses)."""
     from rlvr.evaluate import evaluate_config
     from rlvr.sampling import make_sampler
+    from rlvr.config import sampler_options
 
     policy.eval()
-    result = evaluate_config(make_sampler(cfg.sampling.backend, policy, tokenizer), tokenizer, task, cfg,
+    result = evaluate_config(make_sampler(cfg.sampling.backend, policy, tokenizer, **sampler_options(cfg)), tokenizer, task, cfg,
                              progress=not cfg.run.quiet, out_path=run_dir / "eval" / f"{stage}.jsonl")
     row = {"step": step, "stage": stage, **result.summary()}
     tracker.log_eval(row)

@@ -34,14 +34,14 @@ import torch
 from rlvr.alarms import Alarms, alarm_metrics
 from rlvr.buffer import Buffer
 from rlvr.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from rlvr.config import Config
+from rlvr.config import Config, sampler_options
 from rlvr.curriculum import example_stream
 from rlvr.distributed import Dist, NullTracker, setup_distributed
 from rlvr.evaluate import evaluate_config, format_table, verdict
 from rlvr.rollout import PromptFormat, build_reward_fns, collect_experience, sample_records, sampling_params
 from rlvr.runs import (CtrlC, TrainResult, before_after, peak_rss_gb, prepare_run_dir, save_final,
                        write_report_safely, write_summary)
-from rlvr.sampling import make_sampler
+from rlvr.sampling import make_sampler, resolve_backend
 from rlvr.update import make_optimizer, update_policy
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ class _Run:
     say: object
     has_test: bool
     """the task has held-out examples and eval.n > 0"""
+    importance_correction: bool
+    """the sampler is vLLM and grpo.vllm_importance_sampling_correction is on"""
 
     @property
     def step(self) -> int:
@@ -108,7 +110,8 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
                                 temperature=max(cfg.sampling.temperature, 1e-6),
                                 max_completion_length=cfg.sampling.max_completion_length,
                                 pad_token_id=run.tokenizer.pad_token_id, generator=run.gens["shuffle"],
-                                ref_model=run.ref_model, dist=dist)
+                                ref_model=run.ref_model, dist=dist,
+                                sampler_correction=run.importance_correction)
             run.sampler.sync_weights(run.policy)  # ---- sync: the next step samples the new weights
             run.state["step"] += 1
             _log_step(run, seen, upd)  # ---- log
@@ -171,9 +174,11 @@ def _set_up(cfg: Config, resume: bool, model, tokenizer, task) -> _Run:
                           purge_step=state["step"] + 1 if ckpt is not None else None)
     return _Run(cfg, dist, run_dir, policy, tokenizer, ref_model, task,
                 PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill),
-                build_reward_fns(task, cfg.task.rewards), make_sampler(s.backend, policy, tokenizer), params,
+                build_reward_fns(task, cfg.task.rewards),
+                make_sampler(s.backend, policy, tokenizer, **sampler_options(cfg)), params,
                 optimizer, scheduler, gens, state, stream, alarms, tracker, _printer(cfg, dist),
-                bool(cfg.eval.n and task.test_examples()))
+                bool(cfg.eval.n and task.test_examples()),
+                resolve_backend(s.backend, policy) == "vllm" and g.vllm_importance_sampling_correction)
 
 
 def _printer(cfg: Config, dist: Dist):

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rlvr.algorithms.importance import importance_weights, mismatch_metrics
 from rlvr.algorithms.losses import loss_spec, policy_loss
 from rlvr.buffer import Buffer, Minibatch, collate
 from rlvr.config import ConfigError, GRPOConfig
@@ -92,6 +93,8 @@ class _Update:
     ref_model: object = None
     skip: bool = False
     """leave zero-advantage rows out of the forward and backward passes"""
+    sampler_correction: bool = False
+    """reweight the loss by the trainer/sampler probability ratio (TRL's vllm_importance_sampling_correction)"""
     means: _Means = field(default_factory=_Means)
     tokens: int = 0
     """real tokens of the rows run"""
@@ -107,19 +110,24 @@ class _Update:
 
 def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, *, temperature: float,
                   max_completion_length: int, pad_token_id: int, generator: torch.Generator,
-                  ref_model=None, dist: Dist | None = None, skip_zero_advantage: bool | None = None) -> dict:
+                  ref_model=None, dist: Dist | None = None, skip_zero_advantage: bool | None = None,
+                  sampler_correction: bool = False) -> dict:
     """num_iterations passes over the buffer; each pass is steps_per_generation optimizer steps.
 
     With several processes (`dist`), the buffer holds this process's groups; optimizer batches,
     loss weights and the skip decision are global, so the step equals one process's.
     skip_zero_advantage: None follows cfg.skip_zero_advantage (see the module docstring).
+    sampler_correction: the sampler's log-probs come from other kernels (vLLM): with num_iterations = 1
+    weight each token's loss by the truncated ratio trainer/sampler (cfg.vllm_importance_sampling_*).
+    With more passes the sampler's log-probs are the ratio's old log-probs, which corrects already.
     Returns the update's metrics, averaged over micro-batches (and processes).
     """
     dist = dist or Dist()
     skip = cfg.skip_zero_advantage if skip_zero_advantage is None else skip_zero_advantage
     reduction = loss_spec(cfg.loss_type).reduction
     u = _Update(model, cfg, dist, temperature, max_completion_length, pad_token_id, ref_model,
-                skip=skip and cfg.beta == 0 and reduction.global_normaliser)
+                skip=skip and cfg.beta == 0 and reduction.global_normaliser,
+                sampler_correction=sampler_correction and cfg.num_iterations == 1)
     model.train()
     bad = 0
     t0 = time.perf_counter()
@@ -184,12 +192,13 @@ def _micro_batch_loss(u: _Update, micro: list, n_tok: int) -> torch.Tensor:
         chunk_size=cfg.logprob_chunk_size, with_entropy=True, prompt_rows=rows)  # [n, C], [n, C]
     old = logp.detach() if cfg.num_iterations == 1 else mb.old_logprobs  # [n, C]
     ref = _reference_logprobs(u, mb, rows) if cfg.beta > 0 else None  # [n, C]
+    weights = _sampler_mismatch(u, logp, mb.old_logprobs, mask)  # None, or [n, C] | [n, 1]
     loss, metrics = policy_loss(
         logp, old, mb.advantages, mask, ref_logprobs=ref, beta=cfg.beta, epsilon=cfg.epsilon,
         epsilon_high=cfg.epsilon_high, delta=cfg.delta, loss_type=cfg.loss_type,
         sapo_temperature_pos=cfg.sapo_temperature_pos, sapo_temperature_neg=cfg.sapo_temperature_neg,
         max_completion_length=u.max_completion_length, num_items_in_batch=n_tok,
-        importance_sampling_level=cfg.importance_sampling_level)
+        importance_sampling_level=cfg.importance_sampling_level, sampler_weights=weights)
     u.tokens += int(mb.attention_mask.sum())
     u.decoded += decoder_tokens(u.model, mb.attention_mask, mb.logits_to_keep, rows)
     u.means.add("loss/policy", loss.detach())
@@ -197,6 +206,21 @@ def _micro_batch_loss(u: _Update, micro: list, n_tok: int) -> torch.Tensor:
         u.means.add(METRIC_NAMES.get(key, f"policy/{key}"), value)
     u.means.add("policy/entropy", (entropy * mb.completion_mask).sum() / mb.completion_mask.sum().clamp(min=1))
     return loss
+
+
+def _sampler_mismatch(u: _Update, logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor):
+    """Log how far the sampler's log-probs [n, C] are from the trainer's (every backend: rlvr's own
+    sampler uses its own kernels too), and return the importance weights when the correction is on."""
+    if u.temperature <= 1e-6:  # greedy sampling records no log-probs
+        return None
+    weights = None
+    if u.sampler_correction:
+        cfg = u.cfg
+        weights = importance_weights(logp.detach(), sampler_logp, mask, mode=cfg.vllm_importance_sampling_mode,
+                                     clip_max=cfg.vllm_importance_sampling_clip_max)
+    for key, value in mismatch_metrics(logp.detach(), sampler_logp, mask, weights).items():
+        u.means.add(key, value)
+    return weights
 
 
 def _loss_masks(rollouts: list, mask_truncated: bool) -> list[torch.Tensor]:

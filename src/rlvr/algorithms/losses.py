@@ -356,6 +356,7 @@ def policy_loss(
     num_items_in_batch: int | None = None,
     importance_sampling_level: str = "token",
     gradient_accumulation_steps: int = 1,
+    sampler_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The policy loss of one (micro-)batch, and its metrics.
 
@@ -368,6 +369,9 @@ def policy_loss(
     to learn from), ref_logprobs [N, T] (needed iff beta != 0). Options: see `SurrogateOptions`
     (delta only with the clip surrogate). max_completion_length: dr_grpo's constant;
     num_items_in_batch: dapo/cispo's token count of the accumulated batch.
+    sampler_weights [N, T] or [N, 1]: importance weights p/q of the sampled tokens against the sampler
+    that drew them (TRL's vllm_importance_sampling_correction: the policy-gradient loss per token is
+    multiplied by them, the KL term is not; no gradient flows through them).
     gradient_accumulation_steps: TRL-style equal micro-batches, the loss is multiplied by
     micro_batch_weight(1, steps, steps) (1/steps, dapo/cispo 1); a caller with uneven micro-batches
     leaves it at 1 and multiplies by `loss_spec(loss_type).reduction.micro_batch_weight` itself.
@@ -385,6 +389,8 @@ def policy_loss(
     adv = advantages.to(logprobs.dtype).unsqueeze(-1)  # [N, 1]
     ratio = importance_ratio(logprobs, old_logprobs, mask, importance_sampling_level)  # [N, T] | [N, 1]
     pg_per_token, stats = SURROGATES[spec.surrogate](ratio, logprobs, adv, options)  # [N, T]
+    if sampler_weights is not None:  # truncated importance sampling against the sampler (rlvr.algorithms.importance)
+        pg_per_token = pg_per_token * sampler_weights.detach()  # [N, T] x ([N, T] | [N, 1])
     per_token = pg_per_token
     if beta != 0.0:
         if ref_logprobs is None:
