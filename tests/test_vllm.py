@@ -236,6 +236,9 @@ def test_grpo_with_vllm_learns_the_toy_digit_task(tmp_path):
     rewards = [r["reward/digit_reward/mean"] for r in rows]
     assert len(rewards) == 25
     assert rewards[0] < 0.1 and sum(rewards[-3:]) / 3 > 0.6, rewards
-    # the sampler's log-probs are the trainer's (fp32 both): the correction weights stay near 1
-    assert all(r["sampling/logp_diff/max"] < 1e-3 for r in rows), [r["sampling/logp_diff/max"] for r in rows]
-    assert all(0.99 < r["sampling/is_ratio/mean"] < 1.01 for r in rows)
+    # the sampler's log-probs are the trainer's (fp32 both): the correction weights stay near 1. A step
+    # whose groups are all flat runs no forward (skip_zero_advantage), so it has no such metric
+    measured = [r for r in rows if "sampling/logp_diff/max" in r]
+    assert len(measured) >= 3
+    assert all(r["sampling/logp_diff/max"] < 1e-3 for r in measured), [r["sampling/logp_diff/max"] for r in measured]
+    assert all(0.99 < r["sampling/is_ratio/mean"] < 1.01 for r in measured)
