@@ -20,6 +20,11 @@ from conftest import ROOT, DigitTask, char_model
 from rlvr.config import load_config
 from rlvr.trainer import train
 
+STEP_TOLERANCE = """Step 1 depends on the initial weights, the sampler and the loss alone: 1e-4 relative.
+Later steps also carry the optimizer's rounding, which AdamW amplifies where gradients are tiny (the
+LoRA case: a different thread count or CPU moved step 3's loss by 4e-4 relative): 5e-3. A change of
+the math (a reduction, a weight, a ratio) moves step 1 by far more than either."""
+
 GOLDEN = json.loads((ROOT / "tests" / "golden_losses.json").read_text())["cases"]
 
 
@@ -39,5 +44,6 @@ def test_first_steps_match_the_recorded_losses(tmp_path, name):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == len(case["steps"])
     for step, (row, want) in enumerate(zip(rows, case["steps"]), start=1):
+        rel = 1e-4 if step == 1 else 5e-3  # see STEP_TOLERANCE
         for key, value in want.items():
-            assert row[key] == pytest.approx(value, rel=1e-4, abs=1e-7), f"{name} step {step} {key}"
+            assert row[key] == pytest.approx(value, rel=rel, abs=1e-7), f"{name} step {step} {key}"
