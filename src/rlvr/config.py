@@ -425,16 +425,11 @@ def _field_docs(cls, ast, inspect, textwrap) -> dict[str, str]:
 
 
 
-def vllm_options(cfg: Config) -> dict:
-    """The sampling.vllm_* options as `rlvr.sampling.vllm.VLLMSampler` takes them, plus the run's seed."""
+def sampler_options(cfg: Config) -> dict:
+    """The sampling.vllm_* options and the run's seed, as `rlvr.sampling.make_sampler` takes them (it
+    passes them on only to a vLLM sampler)."""
     s = cfg.sampling
     return {"vllm_mode": s.vllm_mode, "vllm_gpu_memory_utilization": s.vllm_gpu_memory_utilization,
             "vllm_max_model_length": s.vllm_max_model_length, "vllm_enable_sleep_mode": s.vllm_enable_sleep_mode,
             "vllm_kv_cache_memory_bytes": s.vllm_kv_cache_memory_bytes, "vllm_lora_sync": s.vllm_lora_sync,
             "seed": cfg.run.seed}
-
-
-def sampler_options(cfg: Config) -> dict:
-    """Keyword options for `rlvr.sampling.make_sampler` (it passes them on only to a vLLM sampler)."""
-    return vllm_options(cfg)
-

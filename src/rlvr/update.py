@@ -91,6 +91,8 @@ class _Update:
     max_completion_length: int
     pad_token_id: int
     ref_model: object = None
+    reduction: object = None
+    """the loss type's reduction (`loss_spec(cfg.loss_type).reduction`): micro-batch weights"""
     skip: bool = False
     """leave zero-advantage rows out of the forward and backward passes"""
     sampler_correction: bool = False
@@ -125,7 +127,7 @@ def update_policy(model, optimizer, scheduler, buffer: Buffer, cfg: GRPOConfig, 
     dist = dist or Dist()
     skip = cfg.skip_zero_advantage if skip_zero_advantage is None else skip_zero_advantage
     reduction = loss_spec(cfg.loss_type).reduction
-    u = _Update(model, cfg, dist, temperature, max_completion_length, pad_token_id, ref_model,
+    u = _Update(model, cfg, dist, temperature, max_completion_length, pad_token_id, ref_model, reduction,
                 skip=skip and cfg.beta == 0 and reduction.global_normaliser,
                 sampler_correction=sampler_correction and cfg.num_iterations == 1)
     model.train()
@@ -146,7 +148,6 @@ def _optimizer_step(u: _Update, parts: list[list], optimizer, scheduler) -> bool
     """Accumulate the gradients of one optimizer batch (this process's micro-batches `parts`) and
     step; False when the loss or gradient was not finite (the step is skipped, on every process)."""
     cfg, dist = u.cfg, u.dist
-    reduction = loss_spec(cfg.loss_type).reduction
     # the normalisers count every row of the batch, on every process, skipped rows too
     n_tok = sum(float(m.sum()) for p in parts for m in _loss_masks(p, cfg.mask_truncated_completions))
     n_seq, n_tok, n_micro = dist.all_sum(sum(len(p) for p in parts), n_tok, len(parts))
@@ -165,7 +166,7 @@ def _optimizer_step(u: _Update, parts: list[list], optimizer, scheduler) -> bool
         with dist.sync(last=i == len(parts) - 1):  # processes average gradients after the last
             loss = _micro_batch_loss(u, micro, n_tok)
             # x world: the weights sum to 1 over all processes, and DDP averages their gradients
-            dist.backward(loss * reduction.micro_batch_weight(len(micro), n_seq, n_micro) * dist.world)
+            dist.backward(loss * u.reduction.micro_batch_weight(len(micro), n_seq, n_micro) * dist.world)
     trainable = [p for p in u.model.parameters() if p.requires_grad]
     grad_norm = dist.clip_grad_norm_(trainable, cfg.max_grad_norm)
     bad = not torch.isfinite(grad_norm) or not math.isfinite(u.means.sums.get("loss/policy", 0.0))
