@@ -107,11 +107,13 @@ class SamplingConfig:
     vllm_gpu_memory_utilization: float = 0.3
     """fraction of the GPU's memory vLLM may take (weights and KV cache; CUDA only; TRL's default)"""
     vllm_max_model_length: int | None = None
-    """the engine's context length; None: the longest prompt + max_completion_length, rounded up"""
+    """the engine's context length (longest prompt + completion it accepts); None: the model's"""
     vllm_enable_sleep_mode: bool = False
     """CUDA: the engine sleeps (weights to CPU, KV cache freed) while the policy updates (TRL's option)"""
     vllm_kv_cache_memory_bytes: int | None = None
-    """CPU: bytes of KV cache vLLM allocates (None: vLLM's default)"""
+    """CPU: bytes of KV cache vLLM allocates (None: `rlvr doctor` sizes it from the memory it measures
+    free, less the update's peak and the engine's weights; without the doctor, room for 64 sequences of
+    1024 tokens within 80% of the free memory, at most 4 GiB)"""
     vllm_lora_sync: Literal["merge", "adapter"] = "merge"
     """LoRA: push the merged weights every step (faster here), or load the adapter as a LoRA request"""
 

@@ -41,7 +41,7 @@ from typing import Callable, Iterator
 import torch
 
 from rlvr.config import Config, sampler_options
-from rlvr.memory import GB, MemoryReport, check_memory, peak_since, start_peak
+from rlvr.memory import GB, MemoryReport, available_memory, check_memory, peak_since, start_peak, update_estimate
 from rlvr.tasks.base import Example
 
 
@@ -227,15 +227,18 @@ def truncation_finding(s: SignalStats, cfg: Config) -> Finding:
 
 def memory_finding(m: MemoryReport, cfg: Config) -> Finding:
     how = "measured" if m.measured_bytes is not None else "estimated"
+    engine = f" plus the sampler engine's {m.engine_bytes / GB:.2f} GB" if m.engine_bytes else ""
     what = (f"One update (batch {m.batch_size} x {m.seq_len} tokens, chunk {m.chunk_size}) needs "
-            f"{m.peak_bytes / GB:.2f} GB ({how}) of the {m.available_bytes / GB:.1f} GB available")
+            f"{m.peak_bytes / GB:.2f} GB ({how}){engine} of the {m.available_bytes / GB:.1f} GB available")
     fix = (f"Set grpo.per_device_train_batch_size={m.suggested_batch_size} and "
            f"grpo.logprob_chunk_size={m.suggested_chunk_size}")
     if m.needs_gradient_checkpointing and not cfg.model.gradient_checkpointing:
         fix += " and model.gradient_checkpointing=true"
-    if m.peak_bytes > m.available_bytes:
+    if m.engine_bytes:
+        fix += ", or give the engine less KV cache (sampling.vllm_kv_cache_memory_bytes)"
+    if m.total_bytes > m.available_bytes:
         return Finding("fatal", f"{what}: the run would stop with an out-of-memory error.", fix + ".")
-    if m.peak_bytes > 0.8 * m.available_bytes:
+    if m.total_bytes > 0.8 * m.available_bytes:
         return Finding("warn", f"{what}: little room for anything else.", fix + ".")
     more = (f"; per_device_train_batch_size={m.suggested_batch_size} would fit too"
             if m.suggested_batch_size > m.batch_size else "")
@@ -374,6 +377,8 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
     examples = examples if examples is not None else example_stream(cfg, task)
     policy.eval()
     sampler = sampler or make_sampler(cfg.sampling.backend, policy, tokenizer, **sampler_options(cfg))
+    available = available_memory(next(policy.parameters()).device)  # before an engine takes its share
+    _plan_engine_memory(sampler, policy, tokenizer, task, cfg, available)
     with torch.random.fork_rng(devices=[]):  # the global RNG a following run uses is left as it was
         signal, exp = sample_signal(sampler, tokenizer, task, examples, cfg, num_prompts=num_prompts,
                                     generator=torch.Generator().manual_seed(cfg.run.seed + 12345),
@@ -383,8 +388,9 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
         # so the probe's peak is the update's (with them, the doctor set the process's peak: 4.1 GB
         # where the run's updates peaked near 3 GB, bench/bench_trl.py's SFT setting)
         sampler.release()
+        engine = getattr(sampler, "engine_memory", dict)()
         memory = check_memory(policy, cfg, prompt_ids=longest, pad_token_id=tokenizer.pad_token_id,
-                              measure=measure_memory)
+                              measure=measure_memory, engine_bytes=float(sum(engine.values())), available=available)
     policy.eval()
     chat = cfg.task.chat if cfg.task.chat is not None else bool(getattr(tokenizer, "chat_template", None))
     try:
@@ -395,6 +401,21 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
     name = cfg.model.name if loaded else (getattr(model, "name_or_path", "") or "the given model")
     return Diagnosis(name, task.name, cfg.sampling.temperature, cfg.sampling.max_completion_length,
                      signal, memory, assess(signal, memory, cfg, [hack]), time.perf_counter() - t0)
+
+
+def _plan_engine_memory(sampler, policy, tokenizer, task, cfg: Config, available: float) -> None:
+    """A sampler with its own engine (vLLM on CPU) gets its KV cache sized from the memory measured
+    free, less the update's estimated peak at the length of the task's first prompts."""
+    plan = getattr(sampler, "plan_memory", None)
+    if plan is None:
+        return
+    from rlvr.rollout import PromptFormat
+
+    fmt = PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill)
+    prompts = fmt.encode(tokenizer, task, task.train_examples()[:64])
+    longest = max(map(len, prompts), default=0)
+    plan(available=available, reserved_update=update_estimate(policy, cfg, longest),
+         seq_len=longest + cfg.sampling.max_completion_length)
 
 
 def render(d: Diagnosis) -> str:
@@ -413,6 +434,8 @@ def render(d: Diagnosis) -> str:
         measured = f"{m.measured_bytes / GB:.2f} GB measured, " if m.measured_bytes is not None else ""
         lines.append(f"  update memory  {measured}{m.estimated_bytes / GB:.2f} GB estimated, {m.available_bytes / GB:.1f} GB "
                      f"available (batch {m.batch_size} x {m.seq_len} tokens, {m.allocator} malloc)")
+        if m.engine_bytes:
+            lines.append(f"  engine memory  {m.engine_bytes / GB:.2f} GB (the sampler's engine: weights, KV cache, runtime)")
     if s.peak_bytes is not None:
         lines.append(f"  sampling memory {s.peak_bytes / GB:.2f} GB for {s.prompts * s.generations} completions")
     for f in d.findings:
