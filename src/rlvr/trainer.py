@@ -39,7 +39,7 @@ from rlvr.curriculum import example_stream
 from rlvr.distributed import Dist, NullTracker, setup_distributed
 from rlvr.evaluate import evaluate_config, format_table, verdict
 from rlvr.rollout import PromptFormat, build_reward_fns, collect_experience, sample_records, sampling_params
-from rlvr.runs import (CtrlC, TrainResult, before_after, peak_rss_gb, prepare_run_dir, save_final,
+from rlvr.runs import (CtrlC, TrainResult, before_after, peak_rss_gb, prepare_run_dir, recorded_config, save_final,
                        write_report_safely, write_summary)
 from rlvr.sampling import make_sampler, resolve_backend
 from rlvr.update import make_optimizer, update_policy
@@ -94,6 +94,7 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
     from tqdm.auto import tqdm
 
     t_start = time.time()
+    config.finalize()  # a Config() built in Python is checked and derived here (idempotent)
     run = _set_up(config, resume, model, tokenizer, task)  # ---- set-up
     cfg, dist = config, run.dist
     if run.step == 0:
@@ -138,7 +139,8 @@ def _set_up(cfg: Config, resume: bool, model, tokenizer, task) -> _Run:
     from rlvr.tracking import Tracker
 
     dist = setup_distributed()  # one process, unless a launcher started several (rlvr.distributed)
-    run_dir = prepare_run_dir(cfg, resume, write=dist.is_main)
+    recorded = recorded_config(cfg, task)  # config.yaml and the trackers name the task trained on
+    run_dir = prepare_run_dir(recorded, resume, write=dist.is_main)
     dist.barrier()
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -170,7 +172,7 @@ def _set_up(cfg: Config, resume: bool, model, tokenizer, task) -> _Run:
         alarms.load_state_dict(state["alarms"])
     tracker = NullTracker()  # only the main process writes metrics, evaluations and samples
     if dist.is_main:
-        tracker = Tracker(run_dir, report_to=list(cfg.run.report_to), config=cfg.to_dict(),
+        tracker = Tracker(run_dir, report_to=list(cfg.run.report_to), config=recorded.to_dict(),
                           purge_step=state["step"] + 1 if ckpt is not None else None)
     return _Run(cfg, dist, run_dir, policy, tokenizer, ref_model, task,
                 PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill),
