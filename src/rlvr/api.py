@@ -334,8 +334,6 @@ class GRPOTrainer:
         self.config = to_config(self.args, train_size=len(self.task.train_examples()) if self.args.max_steps <= 0 else None)
         self.config.task.rewards = rewards
         self.config.task.name = str(getattr(self.task, "name", None) or "dataset")
-        if eval_dataset is None and not _is_task(train_dataset):
-            self.config.eval.n = 0  # TRL evaluates only an eval_dataset
         if isinstance(model, str):
             self.config.model.name = model
         else:
@@ -440,14 +438,9 @@ def as_task(train, eval=None, *, prompt_column: str = "prompt", answer_column: s
         return train if isinstance(train, Task) else get_task(train)
     from rlvr.tasks import dataset_task
 
-    return dataset_task(train, eval, name=_dataset_name(train), prompt_column=prompt_column, answer_column=answer_column)
-
-
-def _dataset_name(data) -> str | None:
-    """A `datasets.Dataset`'s own name (from the Hub or a builder), if it has one."""
-    info = getattr(data, "info", None)
-    name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
-    return str(name) if name else None
+    if eval is None and not isinstance(train, Mapping):  # as TRL: every row trains, no held-out split
+        eval = []
+    return dataset_task(train, eval, prompt_column=prompt_column, answer_column=answer_column)
 
 
 def reward_specs(reward_funcs, weights: Sequence[float] | None) -> tuple[dict[str, float], dict[str, Callable]]:
