@@ -220,3 +220,19 @@ def test_train_finalizes_a_config_built_in_python(tmp_path):
     assert "name: digit" in (tmp_path / "run" / "config.yaml").read_text()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["task"] == "digit"
     assert cfg.finalize().to_dict() == cfg.finalize().to_dict()  # idempotent
+
+
+def test_a_peft_lora_config_sets_rlvrs_lora_options(tmp_path):
+    from peft import LoraConfig
+
+    from rlvr import GRPOTrainer
+
+    trainer = GRPOTrainer("some/model", "format", args=_tiny_args(tmp_path, use_peft=False),
+                          train_dataset=[{"prompt": "hi"}],
+                          peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["v_proj", "q_proj"]))
+    m = trainer.config.model
+    assert (m.name, m.use_peft, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules) == \
+        ("some/model", True, 4, 8, 0.1, ["q_proj", "v_proj"])
+    with pytest.raises(ConfigError, match="LoraConfig"):
+        GRPOTrainer("some/model", "format", args=_tiny_args(tmp_path), train_dataset=[{"prompt": "hi"}],
+                    peft_config={"r": 4})

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from conftest import ROOT
-from rlvr import api
+from rlvr import api, trl_options
 from rlvr.api import GRPOConfig, to_config
 from rlvr.config import TRL_NAMES, Config, ConfigError, load_config
 
@@ -42,10 +42,10 @@ def test_the_table_in_the_docs_is_what_the_code_gives():
 def test_every_trl_option_is_supported_or_has_a_reason_not_to_be():
     for name in TRL:
         if name in FIELDS:
-            assert name not in api.NOT_APPLICABLE, f"{name} is both supported and not applicable"
+            assert name not in trl_options.NOT_APPLICABLE, f"{name} is both supported and not applicable"
         else:
-            assert api.NOT_APPLICABLE.get(name, "").strip(), f"TRL option {name} is not classified"
-    stale = set(api.NOT_APPLICABLE) - set(TRL)
+            assert trl_options.NOT_APPLICABLE.get(name, "").strip(), f"TRL option {name} is not classified"
+    stale = set(trl_options.NOT_APPLICABLE) - set(TRL)
     assert not stale, f"NOT_APPLICABLE names options TRL does not have: {stale}"
 
 
@@ -54,14 +54,14 @@ def test_a_default_that_differs_from_trls_says_why():
         if name in FIELDS:
             ours = FIELDS[name].default
             if ours != trl_default:
-                assert api.DIFFERENT_DEFAULTS.get(name, "").strip(), f"{name}: default {ours!r} != TRL's {trl_default!r}"
-    assert set(api.DIFFERENT_DEFAULTS) <= set(FIELDS) & set(TRL)
-    assert set(api.NO_EFFECT) <= set(FIELDS)
+                assert trl_options.DIFFERENT_DEFAULTS.get(name, "").strip(), f"{name}: default {ours!r} != TRL's {trl_default!r}"
+    assert set(trl_options.DIFFERENT_DEFAULTS) <= set(FIELDS) & set(TRL)
+    assert set(trl_options.NO_EFFECT) <= set(FIELDS)
 
 
 def test_every_option_of_rlvrs_grpoconfig_has_a_destination():
     for name in FIELDS:
-        assert api.destination(name)
+        assert trl_options.destination(name)
 
 
 def test_the_trl_name_table_points_at_real_rlvr_options():
