@@ -4,7 +4,8 @@ The data path of one GRPO step (see README):
 
     Task -> Prompt -> Sampler -> Rewards -> Advantages -> Buffer -> Update -> Checkpoint/Eval/Report
 
-From Python, in TRL's shape (rlvr.api): `from rlvr import GRPOConfig, GRPOTrainer`. The names load on
+From Python, in TRL's shape (rlvr.api, rlvr.sft_api): `from rlvr import GRPOConfig, GRPOTrainer` (and
+`SFTConfig`, `SFTTrainer`). The names load on
 first use, so `import rlvr` stays light (no torch, no transformers).
 
 The source cites four public write-ups it reproduces as "seed 000", "seed 001", "seed 002" and
@@ -13,7 +14,8 @@ The source cites four public write-ups it reproduces as "seed 000", "seed 001", 
 
 __version__ = "0.1.0"
 
-_LAZY = {"GRPOConfig": "rlvr.api", "GRPOTrainer": "rlvr.api", "Config": "rlvr.config", "load_config": "rlvr.config"}
+_LAZY = {"GRPOConfig": "rlvr.api", "GRPOTrainer": "rlvr.api", "SFTConfig": "rlvr.sft_api", "SFTTrainer": "rlvr.sft_api",
+         "Config": "rlvr.config", "load_config": "rlvr.config"}
 """public name -> the module that defines it (imported on first use)"""
 
 __all__ = ["__version__", *_LAZY]

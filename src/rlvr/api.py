@@ -310,7 +310,61 @@ _FIELDS = {f.name for f in dataclasses.fields(GRPOConfig)}
 
 # ------------------------------------------------------------------------------------- the trainer
 
-class GRPOTrainer:
+class RunTrainer:
+    """What rlvr's TRL-shaped trainers share: the model and tokenizer they hand to rlvr, the run
+    directory, `save_model` and `push_to_hub`. A subclass sets `args`, `config`, `model` and
+    `processing_class` in its `__init__`."""
+
+    args: Any
+    config: Config
+
+    def _model_and_tokenizer(self):
+        """(model, tokenizer) for `rlvr.trainer.train`: (None, None) lets it load a model spec itself."""
+        from rlvr.models import load_model, load_tokenizer
+
+        if isinstance(self.model, str):
+            if self.processing_class is None:
+                return None, None
+            model, _ = load_model(self.model, device=self.config.model.device, dtype=self.config.model.dtype)
+            return model, _with_pad_token(self.processing_class)
+        tokenizer = self.processing_class
+        if tokenizer is None:
+            name = getattr(self.model, "name_or_path", None)
+            if not name:
+                raise ConfigError(f"{type(self).__name__}: a loaded model needs processing_class= (its tokenizer)")
+            tokenizer = load_tokenizer(str(name))
+        return self.model, _with_pad_token(tokenizer)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.run.output_dir)
+
+    def save_model(self, output_dir: str | Path | None = None) -> Path:
+        """The trained model as a full Hugging Face model (LoRA merged) in `output_dir`; None: the run's
+        own `final/merged`, already written by `train()`. Returns the directory."""
+        final = self.run_dir / "final" / "merged"
+        if not (final / "config.json").exists():
+            raise ConfigError(f"save_model: {final} does not exist; call train() first")
+        if output_dir is None:
+            return final
+        out = Path(output_dir)
+        if out.resolve() != final.resolve():
+            shutil.copytree(final, out, dirs_exist_ok=True)
+        return out
+
+    def push_to_hub(self, repo_id: str | None = None, *, token: str | None = None, private: bool | None = None,
+                    what: str = "merged") -> str:
+        """Upload the final model (`rlvr.export.push_to_hub`) to repo_id (default args.hub_model_id)."""
+        from rlvr.export import push_to_hub
+
+        repo_id = repo_id or self.args.hub_model_id
+        if not repo_id:
+            raise ConfigError(f"push_to_hub: give repo_id or set {type(self.args).__name__}.hub_model_id (owner/name)")
+        private = self.args.hub_private_repo if private is None else private
+        return push_to_hub(self.run_dir, repo_id, token=token or self.args.hub_token, private=bool(private), what=what)
+
+
+class GRPOTrainer(RunTrainer):
     """TRL's `GRPOTrainer` on rlvr's loop (`rlvr.trainer.train`).
 
     model: a model spec (Hub id, local directory, `smollm2-135m`, a run directory) or a loaded
@@ -358,52 +412,6 @@ class GRPOTrainer:
         if self.args.push_to_hub:
             self.push_to_hub()
         return self.result
-
-    def _model_and_tokenizer(self):
-        """(model, tokenizer) for `rlvr.trainer.train`: (None, None) lets it load a model spec itself."""
-        from rlvr.models import load_model, load_tokenizer
-
-        if isinstance(self.model, str):
-            if self.processing_class is None:
-                return None, None
-            model, _ = load_model(self.model, device=self.config.model.device, dtype=self.config.model.dtype)
-            return model, _with_pad_token(self.processing_class)
-        tokenizer = self.processing_class
-        if tokenizer is None:
-            name = getattr(self.model, "name_or_path", None)
-            if not name:
-                raise ConfigError("GRPOTrainer: a loaded model needs processing_class= (its tokenizer)")
-            tokenizer = load_tokenizer(str(name))
-        return self.model, _with_pad_token(tokenizer)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.config.run.output_dir)
-
-    def save_model(self, output_dir: str | Path | None = None) -> Path:
-        """The trained model as a full Hugging Face model (LoRA merged) in `output_dir`; None: the run's
-        own `final/merged`, already written by `train()`. Returns the directory."""
-        final = self.run_dir / "final" / "merged"
-        if not (final / "config.json").exists():
-            raise ConfigError(f"save_model: {final} does not exist; call train() first")
-        if output_dir is None:
-            return final
-        out = Path(output_dir)
-        if out.resolve() != final.resolve():
-            shutil.copytree(final, out, dirs_exist_ok=True)
-        return out
-
-    def push_to_hub(self, repo_id: str | None = None, *, token: str | None = None, private: bool | None = None,
-                    what: str = "merged") -> str:
-        """Upload the final model (`rlvr.export.push_to_hub`) to repo_id (default args.hub_model_id)."""
-        from rlvr.export import push_to_hub
-
-        repo_id = repo_id or self.args.hub_model_id
-        if not repo_id:
-            raise ConfigError("push_to_hub: give repo_id or set GRPOConfig.hub_model_id (owner/name)")
-        private = self.args.hub_private_repo if private is None else private
-        return push_to_hub(self.run_dir, repo_id, token=token or self.args.hub_token, private=bool(private), what=what)
-
 
 def _with_pad_token(tokenizer):
     """rlvr pads batches: a tokenizer without a pad token pads with its end-of-sequence token."""
