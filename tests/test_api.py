@@ -156,8 +156,9 @@ def test_trls_grpo_quickstart_trains_and_saves(tmp_path, tiny_dir):
 
 
 def test_a_loaded_model_learns_from_a_callable_reward(tmp_path):
-    """A loaded model + its tokenizer, a list of dicts, weighted rewards: the weights change, the final
-    model is saved, and the records name the task."""
+    """A loaded model + its tokenizer, a list of dicts, weighted rewards, an eval_dataset: the weights
+    change, the held-out rows are evaluated before and after, the final model is saved, and the records
+    name the task."""
     from rlvr import GRPOTrainer
 
     model, tok = char_model(seed=0)
@@ -168,9 +169,12 @@ def test_a_loaded_model_learns_from_a_callable_reward(tmp_path):
 
     rows = [{"prompt": f"say {d}", "answer": str(d)} for d in range(8)]
     args = _tiny_args(tmp_path, learning_rate=0.05, use_peft=False, reward_weights=[1.0, 0.5], system_prompt="")
-    trainer = GRPOTrainer(model, [variety, "format"], args=args, train_dataset=rows, processing_class=tok)
+    held_out = [{"prompt": "say 9", "answer": "9"}, {"prompt": "say 3", "answer": "3"}]
+    trainer = GRPOTrainer(model, [variety, "format"], args=args, train_dataset=rows, eval_dataset=held_out,
+                          processing_class=tok)
     result = trainer.train()
     assert result.steps == 1
+    assert [(r["stage"], r["n"]) for r in result.eval_rows] == [("before", 2), ("after", 2)]  # the eval_dataset
     changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p)]
     assert changed, "one GRPO step with a varied reward should change the weights"
     assert (trainer.save_model() / "config.json").exists()
