@@ -116,13 +116,6 @@ def _tiny_args(tmp_path, **kw):
                       disable_tqdm=True, **kw)
 
 
-def accuracy_reward(completions, solution, **kwargs):
-    """TRL's `trl.rewards.accuracy_reward` contract (conversational completions, a `solution` column),
-    without math-verify: 1.0 when the completion's text equals the solution."""
-    contents = [completion[0]["content"] for completion in completions]
-    return [float(c.strip() == s.strip()) for c, s in zip(contents, solution)]
-
-
 def test_trls_grpo_quickstart_trains_and_saves(tmp_path, tiny_dir):
     """TRL's docs/source/grpo_trainer.md quick start: `from trl import` -> `from rlvr import`; the model a
     tiny random one in a directory, the dataset a local one in DeepMath-103K's format, max_steps 1."""
@@ -130,6 +123,7 @@ def test_trls_grpo_quickstart_trains_and_saves(tmp_path, tiny_dir):
     from transformers import AutoModelForCausalLM
 
     from rlvr import GRPOConfig, GRPOTrainer  # was: from trl import GRPOTrainer
+    from rlvr.rewards import accuracy_reward  # was: from trl.rewards import accuracy_reward
 
     dataset = Dataset.from_list(  # was: load_dataset("trl-lib/DeepMath-103K", split="train")
         [{"prompt": [{"role": "user", "content": f"What is {a} + {a}?"}], "solution": str(2 * a)} for a in range(8)],

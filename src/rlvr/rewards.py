@@ -40,6 +40,7 @@ from rlvr.judge import is_lenient_format, is_strict_format, judge
 from rlvr.prompts import ANSWER_OPEN, extract_answer, parse_completion
 from rlvr.sandbox import run_forked, run_inline
 from rlvr.tasks.base import Example, Task
+from rlvr.trl_rewards import accuracy_reward, think_format_reward  # TRL's names: from rlvr.rewards import ...
 
 logger = logging.getLogger(__name__)
 RewardFn = Callable[..., list]
