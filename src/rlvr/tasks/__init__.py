@@ -2,6 +2,7 @@
 
 Specs:
     subtraction | countdown | gsm8k     built-in families
+    calculator                          multi-digit arithmetic with a calculator tool (tools=false: without)
     rg:NAME                             a reasoning-gym dataset
     jsonl:PATH | csv:PATH | hf:ID       your question/answer data (plain *.jsonl / *.csv paths too)
     PATH.py | PATH.py:Name              your Task subclass or make_task(**options) function
@@ -14,6 +15,7 @@ import inspect
 from typing import Any
 
 from rlvr.tasks.base import Example, Task
+from rlvr.tasks.calculator import CalculatorTask
 from rlvr.tasks.countdown import CountdownTask
 from rlvr.tasks.custom import ColumnsTask, load_python_task
 from rlvr.tasks.gsm8k import GSM8KTask
@@ -21,7 +23,8 @@ from rlvr.tasks.subtraction import SubtractionTask
 
 __all__ = ["Example", "Task", "get_task", "list_tasks"]
 
-BUILTIN = {"subtraction": SubtractionTask, "countdown": CountdownTask, "gsm8k": GSM8KTask}
+BUILTIN = {"subtraction": SubtractionTask, "countdown": CountdownTask, "gsm8k": GSM8KTask,
+           "calculator": CalculatorTask}
 
 
 def get_task(spec: str, **options: Any) -> Task:
@@ -48,6 +51,7 @@ def list_tasks() -> list[tuple[str, str]]:
         ("subtraction", SubtractionTask.description),
         ("countdown", CountdownTask.description),
         ("gsm8k", GSM8KTask.description),
+        ("calculator", CalculatorTask.description),
         ("rg:NAME", "any reasoning-gym dataset, e.g. rg:syllogism (list: rlvr.tasks.reasoning_gym.list_rg_datasets())"),
         ("jsonl:PATH", "your question/answer pairs, one JSON object a line (question_column=, answer_column=)"),
         ("csv:PATH", "your question/answer pairs in a CSV file with a header row"),
