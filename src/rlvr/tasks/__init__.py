@@ -4,6 +4,7 @@ Specs:
     subtraction | countdown | gsm8k     built-in families
     calculator                          multi-digit arithmetic with a calculator tool (tools=false: without)
     rg:NAME                             a reasoning-gym dataset
+    vf:NAME                             a verifiers (0.4) taskset: its tasks and @vf.reward scoring
     jsonl:PATH | csv:PATH | hf:ID       your question/answer data (plain *.jsonl / *.csv paths too)
     PATH.py | PATH.py:Name              your Task subclass or make_task(**options) function
 An option the task does not take is an error that names it.
@@ -35,6 +36,10 @@ def get_task(spec: str, **options: Any) -> Task:
         from rlvr.tasks.reasoning_gym import ReasoningGymTask
 
         return ReasoningGymTask(spec[3:], **options)
+    if spec.startswith("vf:"):
+        from rlvr.tasks.vf import VerifiersTask
+
+        return _construct(VerifiersTask, spec, spec[3:], **options)
     if spec.startswith(("jsonl:", "csv:", "hf:")):
         return _construct(ColumnsTask, spec, spec, **options)
     if spec.endswith((".jsonl", ".csv")):
@@ -53,6 +58,7 @@ def list_tasks() -> list[tuple[str, str]]:
         ("gsm8k", GSM8KTask.description),
         ("calculator", CalculatorTask.description),
         ("rg:NAME", "any reasoning-gym dataset, e.g. rg:syllogism (list: rlvr.tasks.reasoning_gym.list_rg_datasets())"),
+        ("vf:NAME", "a taskset of the verifiers package (0.4): its tasks and rewards (pip install 'rlvr[verifiers]')"),
         ("jsonl:PATH", "your question/answer pairs, one JSON object a line (question_column=, answer_column=)"),
         ("csv:PATH", "your question/answer pairs in a CSV file with a header row"),
         ("hf:DATASET_ID", "a Hugging Face dataset with question/answer columns (needs the network)"),
