@@ -181,9 +181,11 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str], str | None]:
 def tools_system_prompt(tools: Iterable[Callable | dict]) -> str:
     """The plain-text fallback: the tools' schemas and the call format, for the system message."""
     schemas = [t if isinstance(t, dict) else tool_schema(t) for t in tools]
-    lines = [json.dumps(s["function"] if "function" in s else s) for s in schemas]
-    first = schemas[0].get("function", schemas[0]) if schemas else {"name": "tool", "parameters": {}}
-    example_args = {arg: "..." for arg in first.get("parameters", {}).get("properties", {})}
+    functions = [s.get("function", s) for s in schemas]
+    lines = [json.dumps({k: v for k, v in f.items() if k != "return"}) for f in functions]  # (the model never writes it)
+    first = functions[0] if functions else {"name": "tool", "parameters": {}}
+    params = first.get("parameters", {})
+    example_args = {arg: "..." for arg in params.get("required", params.get("properties", {}))}
     example = json.dumps({"name": first["name"], "arguments": example_args})
     return ("You can call these tools:\n<tools>\n" + "\n".join(lines) + "\n</tools>\n"
             f"To call one, write {TOOL_CALL_OPEN}\n{example}\n{TOOL_CALL_CLOSE} and stop; "
