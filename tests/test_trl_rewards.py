@@ -4,6 +4,7 @@ rewards, None masked, broken rewards stop the run, per-run health."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -184,3 +185,100 @@ def test_async_rewards_run_concurrently_and_none_is_masked():
     assert result.parts["async_a"] == [0.25, 0.25]
     assert result.parts["async_b"][0] != result.parts["async_b"][0] and result.parts["async_b"][1] == 0.5  # None: NaN
     assert result.total == [0.25, 0.25 + 2 * 0.5]  # the masked value is left out of the total
+
+
+# ------------------------------------------------------------- Open-R1's reward functions, unchanged
+
+SYSTEM = "Think in <think> </think>, then answer in <answer> </answer>."
+OPENR1_ROWS = [
+    {"prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is 1/2 + 1/4?"}],
+     "solution": "$\\frac{3}{4}$"},
+    {"prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is 2 + 2?"}],
+     "solution": "$4$"},
+    {"prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Not math."}],
+     "solution": "no latex here"},  # accuracy_reward returns None for a gold it cannot parse
+]
+OPENR1_COMPLETIONS = [  # (row, completion): right, wrong, formatted or not, stepwise, repetitive
+    (0, "<think>\nStep 1: 1/2 = 2/4.\nStep 2: 2/4 + 1/4 = 3/4.\n</think>\n<answer>\n$\\frac{3}{4}$\n</answer>"),
+    (0, "<think>\nFirst, add.\n</think>\n<answer>\n\\boxed{0.75}\n</answer>"),
+    (0, "the answer is \\boxed{\\frac{1}{2}} the answer is the answer is the answer is"),
+    (1, "<think>\n1. two\n2. plus two\n3. four\n</think>\n<answer>\n\\boxed{4}\n</answer>"),
+    (1, "<think>\nhmm\n</think>\n<answer>\n$5$\n</answer>"),
+    (1, "four four four four four four four four"),
+    (2, "<think>\nNext, think.\n</think>\n<answer>\nsomething\n</answer>"),
+    (2, ""),
+]
+
+
+def openr1_funcs():
+    import openr1_rewards as r1
+
+    return {"accuracy_reward": r1.accuracy_reward, "format_reward": r1.format_reward,
+            "tag_count_reward": r1.tag_count_reward, "reasoning_steps_reward": r1.reasoning_steps_reward,
+            "len_reward": r1.len_reward, "cosine_scaled_reward": r1.get_cosine_scaled_reward(max_len=200),
+            "repetition_penalty_reward": r1.get_repetition_penalty_reward(ngram_size=2, max_penalty=-1.0),
+            "soft_overlong_punishment_reward": r1.get_soft_overlong_punishment(12, 4)}
+
+
+def _direct(fn, completions: list[str], solutions: list[str], completion_ids: list[list[int]]) -> list[float]:
+    """The function called as TRL calls it; None as NaN (TRL's mask)."""
+    out = fn(prompts=None, completions=[[{"role": "assistant", "content": c}] for c in completions],
+             completion_ids=completion_ids, solution=solutions)
+    return [math.nan if v is None else float(v) for v in out]
+
+
+def _same(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and all((x != x and y != y) or x == y for x, y in zip(a, b))
+
+
+def test_openr1_rewards_score_in_rlvr_exactly_as_called_directly():
+    """Open-R1's functions, copied unchanged, on a TRL-format dataset with a `solution` column
+    (dataset_task): what rlvr's scoring gives each completion equals the direct call's value."""
+    from rlvr.tasks import dataset_task
+
+    task = dataset_task(OPENR1_ROWS, n_test=0)
+    rows = {ex.metadata["solution"]: ex for ex in task.train_examples()}
+    examples = [rows[OPENR1_ROWS[i]["solution"]] for i, _ in OPENR1_COMPLETIONS]
+    completions = [c for _, c in OPENR1_COMPLETIONS]
+    ids = [list(range(len(c) // 4)) for c in completions]  # token ids of different lengths (the overlong reward)
+    funcs = openr1_funcs()
+    fns = build_reward_fns(task, {name: 1.0 for name in funcs}, funcs)
+    result = score_texts(fns, task, examples, completions, PromptFormat(), 60.0, conversational=task.conversational,
+                         completion_ids=ids)
+    solutions = [ex.metadata["solution"] for ex in examples]
+    for name, fn in funcs.items():
+        expected = _direct(fn, completions, solutions, ids)
+        assert _same(result.parts[name], expected), (name, result.parts[name], expected)
+        assert result.errors[name] == 0
+    acc = result.parts["accuracy_reward"]
+    assert acc[:4] == [1.0, 1.0, 0.0, 1.0] and acc[4] == 0.0 and math.isnan(acc[6])  # the data speaks LaTeX
+    assert len({v for v in result.parts["len_reward"]}) > 2  # a batch-wide function, on the whole batch
+
+
+def test_openr1_rewards_in_a_real_training_step(tmp_path):
+    """One GRPO step of a tiny model on the same dataset with Open-R1's rewards by name: the
+    recorded parts of the sampled completions equal the functions' direct values."""
+    from rlvr.config import load_config
+    from rlvr.tasks import dataset_task
+    from rlvr.trainer import train
+
+    funcs = openr1_funcs()
+    per_completion = {k: v for k, v in funcs.items() if k not in ("len_reward", "soft_overlong_punishment_reward")}
+    weights = ", ".join(f"{name}: 1.0" for name in per_completion)
+    cfg = load_config(None, [
+        f"run.output_dir={tmp_path / 'run'}", "model.use_peft=false", f"task.rewards={{{weights}}}",
+        "sampling.max_completion_length=24", "sampling.stop_at_answer=false", "grpo.prompts_per_step=2",
+        "grpo.num_generations=4", "grpo.max_steps=1", "eval.on_start=false", "eval.n=0", "run.save_steps=0",
+        "run.quiet=true", "run.log_samples_every=1", "run.doctor=off",
+    ])
+    model, tok = char_model(seed=0)
+    task = dataset_task(OPENR1_ROWS[:2] * 4, n_test=0)
+    train(cfg, model=model, tokenizer=tok, task=task, reward_funcs=per_completion)
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert samples
+    solution_of = {ex.question: ex.metadata["solution"] for ex in task.train_examples()}
+    for s in samples:
+        for name, fn in per_completion.items():
+            expected = _direct(fn, [s["completion"]], [solution_of[s["prompt"]]], [[]])[0]
+            got = s["rewards"][name]
+            assert (got != got and expected != expected) or got == expected, (name, s["completion"], got, expected)
