@@ -214,3 +214,24 @@ def test_a_hub_id_without_network_fails_at_once_naming_it(tmp_path):
         seconds, message = proc.stdout.split(" ", 1)
         assert "hf:nobody/no-such-dataset: the Hugging Face Hub cannot be reached" in message, proc.stderr[-2000:]
         assert float(seconds) < 8, seconds  # at once: a 3 s probe at most (the Hub client retried for 24 s)
+
+
+def test_a_plain_prompt_column_follows_trls_rules(tmp_path):
+    """TRL-format data in a file: plain-text prompts give string completions, and `prompts` is the
+    data's text; question/answer data keeps rlvr's rule (the prompt format decides)."""
+    import json
+
+    from rlvr.rollout import PromptFormat, _is_chat, trl_prompt
+    from rlvr.tasks import get_task
+
+    class Chatty:
+        chat_template = "{{ messages }}"
+
+    path = tmp_path / "plain.jsonl"
+    path.write_text(json.dumps({"prompt": "2+2?", "answer": "4"}) + "\n")
+    task = get_task(f"jsonl:{path}", n_test=0)
+    assert task.conversational is False and not _is_chat(Chatty(), PromptFormat(), task)
+    assert trl_prompt(task, task.train_examples()[0], PromptFormat(prefill="<think>"), False) == "2+2?<think>"
+    path.write_text(json.dumps({"question": "2+2?", "answer": "4"}) + "\n")
+    task = get_task(f"jsonl:{path}", n_test=0)
+    assert task.conversational is None and _is_chat(Chatty(), PromptFormat(), task)

@@ -67,8 +67,13 @@ class ColumnsTask(Task):
         else:
             train_rows, test_rows = (_read_jsonl if kind == "jsonl" else _read_csv)(location), None
         self._train = _examples(train_rows, *columns, where=location)
-        self.conversational = True if self._train and self._train[0].messages is not None else None
-        """conversational prompts (a list of messages): reward functions get conversational completions"""
+        trl_format = (question_column or ("question" if "question" in train_rows[0] else "prompt")) == "prompt"
+        self.prompt_column = "prompt" if trl_format else None
+        """TRL's `prompt` column holds the prompts: its text is the `prompts` reward functions get"""
+        conversational = self._train[0].messages is not None
+        self.conversational = conversational if trl_format else (True if conversational else None)
+        """reward functions get conversational completions: with a `prompt` column iff it holds messages
+        (TRL's rule); with a question column when it holds messages, else as the prompt format says"""
         if test_rows is None:
             self._train, self._test = split_train_test(
                 self._train, test_fraction=test_fraction, n_test=n_test, seed=seed
