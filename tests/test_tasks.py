@@ -249,7 +249,8 @@ def test_jsonl_task(tmp_path):
     assert (len(task.train_examples()), len(task.test_examples())) == (15, 5)
     ex = task.train_examples()[0]
     assert ex.answer == str(int(ex.question.split()[0]) + 1)  # ints become text
-    assert set(ex.metadata) == {"level"}  # other columns are metadata
+    assert set(ex.metadata) == {"level", "q", "a"}  # other columns, and q / a under their own names
+    assert ex.metadata["a"] == int(ex.answer)  # unchanged (an int), as TRL passes it
     assert task.verify(f" {ex.answer}.0 ", ex) == 1.0 and task.verify("x", ex) == 0.0
 
 
@@ -264,8 +265,8 @@ def test_csv_task_and_plain_path(tmp_path):
 
 def test_missing_column_is_a_clear_error(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text('{"prompt": "hi", "answer": "1"}\n')
-    with pytest.raises(ValueError, match=r"column 'question' not found .*columns present: prompt, answer"):
+    path.write_text('{"problem": "hi", "answer": "1"}\n')
+    with pytest.raises(ValueError, match=r"column 'question' not found .*columns present: problem, answer"):
         get_task(f"jsonl:{path}")
     csv_path = tmp_path / "d.csv"
     csv_path.write_text("question,solution\nq,1\n")

@@ -26,24 +26,27 @@ prompt's assistant prefill); the built-in rewards are built with the prefill and
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import math
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from rlvr.judge import is_lenient_format, is_strict_format, judge
 from rlvr.prompts import ANSWER_OPEN, extract_answer, parse_completion
+from rlvr.reward_context import Recorder, RewardLogs, TrainerState, is_async, run_coroutine
 from rlvr.sandbox import run_forked, run_inline
 from rlvr.tasks.base import Example, Task
 from rlvr.trl_rewards import accuracy_reward, think_format_reward  # TRL's names: from rlvr.rewards import ...
 
 logger = logging.getLogger(__name__)
 RewardFn = Callable[..., list]
+__all__ = ["RewardFn", "RewardFunctionError", "RewardLogs", "TrainerState", "get_reward", "score"]
 TRL_KEYS = ("prompts", "completion_ids", "trainer_state", "log_extra", "log_metric")
 """keyword arguments TRL passes that are not dataset columns"""
 
@@ -319,6 +322,8 @@ class RewardResult:
     beyond float32: "not applicable", masked out of the total and of the reward's mean)"""
     errors: dict[str, int]
     """per name: completions whose call raised or timed out (scored 0)"""
+    logs: RewardLogs = field(default_factory=RewardLogs)
+    """what the functions logged with TRL's log_extra / log_metric"""
 
 
 @dataclass
@@ -387,6 +392,7 @@ def score(
     *,
     timeout_s: float = 10.0,
     health: Mapping[str, RewardHealth] | None = None,
+    logs: RewardLogs | None = None,
 ) -> RewardResult:
     """Score completions with (name, function, weight) triples.
 
@@ -394,44 +400,91 @@ def score(
     anything else (TRL's `trainer_state`) is passed unchanged to every call. `timeout_s` bounds
     each call of an untrusted function: the batch call, or the retries one completion at a time
     after the batch call raised (the first retry that times out ends them). `health`: each
-    function's record across calls, by name (default: kept on the function, `health_of`). Raises
-    `RewardFunctionError` for a broken function (see `_check_health`).
+    function's record across calls, by name (default: kept on the function, `health_of`). `logs`:
+    given, every call also gets TRL's `log_extra` and `log_metric`, and what they log is added to
+    it (and to the result). `async def` functions run concurrently, as in TRL: their batch calls
+    together (`asyncio.gather`), and a function's retries together. Raises `RewardFunctionError`
+    for a broken function (see `_check_health`).
     """
     names = [name for name, _, _ in reward_funcs]
     if len(set(names)) != len(names):
         raise ValueError(f"reward names must be unique, got {names}")
     weights = [check_weight(name, w) for name, _, w in reward_funcs]
     n, parts, errors = len(completions), {}, {}
+    with_logs = logs is not None
+    coroutines = [(name, fn) for name, fn, _ in reward_funcs if is_async(fn)]
+    first = _gather_batch_calls(coroutines, completions, columns, timeout_s, with_logs) if coroutines and n else {}
     for name, fn, _ in reward_funcs:
         record = health[name] if health is not None and name in health else health_of(fn)
-        parts[name], errors[name] = _score_one(name, fn, completions, columns, timeout_s, record)
+        parts[name], errors[name] = _score_one(name, fn, completions, columns, timeout_s, record, logs,
+                                               first.get(name))
     total = [weighted_total([parts[name][i] for name in names], weights) for i in range(n)]
-    return RewardResult(total=total, parts=parts, errors=errors)
+    return RewardResult(total=total, parts=parts, errors=errors, logs=logs if with_logs else RewardLogs())
 
 
-def _score_one(name, fn, completions, columns, timeout_s, health: RewardHealth) -> tuple[list[float], int]:
-    """The batch call; if it raises, one call per completion (failures score 0); if it times out,
-    every completion scores 0 (no retries: a hanging function costs one time-out per call)."""
+def _run_jobs(fn, completions, columns, jobs: list[tuple[int, int]], timeout_s: float,
+              with_logs: bool) -> list[tuple[str, Any]]:
+    """The outcome of each call fn(completions[start:stop]): in a forked child unless the function
+    is trusted; the calls of an async function concurrently, in one job."""
+    forked = not is_trusted(fn) and hasattr(os, "fork")
+    if is_async(fn):
+        def together(_: int) -> tuple[str, Any]:
+            calls = [_outcome_async(fn, completions, columns, job, with_logs) for job in jobs]
+            return "ok", run_coroutine(_gather(calls))
+
+        status, payload = (run_forked(together, 1, timeout_s) if forked else run_inline(together, 1))[0]
+        return payload if status == "ok" else [(status, payload)] * len(jobs)
+
+    def job(k: int) -> tuple[str, Any]:
+        return _outcome(fn, completions, columns, jobs[k], with_logs)
+
+    return run_forked(job, len(jobs), timeout_s) if forked else run_inline(job, len(jobs))
+
+
+async def _gather(calls: list) -> list:
+    return list(await asyncio.gather(*calls))
+
+
+def _gather_batch_calls(fns, completions, columns, timeout_s, with_logs) -> dict[str, tuple[str, Any]]:
+    """name -> outcome of the batch call of each async function, all run together in one job
+    (TRL's asyncio.gather; forked when any is untrusted)."""
+    n = len(completions)
+
+    def together(_: int) -> tuple[str, Any]:
+        calls = [_outcome_async(fn, completions, columns, (0, n), with_logs) for _, fn in fns]
+        return "ok", run_coroutine(_gather(calls))
+
+    forked = any(not is_trusted(fn) for _, fn in fns) and hasattr(os, "fork")
+    status, payload = (run_forked(together, 1, timeout_s) if forked else run_inline(together, 1))[0]
+    outcomes = payload if status == "ok" else [(status, payload)] * len(fns)
+    return {name: outcome for (name, _), outcome in zip(fns, outcomes)}
+
+
+def _score_one(name, fn, completions, columns, timeout_s, health: RewardHealth, logs: RewardLogs | None,
+               first: tuple[str, Any] | None = None) -> tuple[list[float], int]:
+    """The batch call (its outcome `first` when already run); if it raises, one call per completion
+    (failures score 0); if it times out, every completion scores 0 (no retries: a hanging function
+    costs one time-out per call). What the successful calls logged is added to `logs`."""
     n = len(completions)
     if n == 0:
         return [], 0
-    forked = not is_trusted(fn) and hasattr(os, "fork")
-
-    def run(jobs: list[tuple[int, int]]) -> list[tuple[str, Any]]:
-        def job(k: int) -> tuple[str, Any]:
-            return _outcome(fn, completions, columns, jobs[k])
-
-        return run_forked(job, len(jobs), timeout_s) if forked else run_inline(job, len(jobs))
-
-    status, payload = run([(0, n)])[0]
+    with_logs = logs is not None
+    status, payload = first if first is not None else _run_jobs(fn, completions, columns, [(0, n)], timeout_s,
+                                                                with_logs)[0]
     if status == "ok":
         _check_health(name, health, ok=True, timed_out=False, error="", timeout_s=timeout_s)
-        return payload, 0
+        if with_logs:
+            logs.merge(payload[1])
+        return payload[0], 0
     if status == "timeout":
         outcomes = [(status, payload)] * n
     else:
-        outcomes = run([(i, i + 1) for i in range(n)])
-    values = [p[0] if s == "ok" else 0.0 for s, p in outcomes]
+        outcomes = _run_jobs(fn, completions, columns, [(i, i + 1) for i in range(n)], timeout_s, with_logs)
+    values = [p[0][0] if s == "ok" else 0.0 for s, p in outcomes]
+    if with_logs:
+        for s, p in outcomes:
+            if s == "ok":
+                logs.merge(p[1])
     bad = [p for s, p in outcomes if s != "ok"]
     timed_out = any(s == "timeout" for s, _ in outcomes)
     logger.warning("reward %r failed on the batch (%s); %d of %d completions scored 0%s", name, payload,
@@ -463,15 +516,24 @@ def _check_health(name: str, health: RewardHealth, *, ok: bool, timed_out: bool,
             f"{error}")
 
 
-def _call(fn: RewardFn, completions: list, columns: dict[str, Any], start: int, stop: int) -> list[float]:
-    """fn on completions[start:stop] with the matching column slices; checked, as floats (NaN:
-    no finite value, see `reward_value`)."""
+def _call_kwargs(fn: RewardFn, completions: list, columns: dict[str, Any], start: int, stop: int,
+                 recorder: Recorder | None) -> dict[str, Any]:
+    """The keyword arguments of fn on completions[start:stop]: the matching column slices (and
+    TRL's log_extra / log_metric, recorded by `recorder`), those it accepts."""
     n = len(completions)
     sliced = {k: (v[start:stop] if _is_aligned(v, n) else v) for k, v in columns.items()}
-    out = fn(completions=completions[start:stop], **_accepted_kwargs(fn, sliced))
+    if recorder is not None:
+        sliced.update(recorder.kwargs())
+    return {"completions": completions[start:stop], **_accepted_kwargs(fn, sliced)}
+
+
+def _checked(out: Any, expected: int) -> list[float]:
+    """A reward function's output as floats (NaN: no finite value, see `reward_value`)."""
+    if inspect.isawaitable(out):  # a plain function returning a coroutine (a lambda around an async one)
+        out = run_coroutine(out)
     values = list(out)
-    if len(values) != stop - start:
-        raise ValueError(f"returned {len(values)} rewards for {stop - start} completions")
+    if len(values) != expected:
+        raise ValueError(f"returned {len(values)} rewards for {expected} completions")
     return [reward_value(v) for v in values]
 
 
@@ -492,10 +554,25 @@ def _accepted_kwargs(fn: RewardFn, columns: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in columns.items() if k in names}
 
 
-def _outcome(fn, completions, columns, job) -> tuple[str, Any]:
+def _outcome(fn, completions, columns, job, with_logs: bool) -> tuple[str, Any]:
+    """("ok", (values, logs or None)) of one call, or ("error", the exception in one line)."""
+    recorder = Recorder() if with_logs else None
     try:
-        return "ok", _call(fn, completions, columns, *job)
+        values = _checked(fn(**_call_kwargs(fn, completions, columns, *job, recorder)), job[1] - job[0])
+        return "ok", (values, recorder.logs if recorder else None)
     except KeyboardInterrupt:  # Ctrl-C must reach the trainer, which writes a checkpoint
         raise
     except BaseException as e:  # a user's function may raise anything, SystemExit included
+        return "error", f"{type(e).__name__}: {e}"[:300]
+
+
+async def _outcome_async(fn, completions, columns, job, with_logs: bool) -> tuple[str, Any]:
+    """`_outcome` of an `async def` function."""
+    recorder = Recorder() if with_logs else None
+    try:
+        out = await fn(**_call_kwargs(fn, completions, columns, *job, recorder))
+        return "ok", (_checked(out, job[1] - job[0]), recorder.logs if recorder else None)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001 - CancelledError too: one function's failure
         return "error", f"{type(e).__name__}: {e}"[:300]

@@ -131,15 +131,18 @@ def build_reward_fns(task: Task, weights: Mapping[Any, float],
 
 def score_texts(reward_fns: list[WeightedReward], task: Task, examples: list[Example], completions: list[str],
                 fmt: PromptFormat, timeout_s: float, conversational: bool,
-                verdicts: list[Verdict] | None = None) -> reward_lib.RewardResult:
+                verdicts: list[Verdict] | None = None, *, completion_ids: list[list[int]] | None = None,
+                trainer_state: reward_lib.TrainerState | None = None) -> reward_lib.RewardResult:
     """Score completions (one per entry of `examples`) with every reward function. A function that
     fails or hangs scores 0 for what it could not score (counted); one that is plainly broken
     (fails on everything from the start, or times out again and again) raises
     `rewards.RewardFunctionError` naming it.
 
     Built-in rewards see the prefill plus the completion (so `<think>` prefilled by the prompt
-    counts); a user's function sees exactly what TRL would pass it: the completion alone, as a
-    string, or as `[{"role": "assistant", "content": ...}]` for chat models.
+    counts). A user's function is called as TRL's GRPOTrainer calls it (`user_reward_columns`):
+    `completions` as sampled, without the prefill (strings, or `[{"role": "assistant", "content":
+    ...}]` when `conversational`), `prompts` with the prefill, `completion_ids` (token ids; empty
+    lists when not given), `trainer_state`, `log_extra`, `log_metric`, and the task's columns.
     """
     columns: dict[str, list] = {}
     for ex in examples:
@@ -150,17 +153,52 @@ def score_texts(reward_fns: list[WeightedReward], task: Task, examples: list[Exa
         columns["_verdicts"] = list(verdicts)
     builtin = [(r.name, r.fn, r.weight) for r in reward_fns if r.builtin]
     user = [(r.name, r.fn, r.weight) for r in reward_fns if not r.builtin]
-    full = [fmt.prefill + c for c in completions]
     health = {r.name: r.health for r in reward_fns}
+    full = [fmt.prefill + c for c in completions]
     result = reward_lib.score(builtin, full, columns, timeout_s=timeout_s, health=health)
     if user:
         trl_style = [[{"role": "assistant", "content": c}] for c in completions] if conversational else completions
-        more = reward_lib.score(user, trl_style, columns, timeout_s=timeout_s, health=health)
+        user_columns = user_reward_columns(task, examples, fmt, conversational,
+                                           completion_ids if completion_ids is not None else [[] for _ in completions],
+                                           trainer_state or reward_lib.TrainerState())
+        more = reward_lib.score(user, trl_style, user_columns, timeout_s=timeout_s, health=health,
+                                logs=reward_lib.RewardLogs())
         result = reward_lib.RewardResult(total=[reward_lib.weighted_total((a, b), (1.0, 1.0))
                                                 for a, b in zip(result.total, more.total)],
                                          parts={**result.parts, **more.parts},
-                                         errors={**result.errors, **more.errors})
+                                         errors={**result.errors, **more.errors}, logs=more.logs)
     return result
+
+
+TRL_NOT_COLUMNS = ("prompt", "completion", "completion_ids")
+"""dataset columns TRL does not pass to reward functions as they are (`prompts` carries the prompt)"""
+
+
+def user_reward_columns(task: Task, examples: list[Example], fmt: PromptFormat, conversational: bool,
+                        completion_ids: list[list[int]], trainer_state) -> dict[str, object]:
+    """TRL's keyword arguments for a user's reward function (but completions and the loggers):
+    every column of `task.reward_columns` (None where an example lacks it) except prompt /
+    completion / completion_ids, then `prompts`, `completion_ids`, `trainer_state`."""
+    rows = [task.reward_columns(ex) for ex in examples]
+    keys = [k for k in dict.fromkeys(k for row in rows for k in row) if k not in TRL_NOT_COLUMNS]
+    columns: dict[str, object] = {k: [row.get(k) for row in rows] for k in keys}
+    columns["prompts"] = [trl_prompt(task, ex, fmt, conversational) for ex in examples]
+    columns["completion_ids"] = [list(ids) for ids in completion_ids]
+    columns["trainer_state"] = trainer_state
+    return columns
+
+
+def trl_prompt(task: Task, example: Example, fmt: PromptFormat, conversational: bool):
+    """The prompt as TRL passes it to reward functions: the conversation the model continued (the
+    prefill as a final assistant message, as a TRL dataset writes one), or the plain text (the
+    dataset's own prompt text when it has one, else rlvr's plain prompt) with the prefill."""
+    messages = fmt.environment(task).reset(example)
+    if conversational:
+        return messages + ([{"role": "assistant", "content": fmt.prefill}] if fmt.prefill else [])
+    own = example.metadata.get(getattr(task, "prompt_column", None) or "", None)
+    if isinstance(own, str):
+        return own + fmt.prefill
+    return prompt_lib.render_prompt(None, messages, chat=False, prefill=fmt.prefill)
 
 
 @dataclass
@@ -185,12 +223,14 @@ def collect_experience(sampler, tokenizer, task: Task, examples: Iterator[Exampl
                        reward_fns: list[WeightedReward], scale_rewards: str, dynamic_sampling: bool,
                        max_resample_rounds: int, reward_timeout: float, generator: torch.Generator,
                        progress: Callable[[int], None] | None = None, shard: tuple[int, int] = (0, 1),
-                       gather: Callable[[list], list] = list) -> Experience:
+                       gather: Callable[[list], list] = list,
+                       trainer_state: reward_lib.TrainerState | None = None) -> Experience:
     """Sample, score and normalise one step's experience (B groups of G completions).
 
     shard = (rank, world): sample only this process's share of the groups; `gather` concatenates a
     list over all processes in rank order (identity for one process). The returned experience holds
-    this process's groups; its zero-signal metric counts everyone's.
+    this process's groups; its zero-signal metric counts everyone's. `trainer_state` is what users'
+    reward functions get as TRL's `trainer_state`.
     """
     g = num_generations
     parts: list[Experience] = []
@@ -206,7 +246,7 @@ def collect_experience(sampler, tokenizer, task: Task, examples: Iterator[Exampl
         seeds = torch.randint(0, 2**62, (need,), generator=generator).tolist()  # one per prompt
         lo, hi = shard_bounds(need, *shard)
         part = _sample_and_score(sampler, tokenizer, task, batch[lo:hi], seeds[lo:hi], lo, g, params, fmt,
-                                 reward_fns, scale_rewards, reward_timeout, gather, progress)
+                                 reward_fns, scale_rewards, reward_timeout, gather, progress, trainer_state)
         gen_tokens += sum(len(r.completion_ids) for r in part.rollouts)
         zero = part.metrics.pop("_zero_mask")  # [need] bool, every process's groups
         success.extend(part.group_success)
@@ -230,7 +270,7 @@ def collect_experience(sampler, tokenizer, task: Task, examples: Iterator[Exampl
 
 
 def _sample_and_score(sampler, tokenizer, task, batch, seeds, offset, g, params, fmt, reward_fns, scale_rewards,
-                      reward_timeout, gather, progress) -> Experience:
+                      reward_timeout, gather, progress, trainer_state=None) -> Experience:
     """Sample and score this process's `batch` (prompts offset.. of the round); advantages from
     the gathered rewards of every process's groups."""
     prompt_ids = fmt.encode(tokenizer, task, batch)
@@ -242,7 +282,8 @@ def _sample_and_score(sampler, tokenizer, task, batch, seeds, offset, g, params,
     verdicts = [judge(task, fmt.prefill + t, ex) for t, ex in zip(texts, examples)]  # once per completion
     if texts:
         result = score_texts(reward_fns, task, examples, texts, fmt, reward_timeout,
-                             conversational=_is_chat(tokenizer, fmt, task), verdicts=verdicts)
+                             conversational=_is_chat(tokenizer, fmt, task), verdicts=verdicts,
+                             completion_ids=[list(o.token_ids) for o in outs], trainer_state=trainer_state)
     else:  # a process with no prompts this round (fewer prompts than processes)
         result = reward_lib.RewardResult(total=[], parts={r.name: [] for r in reward_fns}, errors={})
     # [B*G] the whole round, all processes; within +-MAX_TOTAL so the group's float32 mean and variance stay finite
@@ -277,7 +318,7 @@ def _keep_groups(exp: Experience, keep: torch.Tensor, g: int) -> Experience:
     sel = lambda xs: [xs[i] for i in idx]  # noqa: E731
     res = exp.rewards
     rewards = reward_lib.RewardResult(total=sel(res.total), parts={k: sel(v) for k, v in res.parts.items()},
-                                      errors=dict(res.errors))
+                                      errors=dict(res.errors), logs=res.logs.select(idx, len(exp.rollouts)))
     return Experience(sel(exp.rollouts), sel(exp.examples), sel(exp.completions), rewards,
                       sel(exp.correct), sel(exp.formatted), sel(exp.answers), exp.metrics, exp.group_success)
 
@@ -293,9 +334,12 @@ def concat_experience(parts: list[Experience]) -> Experience:
     for p in parts:
         for k, v in p.rewards.errors.items():
             errors[k] = errors.get(k, 0) + v
+    logs = reward_lib.RewardLogs()
+    for p in parts:
+        logs.merge(p.rewards.logs)
     rewards = reward_lib.RewardResult(total=[x for p in parts for x in p.rewards.total],
                                       parts={k: [x for p in parts for x in p.rewards.parts[k]] for k in names},
-                                      errors=errors)
+                                      errors=errors, logs=logs)
     return Experience(cat("rollouts"), cat("examples"), cat("completions"), rewards, cat("correct"),
                       cat("formatted"), cat("answers"), {}, cat("group_success"))
 
@@ -321,6 +365,8 @@ def experience_metrics(exp: Experience, g: int) -> dict:
     for name, count in exp.rewards.errors.items():
         if count:
             m[f"reward/{name}/errors"] = count
+    for name, value in exp.rewards.logs.metric_means().items():  # TRL's log_metric, under the name given
+        m.setdefault(name, value)
     lengths = [len(r.completion_ids) for r in exp.rollouts]
     m["train/accuracy"] = _mean_std(exp.correct)[0]
     m["train/format_rate"] = _mean_std(exp.formatted)[0]
@@ -336,8 +382,13 @@ def experience_metrics(exp: Experience, g: int) -> dict:
 def sample_records(exp: Experience, step: int, fmt: PromptFormat, k: int = 4) -> list[dict]:
     """The first k completions of a step with their prompts, answers and rewards, for samples.jsonl."""
     out = []
-    for i in range(min(k, len(exp.completions))):
-        out.append({"step": step, "prompt": exp.examples[i].question, "completion": fmt.prefill + exp.completions[i],
-                    "answer": exp.answers[i], "ground_truth": exp.examples[i].answer,
-                    "rewards": {**{n: v[i] for n, v in exp.rewards.parts.items()}, "total": exp.rewards.total[i]}})
+    count = len(exp.completions)
+    extra = {col: values for col, values in exp.rewards.logs.extra.items() if len(values) == count}  # log_extra
+    for i in range(min(k, count)):
+        record = {"step": step, "prompt": exp.examples[i].question, "completion": fmt.prefill + exp.completions[i],
+                  "answer": exp.answers[i], "ground_truth": exp.examples[i].answer,
+                  "rewards": {**{n: v[i] for n, v in exp.rewards.parts.items()}, "total": exp.rewards.total[i]}}
+        if extra:
+            record["extra"] = {col: values[i] for col, values in extra.items()}
+        out.append(record)
     return out

@@ -39,6 +39,7 @@ from rlvr.config import Config, sampler_options
 from rlvr.curriculum import example_stream
 from rlvr.distributed import Dist, NullTracker, setup_distributed
 from rlvr.evaluate import evaluate_config, format_table, verdict
+from rlvr.reward_context import TrainerState
 from rlvr.rewards import RewardFn
 from rlvr.rollout import PromptFormat, build_reward_fns, collect_experience, sample_records, sampling_params
 from rlvr.runs import (CtrlC, TrainResult, before_after, peak_rss_gb, prepare_run_dir, recorded_config, save_final,
@@ -223,9 +224,18 @@ def _sample_and_score(run: _Run):
             num_generations=cfg.grpo.num_generations, params=run.params, fmt=run.fmt, reward_fns=run.reward_fns,
             scale_rewards=cfg.grpo.scale_rewards, dynamic_sampling=cfg.grpo.dynamic_sampling,
             max_resample_rounds=cfg.grpo.max_resample_rounds, reward_timeout=cfg.task.reward_timeout,
-            generator=run.gens["sample"], progress=bar.update, shard=dist.shard, gather=dist.gather)
+            generator=run.gens["sample"], progress=bar.update, shard=dist.shard, gather=dist.gather,
+            trainer_state=_trainer_state(run))
     bar.close()
     return exp
+
+
+def _trainer_state(run: _Run) -> TrainerState:
+    """TRL's `trainer_state` for the users' reward functions: the steps done, the epoch so far."""
+    examples = getattr(run.stream, "examples", None)  # the fixed list of a plain stream (not a curriculum's)
+    epoch = run.stream.position / len(examples) if examples else 0.0
+    return TrainerState(global_step=run.step, max_steps=run.cfg.grpo.max_steps, epoch=epoch,
+                        num_generations=run.cfg.grpo.num_generations, is_world_process_zero=run.dist.is_main)
 
 
 def _log_step(run: _Run, seen, upd: dict) -> None:

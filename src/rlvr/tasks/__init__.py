@@ -5,7 +5,8 @@ Specs:
     calculator                          multi-digit arithmetic with a calculator tool (tools=false: without)
     rg:NAME                             a reasoning-gym dataset
     vf:NAME                             a verifiers (0.4) taskset: its tasks and @vf.reward scoring
-    jsonl:PATH | csv:PATH | hf:ID       your question/answer data (plain *.jsonl / *.csv paths too)
+    jsonl:PATH | csv:PATH | hf:ID       your question/answer data (plain *.jsonl / *.csv paths too;
+                                        hf: also a .parquet file or a save_to_disk directory)
     PATH.py | PATH.py:Name              your Task subclass or make_task(**options) function
 In Python, `dataset_task(train_dataset, eval_dataset)` makes a task of a TRL-format dataset
 (a `datasets.Dataset` or a list of dicts with a `prompt` column; rlvr.tasks.dataset).
@@ -64,7 +65,8 @@ def list_tasks() -> list[tuple[str, str]]:
         ("vf:NAME", "a taskset of the verifiers package (0.4): its tasks and rewards (pip install 'rlvr[verifiers]')"),
         ("jsonl:PATH", "your question/answer pairs, one JSON object a line (question_column=, answer_column=)"),
         ("csv:PATH", "your question/answer pairs in a CSV file with a header row"),
-        ("hf:DATASET_ID", "a Hugging Face dataset with question/answer columns (needs the network)"),
+        ("hf:DATASET_ID", "a Hugging Face dataset with question (or prompt) and answer columns: a Hub id (the "
+                          "network, or the local cache), a .parquet/.jsonl/.csv file or a save_to_disk directory"),
         ("PATH.py[:Name]", "your own Task subclass or make_task(**options) function in a Python file"),
     ]
 

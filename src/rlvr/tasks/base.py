@@ -67,6 +67,11 @@ class Task:
         """Score an extracted answer (the text inside <answer>, or None if absent) in [0, 1]."""
         raise NotImplementedError
 
+    def reward_columns(self, example: Example) -> dict[str, Any]:
+        """The dataset columns a user's reward function gets for this example (TRL passes every
+        column of the row but `prompt`): `Example.columns()`, i.e. question, answer, metadata."""
+        return example.columns()
+
     def demonstration(self, example: Example) -> str | None:
         """A worked completion in the think/answer format, for the SFT warm-up (None: not available)."""
         return None
@@ -105,6 +110,28 @@ def parse_number(text: str | None, *, remove_comma: bool = True) -> Fraction | N
         return Fraction(s)
     except (ValueError, ZeroDivisionError):
         return None
+
+
+def is_conversation(value: Any) -> bool:
+    """TRL's `is_conversational` for one prompt: a non-empty list whose first item is a dict with a role."""
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "role" in value[0]
+
+
+def content_text(content: Any) -> str:
+    """A message's content as text: a string, or the text parts of a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+def conversation_example(messages: list[dict], answer: str, metadata: dict[str, Any]) -> Example:
+    """An example whose prompt is a conversation (used as it is); its question, for display and
+    records, is the text of the last user turn."""
+    users = [m for m in messages if m.get("role") == "user"]
+    question = content_text((users[-1] if users else messages[-1]).get("content"))
+    return Example(question, answer, metadata, messages=[dict(m) for m in messages])
 
 
 def normalize_text(text: str) -> str:

@@ -20,27 +20,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rlvr.tasks.base import Example, Task, split_train_test
+from rlvr.tasks.base import Example, Task, conversation_example, is_conversation, split_train_test
 from rlvr.tasks.custom import match_answer
 
 ANSWER_COLUMNS = ("answer", "solution")
 """where the accuracy reward's ground truth is looked for when `answer_column` is not given"""
 GENERIC_BUILDERS = {"json", "csv", "parquet", "arrow", "text", "generator", "pandas", "webdataset"}
 """`datasets` builder names that say how a dataset was read, not what it is"""
-
-
-def is_conversation(value: Any) -> bool:
-    """TRL's `is_conversational` for one prompt: a non-empty list whose first item is a dict with a role."""
-    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "role" in value[0]
-
-
-def _content_text(content: Any) -> str:
-    """A message's content as text: a string, or the text parts of a list of content parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return "" if content is None else str(content)
 
 
 class DatasetTask(Task):
@@ -79,9 +65,7 @@ class DatasetTask(Task):
         truth = row.get(self.answer_column) if self.answer_column else None
         answer = "" if truth is None else str(truth)
         if is_conversation(prompt):
-            users = [m for m in prompt if m.get("role") == "user"]
-            question = _content_text(users[-1].get("content")) if users else _content_text(prompt[-1].get("content"))
-            return Example(question, answer, dict(row), messages=[dict(m) for m in prompt])
+            return conversation_example(prompt, answer, dict(row))
         if not isinstance(prompt, str):
             raise ValueError(f"{where} row {i}: column {self.prompt_column!r} must be text or a list of "
                              f"{{'role', 'content'}} messages, got {type(prompt).__name__}")
@@ -92,6 +76,10 @@ class DatasetTask(Task):
 
     def test_examples(self) -> list[Example]:
         return self._test
+
+    def reward_columns(self, example: Example) -> dict[str, Any]:
+        """The row as the data has it: every column under its own name, unchanged."""
+        return dict(example.metadata)
 
     def verify(self, answer: str | None, example: Example) -> float:
         """1.0 when the extracted answer matches the answer column (0.0 when the data has none)."""

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rlvr.prompts import format_completion
 from rlvr.tasks.base import MAX_ANSWER_CHARS, Example, Task, normalize_text, parse_number
+from rlvr.tasks.mathcheck import math_equal
 
 HUB_DATASET, HUB_CONFIG = "openai/gsm8k", "main"
 ENV_VAR = "RLVR_GSM8K_DIR"
@@ -57,14 +58,20 @@ class GSM8KTask(Task):
         return self._test
 
     def verify(self, answer: str | None, example: Example) -> float:
-        """Numeric equality; a non-numeric answer must match the truth as normalised text."""
+        """Numeric equality; a non-numeric answer must match the truth as normalised text, else be
+        equal to it by math-verify (`\\boxed{18}`, `\\frac{36}{2}`; not with a comma when
+        remove_comma is off, whose point is refusing "1,234")."""
         if answer is None or len(answer) > MAX_ANSWER_CHARS:
             return 0.0
         truth = parse_number(example.answer)
         value = parse_number(answer, remove_comma=self.remove_comma)
         if truth is not None and value is not None:
             return 1.0 if truth == value else 0.0
-        return 1.0 if normalize_text(answer) == normalize_text(example.answer) else 0.0
+        if normalize_text(answer) == normalize_text(example.answer):
+            return 1.0
+        if not self.remove_comma and "," in answer:
+            return 0.0
+        return 1.0 if math_equal(answer, example.answer) else 0.0
 
     def demonstration(self, example: Example) -> str:
         return format_completion(strip_calculator(example.metadata["solution"]), example.answer)
