@@ -135,7 +135,7 @@ def evaluate_config(sampler, tokenizer, task: Task, cfg, *, out_path: str | Path
     SFT, GRPO, `rlvr eval --config`) calls this, so they measure the same thing."""
     s = cfg.sampling
     return evaluate(sampler, tokenizer, task, task.test_examples()[:cfg.eval.n],
-                    fmt=PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill),
+                    fmt=PromptFormat.from_config(cfg.task),
                     max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples,
                     temperature=s.temperature if temperature is None else temperature,
                     batch_size=cfg.eval.batch_size, generator=generator, progress=progress,

@@ -96,7 +96,7 @@ def sft_train(policy, tokenizer, task, demos, cfg: Config, *, run_dir: Path, tra
     from rlvr.runs import peak_rss_gb
     from rlvr.update import make_optimizer
 
-    fmt = PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill)
+    fmt = PromptFormat.from_config(cfg.task)
     items = _encode(tokenizer, task, fmt, demos)
     generator = torch.Generator().manual_seed(cfg.run.seed)
     s = cfg.sft
