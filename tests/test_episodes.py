@@ -219,7 +219,7 @@ def test_the_tool_task_learns_on_a_tiny_model(tmp_path):
     cfg = load_config(None, [
         f"run.output_dir={tmp_path / 'run'}", "model.use_peft=false", "task.system_prompt=",
         f"task.rewards={{{ROOT / 'tests' / 'toy_tool_rewards.py'}:secret_reward: 1.0}}",
-        "sampling.max_completion_length=32", "sampling.stop_at_answer=false", "sampling.temperature=1.0",
+        "sampling.max_completion_length=40", "sampling.stop_at_answer=false", "sampling.temperature=1.0",
         "grpo.prompts_per_step=4", "grpo.num_generations=8", "grpo.learning_rate=0.01",
         "grpo.per_device_train_batch_size=32", "grpo.max_steps=40", "eval.on_start=false", "eval.n=0",
         "run.save_steps=0", "run.quiet=true", "run.log_samples_every=0", "task.max_tool_calling_iterations=1",

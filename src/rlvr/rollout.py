@@ -112,7 +112,7 @@ def build_reward_fns(task: Task, weights: dict[str, float]) -> list[WeightedRewa
 
 def score_texts(reward_fns: list[WeightedReward], task: Task, examples: list[Example], completions: list[str],
                 fmt: PromptFormat, timeout_s: float, conversational: bool,
-                verdicts: list[Verdict] | None = None) -> reward_lib.RewardResult:
+                verdicts: list[Verdict] | None = None, trajectories: list | None = None) -> reward_lib.RewardResult:
     """Score completions (one per entry of `examples`) with every reward function. A function that
     fails or hangs scores 0 for what it could not score (counted); one that is plainly broken
     (fails on everything from the start, or times out again and again) raises
@@ -120,7 +120,9 @@ def score_texts(reward_fns: list[WeightedReward], task: Task, examples: list[Exa
 
     Built-in rewards see the prefill plus the completion (so `<think>` prefilled by the prompt
     counts); a user's function sees exactly what TRL would pass it: the completion alone, as a
-    string, or as `[{"role": "assistant", "content": ...}]` for chat models.
+    string, or as `[{"role": "assistant", "content": ...}]` for chat models. Multi-turn episodes
+    pass `trajectories`, what TRL gives them then: the conversation after the prompt (assistant,
+    tool, ... messages) for chat models, the whole decoded trajectory otherwise.
     """
     columns: dict[str, list] = {}
     for ex in examples:
@@ -135,6 +137,7 @@ def score_texts(reward_fns: list[WeightedReward], task: Task, examples: list[Exa
     result = reward_lib.score(builtin, full, columns, timeout_s=timeout_s)
     if user:
         trl_style = [[{"role": "assistant", "content": c}] for c in completions] if conversational else completions
+        trl_style = trajectories if trajectories is not None else trl_style
         more = reward_lib.score(user, trl_style, columns, timeout_s=timeout_s)
         result = reward_lib.RewardResult(total=[reward_lib.weighted_total((a, b), (1.0, 1.0))
                                                 for a, b in zip(result.total, more.total)],
@@ -229,8 +232,11 @@ def _sample_and_score(sampler, tokenizer, task, batch, seeds, offset, g, params,
     verdicts = [judge(task, fmt.prefill + t, ex) for t, ex in zip(texts, examples)]  # once per completion
     multi = not isinstance(env, SingleTurn)
     if texts:
-        result = score_texts(reward_fns, task, examples, texts, fmt, reward_timeout,
-                             conversational=_is_chat(tokenizer, fmt), verdicts=verdicts)
+        chat = _is_chat(tokenizer, fmt)
+        trajectories = [ep.conversation() if chat else tokenizer.decode(ep.completion_ids, skip_special_tokens=True)
+                        for ep in episodes] if multi else None
+        result = score_texts(reward_fns, task, examples, texts, fmt, reward_timeout, conversational=chat,
+                             verdicts=verdicts, trajectories=trajectories)
         if multi:
             result = _add_environment_rewards(result, env, episodes)
     else:  # a process with no prompts this round (fewer prompts than processes)
@@ -336,4 +342,8 @@ def sample_records(exp: Experience, step: int, fmt: PromptFormat, k: int = 4) ->
         out.append({"step": step, "prompt": exp.examples[i].question, "completion": fmt.prefill + exp.completions[i],
                     "answer": exp.answers[i], "ground_truth": exp.examples[i].answer,
                     "rewards": {**{n: v[i] for n, v in exp.rewards.parts.items()}, "total": exp.rewards.total[i]}})
+        if exp.episodes:  # a multi-turn episode: the conversation (the report shows calls and results apart)
+            ep = exp.episodes[i]
+            out[-1].update(conversation=ep.conversation(), tool_calls=ep.tool_calls, tool_errors=ep.tool_errors,
+                           limit=ep.limit)
     return out
