@@ -114,6 +114,20 @@ def test_tool_time_limit_ends_the_episode(smol_tokenizer):
     assert exp.metrics["episode/limit_tool_seconds_frac"] == 1.0
 
 
+def test_no_tool_runs_past_the_turn_limit(smol_tokenizer):
+    """max_tool_calling_iterations=0 (one turn): a turn that calls a tool ends the episode, marked,
+    and the tool is not run."""
+    tok = smol_tokenizer
+    sampler = ScriptedSampler(tok, [call("hang", seconds=60)])
+    t0 = time.perf_counter()
+    exp = experience(tok, sampler, ToolTask([hang]), g=2, limits=Limits(max_turns=1))
+    assert time.perf_counter() - t0 < 5
+    assert [(ep.limit, ep.tool_calls, len(ep.turns)) for ep in exp.episodes] == [("turns", 0, 1)] * 2
+    # a final answer at the limit is no limit
+    exp = experience(tok, ScriptedSampler(tok, ["<answer>2</answer>"]), ToolTask([hang]), g=1, limits=Limits(max_turns=1))
+    assert exp.episodes[0].limit is None and exp.correct == [1.0]
+
+
 # ------------------------------------------------------------------ TRL's environment_factory
 
 class IncrementEnv:

@@ -182,7 +182,7 @@ class SecretEnv:
         Returns:
             The secret digit.
         """
-        return self.secret
+        return f"secret is {self.secret}"
 
 
 def question_mark_call(text: str) -> list[ToolCall]:

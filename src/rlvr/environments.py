@@ -121,14 +121,18 @@ class ToolEnvironment:
         return run_tools(messages[-1]["content"], self.tools, parse=self.parse, timeout=self.timeout,
                          isolate=self.isolate, max_calls=self.max_calls)
 
+    def pending(self, example: Example, messages: list[dict]) -> bool:
+        """The last turn calls a tool (the episode would go on): asked at the turn limit instead of `step`."""
+        return bool(_parser(self.parse)(messages[-1]["content"]))
+
 
 def run_tools(text: str, tools, *, parse=None, timeout: float = 5.0, isolate: bool | None = None,
               max_calls: int = 8) -> Step:
     """The step of a tool-calling environment: run the turn's calls, answer with their results;
     done when the turn has none."""
-    from rlvr.tools import ToolResult, parse_tool_calls, run_tool_call, tool_map, tool_message
+    from rlvr.tools import ToolResult, run_tool_call, tool_map, tool_message
 
-    calls = (parse or parse_tool_calls)(text)
+    calls = _parser(parse)(text)
     if not calls:
         return Step(messages=[], done=True)
     table = tool_map(tools)
@@ -138,6 +142,15 @@ def run_tools(text: str, tools, *, parse=None, timeout: float = 5.0, isolate: bo
     return Step(messages=[tool_message(r) for r in results], done=False, tool_calls=len(results),
                 tool_errors=sum(bool(r.error or r.timed_out) for r in results),
                 seconds=sum(r.seconds for r in results))
+
+
+def _parser(parse):
+    """The tool-call parser: `parse`, else `rlvr.tools.parse_tool_calls`."""
+    if parse is not None:
+        return parse
+    from rlvr.tools import parse_tool_calls
+
+    return parse_tool_calls
 
 
 RESERVED = ("reset", "get_reward")
@@ -209,6 +222,9 @@ class TRLEnvironment:
         table.update({m.__name__: _in_process(m) for m in trl_tool_methods(self.instance)})
         return run_tools(messages[-1]["content"], table, parse=self.parse, timeout=self.timeout,
                          max_calls=self.max_calls)
+
+    def pending(self, example: Example, messages: list[dict]) -> bool:
+        return bool(_parser(self.parse)(messages[-1]["content"]))
 
     def reward(self, example: Example, messages: list[dict]) -> float | None:
         return float(self.instance.get_reward()) if self.has_reward else None

@@ -19,7 +19,10 @@ Limits (`Limits`, TRL's names where TRL has one): assistant turns per episode
 (`max_tool_calling_iterations` + 1), tokens after the prompt in total (TRL's
 `max_completion_length`: the model's and the environment's), seconds spent in tools. An episode
 over a limit ends where it is, is marked (`Episode.limit`) and is scored by the same rewards on
-what it has; a turn cut by the token budget is truncated (`Rollout.truncated`).
+what it has; a turn cut by the token budget is truncated (`Rollout.truncated`). At the turn limit
+an environment with `pending(example, messages)` (a tool environment: the turn has calls) is only
+asked whether it would go on, so no tool runs past the limit; one without is stepped and its
+answer dropped.
 
 A single-turn environment takes the same path at no cost: one `generate` call with the same
 arguments as before, then `step` says done.
@@ -198,6 +201,10 @@ def _advance(live: list[Episode], tokenizer, params: SamplingParams, chat: bool,
         if ep.finish_reason == "length":  # cut inside a turn: nothing to answer
             ep.done, ep.limit = True, "tokens"
             continue
+        if _last_turn(ep, limits) and hasattr(ep.env, "pending"):  # no tool runs past the turn limit (TRL)
+            ep.done = True
+            ep.limit = "turns" if ep.env.pending(ep.example, ep.messages) else None
+            continue
         step = ep.env.step(ep.example, ep.messages)
         ep.tool_calls += step.tool_calls
         ep.tool_errors += step.tool_errors
@@ -224,8 +231,12 @@ def _advance(live: list[Episode], tokenizer, params: SamplingParams, chat: bool,
     return going
 
 
+def _last_turn(ep: Episode, limits: Limits) -> bool:
+    return limits.max_turns is not None and len(ep.turns) >= limits.max_turns
+
+
 def _limit_hit(ep: Episode, limits: Limits) -> str | None:
-    if limits.max_turns is not None and len(ep.turns) >= limits.max_turns:
+    if _last_turn(ep, limits):
         return "turns"
     if limits.max_tool_seconds is not None and ep.tool_seconds >= limits.max_tool_seconds:
         return "tool_seconds"
