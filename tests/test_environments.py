@@ -201,6 +201,28 @@ def test_a_trl_environment_class_runs_unchanged(smol_tokenizer):
     assert [m["content"] for m in exp.episodes[0].messages if m["role"] == "tool"] == ["1", "3"]
 
 
+def counter_reward(completions, environments, **kwargs):
+    """TRL passes a reward function the episodes' environment instances (`environments`)."""
+    return [float(env.counter) for env in environments]
+
+
+def conversation_turns(completions, **kwargs):
+    """TRL passes a chat model's multi-turn completion as the conversation after the prompt."""
+    return [float(len(c)) for c in completions]
+
+
+def test_user_rewards_get_the_conversation_and_the_environments(smol_tokenizer):
+    tok = smol_tokenizer
+    task = FactoryTask(IncrementEnv, [Example("Increment the counter to 3.", "3", {"target": 3})])
+    sampler = ScriptedSampler(tok, [call("increment", step=2), "done"])
+    rewards = [WeightedReward("counter_reward", counter_reward, 1.0, False),
+               WeightedReward("conversation_turns", conversation_turns, 1.0, False)]
+    exp = experience(tok, sampler, task, g=2, rewards=rewards)
+    assert exp.rewards.parts["counter_reward"] == [2.0, 2.0]
+    assert exp.rewards.parts["conversation_turns"] == [3.0, 3.0]  # assistant, tool, assistant
+    assert exp.rewards.parts["IncrementEnv"] == [0.0, 0.0]
+
+
 def test_a_trl_environment_whose_reset_returns_the_prompt(smol_tokenizer):
     tok = smol_tokenizer
     task = FactoryTask(SelfSamplingIncrementEnv, [Example("", "2")])

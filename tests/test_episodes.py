@@ -182,7 +182,7 @@ class SecretEnv:
         Returns:
             The secret digit.
         """
-        return f"secret is {self.secret}"
+        return self.secret
 
 
 def question_mark_call(text: str) -> list[ToolCall]:

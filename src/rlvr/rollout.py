@@ -112,7 +112,8 @@ def build_reward_fns(task: Task, weights: dict[str, float]) -> list[WeightedRewa
 
 def score_texts(reward_fns: list[WeightedReward], task: Task, examples: list[Example], completions: list[str],
                 fmt: PromptFormat, timeout_s: float, conversational: bool,
-                verdicts: list[Verdict] | None = None, trajectories: list | None = None) -> reward_lib.RewardResult:
+                verdicts: list[Verdict] | None = None, trajectories: list | None = None,
+                environments: list | None = None) -> reward_lib.RewardResult:
     """Score completions (one per entry of `examples`) with every reward function. A function that
     fails or hangs scores 0 for what it could not score (counted); one that is plainly broken
     (fails on everything from the start, or times out again and again) raises
@@ -122,7 +123,8 @@ def score_texts(reward_fns: list[WeightedReward], task: Task, examples: list[Exa
     counts); a user's function sees exactly what TRL would pass it: the completion alone, as a
     string, or as `[{"role": "assistant", "content": ...}]` for chat models. Multi-turn episodes
     pass `trajectories`, what TRL gives them then: the conversation after the prompt (assistant,
-    tool, ... messages) for chat models, the whole decoded trajectory otherwise.
+    tool, ... messages) for chat models, the whole decoded trajectory otherwise; with a TRL
+    environment class, `environments` (its instance per completion) is the `environments` column, as in TRL.
     """
     columns: dict[str, list] = {}
     for ex in examples:
@@ -131,6 +133,8 @@ def score_texts(reward_fns: list[WeightedReward], task: Task, examples: list[Exa
     columns["_example"] = list(examples)
     if verdicts is not None:  # the judge's, so the accuracy reward does not verify again
         columns["_verdicts"] = list(verdicts)
+    if environments is not None:
+        columns["environments"] = list(environments)
     builtin = [(r.name, r.fn, r.weight) for r in reward_fns if r.builtin]
     user = [(r.name, r.fn, r.weight) for r in reward_fns if not r.builtin]
     full = [fmt.prefill + c for c in completions]
@@ -235,8 +239,9 @@ def _sample_and_score(sampler, tokenizer, task, batch, seeds, offset, g, params,
         chat = _is_chat(tokenizer, fmt)
         trajectories = [ep.conversation() if chat else tokenizer.decode(ep.completion_ids, skip_special_tokens=True)
                         for ep in episodes] if multi else None
+        instances = [ep.env.instance for ep in episodes] if hasattr(env, "instance") and multi else None
         result = score_texts(reward_fns, task, examples, texts, fmt, reward_timeout, conversational=chat,
-                             verdicts=verdicts, trajectories=trajectories)
+                             verdicts=verdicts, trajectories=trajectories, environments=instances)
         if multi:
             result = _add_environment_rewards(result, env, episodes)
     else:  # a process with no prompts this round (fewer prompts than processes)
