@@ -140,6 +140,28 @@ def test_environment_suffix_reproduces_the_chat_template(smol_tokenizer):
     assert environment_suffix(tok, tool, chat=True, prefill="<think>").endswith("assistant\n<think>")
 
 
+def test_a_written_trajectory_is_encoded_as_an_episode(smol_tokenizer):
+    """A multi-turn demonstration (for the SFT warm-up): prompt + ids is the template's rendering of
+    the whole conversation, and the mask is 1 exactly on the assistant turns and their <|im_end|>."""
+    from rlvr.episodes import encode_trajectory
+
+    tok = smol_tokenizer
+    prompt = [{"role": "user", "content": "What is 6*7?"}]
+    turns = [{"role": "assistant", "content": '<tool_call>{"name": "mul", "arguments": {"a": 6, "b": 7}}</tool_call>'},
+             {"role": "tool", "name": "mul", "content": "42"},
+             {"role": "assistant", "content": "<answer>42</answer>"}]
+    ids, mask = encode_trajectory(tok, turns, chat=True)
+    prompt_text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(prompt + turns, tokenize=False)
+    assert prompt_text + tok.decode(ids) + "\n" == full
+    kept = [t for t, m in zip(ids, mask) if m]
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    expected = (tok(turns[0]["content"], add_special_tokens=False)["input_ids"] + [end]
+                + tok(turns[2]["content"], add_special_tokens=False)["input_ids"] + [end])
+    assert kept == expected
+    assert "42" in tok.decode([t for t, m in zip(ids, mask) if not m])
+
+
 @pytest.mark.parametrize("backend", ["fast", "hf"])
 def test_trained_logprobs_are_the_sampled_ones_across_turns(backend):
     """A real tiny model, three turns: the policy's log-probs of the masked-in tokens of the whole
@@ -210,8 +232,12 @@ class SecretTask(Task):
 
 
 def test_the_tool_task_learns_on_a_tiny_model(tmp_path):
-    """The secret (3, 5, 7 or 9) is only in the tool's answer: without the tool the best policy
-    scores about 1/4. GRPO on a random char model learns to call the tool and copy its answer."""
+    """The secret (3, 5, 7 or 9) is only in the tool's answer, and the reward (tests/toy_tool_rewards.py)
+    pays 0.5 for calling the tool and 0.5 x the final turn's share of the secret digit. A random char
+    model calls it ("?") in about half its episodes; GRPO on whole trajectories (the tool's tokens
+    masked out) makes it call the tool every time within a few dozen steps, and the reward rises.
+    Copying the digit is learned more slowly (0.1 of the final turn by step 40, measured): the
+    assertions are on the tool use and the reward."""
     from rlvr.config import load_config
     from rlvr.trainer import train
 
@@ -219,16 +245,20 @@ def test_the_tool_task_learns_on_a_tiny_model(tmp_path):
     cfg = load_config(None, [
         f"run.output_dir={tmp_path / 'run'}", "model.use_peft=false", "task.system_prompt=",
         f"task.rewards={{{ROOT / 'tests' / 'toy_tool_rewards.py'}:secret_reward: 1.0}}",
-        "sampling.max_completion_length=40", "sampling.stop_at_answer=false", "sampling.temperature=1.0",
+        "sampling.max_completion_length=48", "sampling.stop_at_answer=false", "sampling.temperature=1.0",
         "grpo.prompts_per_step=4", "grpo.num_generations=8", "grpo.learning_rate=0.01",
-        "grpo.per_device_train_batch_size=32", "grpo.max_steps=40", "eval.on_start=false", "eval.n=0",
-        "run.save_steps=0", "run.quiet=true", "run.log_samples_every=0", "task.max_tool_calling_iterations=1",
+        "grpo.per_device_train_batch_size=32", "grpo.max_steps=25", "eval.on_start=false", "eval.n=0",
+        "run.save_steps=0", "run.quiet=true", "run.log_samples_every=5", "task.max_tool_calling_iterations=1",
+        "run.doctor=off",
     ])
     train(cfg, model=model, tokenizer=tok, task=SecretTask())
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     rewards = [r["reward/secret_reward/mean"] for r in rows]
     calls = [r["episode/tool_calls_mean"] for r in rows]
-    print(rewards, calls)
-    assert sum(rewards[:3]) / 3 < 0.1, rewards
-    assert sum(calls[-3:]) / 3 > 0.8, calls
-    assert sum(rewards[-3:]) / 3 > 0.5, rewards
+    assert len(rows) == 25
+    assert sum(calls[:3]) / 3 < 0.75, calls
+    assert sum(calls[-3:]) / 3 > 0.9, calls
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.15, rewards
+    # every logged sample is an episode, with its conversation for the report
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(s["conversation"][0]["role"] == "assistant" for s in samples)

@@ -254,3 +254,46 @@ def episode_stats(episodes: list[Episode]) -> dict:
         m[f"episode/limit_{kind}_frac"] = sum(e.limit == kind for e in episodes) / n
     return m
 
+
+
+def encode_trajectory(tokenizer, messages: list[dict], *, chat: bool, prefill: str = "",
+                      end_token_id: int | None = None) -> tuple[list[int], list[float]]:
+    """(completion ids, loss mask) of a written trajectory (a multi-turn demonstration: assistant,
+    tool, ..., assistant), tokenized as an episode would be: each assistant turn's text (after the
+    prefill, which the prompt or the previous suffix already holds) and the end-of-turn token, mask 1;
+    each run of environment messages as `environment_suffix` renders it, mask 0. The SFT warm-up of
+    a tool task trains on exactly the tokens GRPO's episodes will see."""
+    end = end_token_id if end_token_id is not None else _end_of_turn(tokenizer, chat)
+    ids: list[int] = []
+    mask: list[float] = []
+    i = 0
+    while i < len(messages):
+        if messages[i]["role"] == "assistant":
+            text = messages[i]["content"]
+            text = text[len(prefill):] if prefill and text.startswith(prefill) else text
+            turn = tokenizer(text, add_special_tokens=False)["input_ids"] + ([end] if end is not None else [])
+            ids += turn
+            mask += [1.0] * len(turn)
+            i += 1
+            continue
+        j = i
+        while j < len(messages) and messages[j]["role"] != "assistant":
+            j += 1
+        closed = stop_text(tokenizer, end) if end is not None else None
+        suffix = tokenizer(environment_suffix(tokenizer, messages[i:j], chat=chat, prefill=prefill, closed_by=closed),
+                           add_special_tokens=False)["input_ids"]
+        ids += suffix
+        mask += [0.0] * len(suffix)
+        i = j
+    return ids, mask
+
+
+def _end_of_turn(tokenizer, chat: bool) -> int | None:
+    """The token that ends an assistant turn: the chat template's <|im_end|> (or <|eot_id|>) if it
+    has one, else EOS."""
+    if chat:
+        for token in ("<|im_end|>", "<|eot_id|>"):
+            tid = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(tid, int) and tid >= 0 and tid != tokenizer.unk_token_id:
+                return tid
+    return tokenizer.eos_token_id
