@@ -91,7 +91,7 @@ FRAMEWORKS = ("transformers", "peft", "accelerate", "trl", "wandb", "trackio", "
 
 TEXT_ONLY = ["rlvr.rewards", "rlvr.judge", "rlvr.environments", "rlvr.tasks", "rlvr.tasks.base",
              "rlvr.tasks.subtraction", "rlvr.tasks.countdown", "rlvr.tasks.gsm8k", "rlvr.tasks.reasoning_gym",
-             "rlvr.prompts"]
+             "rlvr.prompts", "rlvr.tools", "rlvr.tasks.calculator"]
 """text in, text or numbers out: not even torch"""
 
 

@@ -230,14 +230,18 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory")):
 @app.command()
 def chat(
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="model spec or run directory"),
-    task: Optional[str] = typer.Option(None, "--task", "-t", help="use this task's system prompt"),
+    task: Optional[str] = typer.Option(None, "--task", "-t",
+                                       help="use this task's system prompt and tools (default: a run directory's task)"),
+    tools: Optional[list[str]] = typer.Option(None, "--tools", help="built-in tools the model may call: calculator"),
     max_new_tokens: int = typer.Option(256, help="most tokens per answer"),
     temperature: float = typer.Option(0.0, help="0: greedy"),
+    max_tool_rounds: int = typer.Option(4, help="most tool-calling rounds per question"),
 ):
-    """Talk to a base or trained model; shows the think and answer parts apart."""
+    """Talk to a base or trained model; shows the think part, tool calls and results, and the answer apart."""
     from rlvr.chat import chat_loop
 
-    chat_loop(model, task=task, max_new_tokens=max_new_tokens, temperature=temperature)
+    chat_loop(model, task=task, tools=tools, max_new_tokens=max_new_tokens, temperature=temperature,
+              max_tool_rounds=max_tool_rounds)
 
 
 # --- rlvr export: ship a run (GGUF for llama.cpp / Ollama / LM Studio; upload to the Hub) ---------

@@ -2,7 +2,9 @@
 
 Specs:
     subtraction | countdown | gsm8k     built-in families
+    calculator                          multi-digit arithmetic with a calculator tool (tools=false: without)
     rg:NAME                             a reasoning-gym dataset
+    vf:NAME                             a verifiers (0.4) taskset: its tasks and @vf.reward scoring
     jsonl:PATH | csv:PATH | hf:ID       your question/answer data (plain *.jsonl / *.csv paths too)
     PATH.py | PATH.py:Name              your Task subclass or make_task(**options) function
 An option the task does not take is an error that names it.
@@ -14,6 +16,7 @@ import inspect
 from typing import Any
 
 from rlvr.tasks.base import Example, Task
+from rlvr.tasks.calculator import CalculatorTask
 from rlvr.tasks.countdown import CountdownTask
 from rlvr.tasks.custom import ColumnsTask, load_python_task
 from rlvr.tasks.gsm8k import GSM8KTask
@@ -21,7 +24,8 @@ from rlvr.tasks.subtraction import SubtractionTask
 
 __all__ = ["Example", "Task", "get_task", "list_tasks"]
 
-BUILTIN = {"subtraction": SubtractionTask, "countdown": CountdownTask, "gsm8k": GSM8KTask}
+BUILTIN = {"subtraction": SubtractionTask, "countdown": CountdownTask, "gsm8k": GSM8KTask,
+           "calculator": CalculatorTask}
 
 
 def get_task(spec: str, **options: Any) -> Task:
@@ -32,6 +36,10 @@ def get_task(spec: str, **options: Any) -> Task:
         from rlvr.tasks.reasoning_gym import ReasoningGymTask
 
         return ReasoningGymTask(spec[3:], **options)
+    if spec.startswith("vf:"):
+        from rlvr.tasks.vf import VerifiersTask
+
+        return _construct(VerifiersTask, spec, spec[3:], **options)
     if spec.startswith(("jsonl:", "csv:", "hf:")):
         return _construct(ColumnsTask, spec, spec, **options)
     if spec.endswith((".jsonl", ".csv")):
@@ -48,7 +56,9 @@ def list_tasks() -> list[tuple[str, str]]:
         ("subtraction", SubtractionTask.description),
         ("countdown", CountdownTask.description),
         ("gsm8k", GSM8KTask.description),
+        ("calculator", CalculatorTask.description),
         ("rg:NAME", "any reasoning-gym dataset, e.g. rg:syllogism (list: rlvr.tasks.reasoning_gym.list_rg_datasets())"),
+        ("vf:NAME", "a taskset of the verifiers package (0.4): its tasks and rewards (pip install 'rlvr[verifiers]')"),
         ("jsonl:PATH", "your question/answer pairs, one JSON object a line (question_column=, answer_column=)"),
         ("csv:PATH", "your question/answer pairs in a CSV file with a header row"),
         ("hf:DATASET_ID", "a Hugging Face dataset with question/answer columns (needs the network)"),
