@@ -262,3 +262,25 @@ def test_the_tool_task_learns_on_a_tiny_model(tmp_path):
     # every logged sample is an episode, with its conversation for the report
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert samples and all(s["conversation"][0]["role"] == "assistant" for s in samples)
+
+
+def test_sft_warm_up_of_a_tool_task_trains_on_the_models_turns_only(smol_tokenizer):
+    """The calculator task's demonstrations are multi-turn (call, result, answer): the SFT warm-up
+    encodes them as episodes, the calculator's result masked out."""
+    from rlvr.demos import procedural_demos
+    from rlvr.sft import _encode
+    from rlvr.tasks import get_task
+
+    tok = smol_tokenizer
+    task = get_task("calculator", n=4, n_test=2)
+    demos = procedural_demos(task, task.train_examples()[:2])
+    assert len(demos) == 2 and all(len(d.messages) == 3 for d in demos)
+    items = _encode(tok, task, PromptFormat(), demos)
+    for d, r in zip(demos, items):
+        result = d.messages[1]["content"]
+        kept = tok.decode([t for t, m in zip(r.completion_ids, r.loss_mask) if m])
+        dropped = tok.decode([t for t, m in zip(r.completion_ids, r.loss_mask) if not m])
+        assert result in dropped and "<tool_call>" in kept and d.messages[2]["content"] in kept
+        assert result not in kept.replace(d.messages[2]["content"], "")
+        # the prompt the warm-up sees is the prompt the episodes see: the tools are described in it
+        assert "calculator" in tok.decode(r.prompt_ids)
