@@ -237,7 +237,7 @@ def test_a_trl_environment_whose_reset_returns_the_prompt(smol_tokenizer):
 # ------------------------------------------------------------------ eval and report
 
 def test_eval_reports_tool_calls_errors_and_limits(smol_tokenizer):
-    from rlvr.evaluate import evaluate, format_table
+    from rlvr.evaluate import evaluate, format_table, tool_summary
 
     tok = smol_tokenizer
     task = ToolTask([divide], [Example("What is 6/3?", "2.0"), Example("What is 1/0?", "none")])
@@ -252,6 +252,7 @@ def test_eval_reports_tool_calls_errors_and_limits(smol_tokenizer):
     assert [m["role"] for m in rec["conversation"]] == ["assistant", "tool", "tool", "assistant"]
     table = format_table([{"stage": "base", **summary}])
     assert "tools/ep" in table and "2.00" in table
+    assert tool_summary(result).startswith("tools: 2.00 calls per episode, 1.00 errors per episode, 0.0% of")
     # a single-turn task's summary has no tool fields
     plain = evaluate(ScriptedSampler(tok, ["<answer>2.0</answer>"]), tok, ToolTask(), task.test_examples()[:1],
                      fmt=fmt, max_new_tokens=50, progress=False)

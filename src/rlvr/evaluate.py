@@ -207,6 +207,12 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def tool_summary(result: EvalResult) -> str:
+    """One line on a tool task's episodes: tool calls and errors per episode, episodes cut by a limit."""
+    return (f"tools: {result.tool_calls:.2f} calls per episode, {result.tool_errors:.2f} errors per episode, "
+            f"{result.limit_frac:.1%} of episodes cut by a limit (turns, tokens or tool seconds)")
+
+
 def verdict(rows: list[dict]) -> str:
     """One plain sentence: did the model improve from the first stage to the last?"""
     if len(rows) < 2:
