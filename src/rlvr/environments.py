@@ -26,6 +26,7 @@ from typing import Protocol
 
 from rlvr import prompts as prompt_lib
 from rlvr.tasks.base import Example, Task
+from rlvr.tools import ToolResult, parse_tool_calls, run_tool_call, tool_map, tool_message, tools_system_prompt
 
 
 @dataclass
@@ -107,8 +108,6 @@ class ToolEnvironment:
     """append the tools' schemas and the call format to the system message (off: the prompt says it)"""
 
     def reset(self, example: Example) -> list[dict]:
-        from rlvr.tools import tools_system_prompt
-
         messages = prompt_lib.build_messages(self.task, example, system_prompt=self.system_prompt)
         if not self.tools or not self.describe_tools:
             return messages
@@ -130,8 +129,6 @@ def run_tools(text: str, tools, *, parse=None, timeout: float = 5.0, isolate: bo
               max_calls: int = 8) -> Step:
     """The step of a tool-calling environment: run the turn's calls, answer with their results;
     done when the turn has none."""
-    from rlvr.tools import ToolResult, run_tool_call, tool_map, tool_message
-
     calls = _parser(parse)(text)
     if not calls:
         return Step(messages=[], done=True)
@@ -146,11 +143,7 @@ def run_tools(text: str, tools, *, parse=None, timeout: float = 5.0, isolate: bo
 
 def _parser(parse):
     """The tool-call parser: `parse`, else `rlvr.tools.parse_tool_calls`."""
-    if parse is not None:
-        return parse
-    from rlvr.tools import parse_tool_calls
-
-    return parse_tool_calls
+    return parse if parse is not None else parse_tool_calls
 
 
 RESERVED = ("reset", "get_reward")

@@ -11,6 +11,10 @@ do not depend on which other prompts it is batched with. That is what lets N dat
 processes split a step's prompts (`shard`, whole groups) and sample exactly what one process would:
 every process draws the same examples and seeds, samples and scores only its share, and `gather`s
 the rewards so advantages and zero-signal counts see the whole batch (rlvr.distributed).
+
+A completion is an episode (rlvr.episodes): one turn for a single-turn task, the whole
+conversation after the prompt for a task with tools or an environment, with the environment's
+tokens masked out of the loss; the group is G episodes of one example.
 """
 
 from __future__ import annotations
