@@ -110,7 +110,11 @@ def test_verify():
     assert task.verify(str(value + 1), e) == 0.0
     assert task.verify(None, e) == 0.0
     assert task.verify(e.metadata["expression"], e) == 0.0  # the expression is not the answer
-    assert task.verify("1" * 1_000_000, e) == 0.0
+    from test_verifiers import HOSTILE
+
+    start = time.monotonic()
+    assert all(task.verify(h, e) == 0.0 for h in HOSTILE)  # the verifier never evaluates an expression
+    assert time.monotonic() - start < 0.5
 
 
 def test_options_are_checked():

@@ -117,3 +117,17 @@ def test_chat_loop_with_the_calculator_task_describes_the_tool(tmp_path, capsys)
     chat_loop(str(tmp_path / "m"), task="calculator", max_new_tokens=8, temperature=1.0,
               input_fn=lambda prompt: next(lines))
     assert "(tools: calculator)" in capsys.readouterr().out
+
+
+def test_a_run_directorys_task_system_prompt_and_prefill_are_used(tmp_path):
+    """A trained model is talked to as it was trained: RUN/config.yaml's task, options, system prompt, prefill."""
+    from rlvr.chat import _task_setup
+
+    (tmp_path / "config.yaml").write_text("task:\n  name: calculator\n  options: {tools: false, n: 20, n_test: 5}\n"
+                                          "  system_prompt: Be exact.\n  prefill: <think>\n")
+    assert _task_setup(None, str(tmp_path)) == ("Be exact.", [], "<think>")
+    (tmp_path / "config.yaml").write_text("task:\n  name: calculator\n  options: {n: 20, n_test: 5}\n")
+    system, tools, prefill = _task_setup(None, str(tmp_path))
+    assert "calculator" in system and tools == [calculator] and prefill == ""
+    assert _task_setup("calculator", "smollm2-135m")[1] == [calculator]
+    assert _task_setup(None, "smollm2-135m") == (None, [], "")

@@ -242,3 +242,79 @@ def test_grpo_with_vllm_learns_the_toy_digit_task(tmp_path):
     assert len(measured) >= 3
     assert all(r["sampling/logp_diff/max"] < 1e-3 for r in measured), [r["sampling/logp_diff/max"] for r in measured]
     assert all(0.99 < r["sampling/is_ratio/mean"] < 1.01 for r in measured)
+
+
+# -- memory: the KV cache sized from the free memory, the engine in the doctor's estimate ----------
+
+def _tiny_vllm_model():
+    from conftest import char_tokenizer
+    from rlvr.models import tiny_random_model
+
+    torch.manual_seed(0)
+    # 2 layers x 2 kv heads x head_dim 64, fp32: a token's keys and values take 2*2*2*64*4 = 2048 bytes
+    return tiny_random_model(0, hidden_size=256, num_layers=2, tokenizer=char_tokenizer())
+
+
+def test_kv_cache_is_planned_from_the_memory_the_doctor_measured_free():
+    from rlvr.sampling.vllm import ENGINE_RUNTIME_BYTES, VLLMSampler
+
+    model, tok = _tiny_vllm_model()
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    plan = lambda available, **kw: VLLMSampler(model, tok, vllm_max_model_length=64, seed=0, **kw).plan_memory(
+        available=available, reserved_update=2**30, seq_len=40)
+    # room to spare: what 64 sequences of 40 tokens need, plus 25% (3,200 tokens x 2,048 bytes)
+    assert plan(16 * 2**30) == 3200 * 2048
+    # tight: 80% of the free memory less the update, the engine's weight copy and its runtime
+    reserved = 2**30 + weights + ENGINE_RUNTIME_BYTES
+    available = (reserved + 1_000_000) / 0.8
+    assert abs(plan(available) - 1_000_000) <= 1
+    # too little for even that: one sequence of max_model_len (64 tokens), so the engine can start;
+    # the doctor's memory finding then says the run does not fit
+    assert plan(2**30) == 64 * 2048
+    # a size the user set is kept
+    assert plan(2**30, vllm_kv_cache_memory_bytes=12345) == 12345
+    parts = VLLMSampler(model, tok, vllm_max_model_length=64, vllm_kv_cache_memory_bytes=12345).engine_memory()
+    assert parts == {"weights": weights, "kv_cache": 12345, "runtime": ENGINE_RUNTIME_BYTES}
+
+
+def test_memory_finding_counts_the_engine():
+    from rlvr.doctor import memory_finding
+    from rlvr.config import Config
+    from rlvr.memory import MemoryReport
+
+    report = lambda engine: MemoryReport(8, 100, 1024, estimated_bytes=2e9, available_bytes=5e9, engine_bytes=engine)
+    assert memory_finding(report(0.0), Config()).severity == "ok"
+    assert memory_finding(report(2.5e9), Config()).severity == "warn"  # 4.5 of 5 GB
+    fatal = memory_finding(report(3.5e9), Config())
+    assert fatal.severity == "fatal" and "sampler engine's 3.26 GB" in fatal.message
+    assert "vllm_kv_cache_memory_bytes" in fatal.fix
+
+
+@needs_vllm
+def test_doctor_sizes_the_engines_kv_cache_and_counts_it(tmp_path):
+    """`rlvr doctor` with the vLLM backend: the engine starts with the KV cache the doctor planned from
+    the free memory and the run's sequence length, and the memory report counts the engine."""
+    from conftest import ROOT, DigitTask
+    from rlvr.config import load_config, sampler_options
+    from rlvr.doctor import diagnose
+    from rlvr.models import prepare_policy
+    from rlvr.sampling import make_sampler
+
+    model, tok = _tiny_vllm_model()
+    cfg = load_config(None, [
+        "model.use_peft=false", "task.system_prompt=", "sampling.max_completion_length=8",
+        f"task.rewards={{{ROOT / 'tests' / 'toy_rewards.py'}:digit_reward: 1.0}}",
+        "sampling.stop_at_answer=false", "sampling.backend=vllm", "sampling.vllm_max_model_length=64",
+        "grpo.prompts_per_step=4", "grpo.num_generations=8", "grpo.per_device_train_batch_size=32"])
+    policy = prepare_policy(model, cfg.model)
+    sampler = make_sampler("vllm", policy, tok, **sampler_options(cfg))
+    try:
+        d = diagnose(cfg, model=policy, tokenizer=tok, task=DigitTask("7"), policy_ready=True, sampler=sampler,
+                     num_prompts=4)
+        planned = sampler.kv_cache_memory_bytes
+        assert planned is not None and planned % 2048 == 0 and 64 * 2048 <= planned < 64 * 64 * 2048
+        assert sampler.llm.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes == planned
+        assert d.memory.engine_bytes == sum(sampler.engine_memory().values())
+        assert d.memory.total_bytes == d.memory.peak_bytes + d.memory.engine_bytes
+    finally:
+        sampler.close()

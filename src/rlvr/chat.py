@@ -95,7 +95,7 @@ def chat_loop(model_spec: str, *, task: str | None = None, tools: list[str] | No
 
     console = Console()
     model, tokenizer = load_model(model_spec)
-    system, task_tools = _task_setup(task, model_spec)
+    system, task_tools, prefill = _task_setup(task, model_spec)
     system = system or DEFAULT_SYSTEM_PROMPT
     chosen = _choose_tools(task_tools, tools)
     if chosen:
@@ -107,9 +107,9 @@ def chat_loop(model_spec: str, *, task: str | None = None, tools: list[str] | No
     generator = torch.Generator().manual_seed(0)
 
     def reply(messages: list[dict]) -> str:
-        ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+        ids = tokenizer(render_prompt(tokenizer, messages, prefill=prefill), add_special_tokens=False)["input_ids"]
         out = sampler.generate([ids], params, num_samples=1, generator=generator)[0]
-        return tokenizer.decode(out.token_ids, skip_special_tokens=True)
+        return prefill + tokenizer.decode(out.token_ids, skip_special_tokens=True)
 
     def show(message: dict) -> None:
         console.print(render(message["content"]) if message["role"] == "assistant" else render_tool(message))
@@ -127,22 +127,22 @@ def chat_loop(model_spec: str, *, task: str | None = None, tools: list[str] | No
         chat_turn(messages, reply, chosen, max_tool_rounds=max_tool_rounds, show=show)
 
 
-def _task_setup(task: str | None, model_spec: str) -> tuple[str | None, list]:
-    """(system prompt, tools) of `task`, else of the run directory's task (RUN/config.yaml), else (None, [])."""
+def _task_setup(task: str | None, model_spec: str) -> tuple[str | None, list, str]:
+    """(system prompt, tools, prefill) of `task`, else of the run directory's task (RUN/config.yaml:
+    its options, system prompt and assistant prefill, as the model was trained), else (None, [], "")."""
     from rlvr.tasks import get_task
 
-    options: dict = {}
+    cfg: dict = {}
     if task is None and (Path(model_spec) / "config.yaml").is_file():
         import yaml
 
         cfg = (yaml.safe_load((Path(model_spec) / "config.yaml").read_text()) or {}).get("task") or {}
-        task, options = cfg.get("name"), cfg.get("options") or {}
-        if task is not None and cfg.get("system_prompt") is not None:
-            return cfg["system_prompt"], list(getattr(get_task(task, **options), "tools", None) or [])
+        task = cfg.get("name")
     if task is None:
-        return None, []
-    t = get_task(task, **options)
-    return t.system_prompt, list(getattr(t, "tools", None) or [])
+        return None, [], ""
+    t = get_task(task, **(cfg.get("options") or {}))
+    system = cfg["system_prompt"] if cfg.get("system_prompt") is not None else t.system_prompt
+    return system, list(getattr(t, "tools", None) or []), cfg.get("prefill") or ""
 
 
 def _choose_tools(task_tools: list, names: list[str] | None) -> list:

@@ -36,7 +36,7 @@ from rlvr.config_types import (
     load_yaml,
 )
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_override", "describe_options"]
+__all__ = ["Config", "ConfigError", "load_config", "parse_override", "apply_options", "describe_options"]
 
 
 @dataclass
@@ -114,11 +114,13 @@ class SamplingConfig:
     vllm_gpu_memory_utilization: float = 0.3
     """fraction of the GPU's memory vLLM may take (weights and KV cache; CUDA only; TRL's default)"""
     vllm_max_model_length: int | None = None
-    """the engine's context length; None: the longest prompt + max_completion_length, rounded up"""
+    """the engine's context length (longest prompt + completion it accepts); None: the model's"""
     vllm_enable_sleep_mode: bool = False
     """CUDA: the engine sleeps (weights to CPU, KV cache freed) while the policy updates (TRL's option)"""
     vllm_kv_cache_memory_bytes: int | None = None
-    """CPU: bytes of KV cache vLLM allocates (None: vLLM's default)"""
+    """CPU: bytes of KV cache vLLM allocates (None: `rlvr doctor` sizes it from the memory it measures
+    free, less the update's peak and the engine's weights; without the doctor, room for 64 sequences of
+    1024 tokens within 80% of the free memory, at most 4 GiB)"""
     vllm_lora_sync: Literal["merge", "adapter"] = "merge"
     """LoRA: push the merged weights every step (faster here), or load the adapter as a LoRA request"""
 
@@ -343,7 +345,37 @@ def _field_names(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
+TRL_NAMES: dict[str, str] = {
+    **{n: f"sampling.{n}" for n in ("temperature", "top_p", "top_k", "max_completion_length", "use_vllm", "vllm_mode",
+                                    "vllm_enable_sleep_mode", "vllm_gpu_memory_utilization", "vllm_max_model_length")},
+    **{n: f"grpo.{n}" for n in ("num_generations", "learning_rate", "beta", "epsilon", "epsilon_high", "delta",
+                                "sapo_temperature_pos", "sapo_temperature_neg", "num_iterations", "importance_sampling_level",
+                                "scale_rewards", "loss_type", "mask_truncated_completions", "weight_decay", "adam_beta1",
+                                "adam_beta2", "warmup_ratio", "lr_scheduler_type", "max_grad_norm",
+                                "vllm_importance_sampling_correction", "vllm_importance_sampling_mode",
+                                "vllm_importance_sampling_clip_max")},
+    **{n: f"model.{n}" for n in ("gradient_checkpointing", "use_peft", "lora_r", "lora_alpha", "lora_dropout",
+                                 "lora_target_modules")},
+    "output_dir": "run.output_dir", "seed": "run.seed", "report_to": "run.report_to",
+    "save_total_limit": "run.keep_checkpoints", "vllm_importance_sampling_cap": "grpo.vllm_importance_sampling_clip_max",
+}
+"""TRL option names (GRPOConfig, TrainingArguments, ModelConfig) -> the rlvr option with the same meaning,
+where it lives in another section or under another name. `rlvr.GRPOConfig` (rlvr.api) maps them; in a
+YAML file or an override an option in the wrong section is an error that points here."""
+
+TRL_BATCH_NAMES = ("gradient_accumulation_steps", "generation_batch_size", "num_train_epochs")
+"""TRL's batch and length options that have no single rlvr option: rlvr.GRPOConfig converts them"""
+
+
 def _unknown(name: str, where: str, options: list[str]) -> ConfigError:
+    target = TRL_NAMES.get(name)
+    if target is not None and target != f"{where}{name}":
+        return ConfigError(f"unknown option '{where}{name}': TRL's {name} is '{target}' in rlvr")
+    if name in TRL_BATCH_NAMES:
+        return ConfigError(f"unknown option '{where}{name}': TRL's {name} has no single rlvr option; a step samples "
+                           "grpo.prompts_per_step x grpo.num_generations completions in grpo.steps_per_generation "
+                           "optimizer steps for grpo.max_steps steps (rlvr.GRPOConfig converts TRL's batch "
+                           "options: docs/TRL_OPTIONS.md)")
     close = difflib.get_close_matches(name, options, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else f"; options are: {', '.join(options)}"
     return ConfigError(f"unknown option '{where}{name}'{hint}")
@@ -362,6 +394,16 @@ def _apply(obj: Any, data: dict, where: str = "") -> None:
             _apply(current, value or {}, f"{where}{key}.")
         else:
             setattr(obj, key, coerce(value, hints[key], f"{where}{key}"))
+
+
+def apply_options(config: Config, options: dict[str, Any]) -> None:
+    """Set options by dotted name (`{"grpo.beta": 0.04}`), checked as a YAML file's are: an unknown
+    name is an error naming it. `Config.finalize` still has to run after."""
+    for key, value in options.items():
+        nested: Any = value
+        for k in reversed(str(key).split(".")):
+            nested = {k: nested}
+        _apply(config, nested)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

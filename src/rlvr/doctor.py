@@ -41,7 +41,7 @@ from typing import Callable, Iterator
 import torch
 
 from rlvr.config import Config, sampler_options
-from rlvr.memory import GB, MemoryReport, check_memory, peak_since, start_peak
+from rlvr.memory import GB, MemoryReport, available_memory, check_memory, peak_since, start_peak, update_estimate
 from rlvr.tasks.base import Example
 
 
@@ -145,7 +145,7 @@ def signal_stats(exp, num_generations: int) -> SignalStats:
 
 
 def sample_signal(sampler, tokenizer, task, examples: Iterator[Example], cfg: Config, *, num_prompts: int,
-                  generator: torch.Generator, device: torch.device = torch.device("cpu")):
+                  generator: torch.Generator, device: torch.device = torch.device("cpu"), reward_funcs=None):
     """Sample num_prompts groups exactly as a training step would (no dynamic sampling); (stats, experience)."""
     from rlvr.rollout import PromptFormat, build_reward_fns, collect_experience, sampling_params
 
@@ -157,7 +157,7 @@ def sample_signal(sampler, tokenizer, task, examples: Iterator[Example], cfg: Co
     exp = collect_experience(sampler, tokenizer, task, examples, batch_size=num_prompts,
                              num_generations=cfg.grpo.num_generations, params=params,
                              fmt=PromptFormat.from_config(cfg.task),
-                             reward_fns=build_reward_fns(task, cfg.task.rewards), scale_rewards=cfg.grpo.scale_rewards,
+                             reward_fns=build_reward_fns(task, cfg.task.rewards, reward_funcs), scale_rewards=cfg.grpo.scale_rewards,
                              dynamic_sampling=False, max_resample_rounds=0, reward_timeout=cfg.task.reward_timeout,
                              generator=generator)
     stats = signal_stats(exp, cfg.grpo.num_generations)
@@ -227,15 +227,18 @@ def truncation_finding(s: SignalStats, cfg: Config) -> Finding:
 
 def memory_finding(m: MemoryReport, cfg: Config) -> Finding:
     how = "measured" if m.measured_bytes is not None else "estimated"
+    engine = f" plus the sampler engine's {m.engine_bytes / GB:.2f} GB" if m.engine_bytes else ""
     what = (f"One update (batch {m.batch_size} x {m.seq_len} tokens, chunk {m.chunk_size}) needs "
-            f"{m.peak_bytes / GB:.2f} GB ({how}) of the {m.available_bytes / GB:.1f} GB available")
+            f"{m.peak_bytes / GB:.2f} GB ({how}){engine} of the {m.available_bytes / GB:.1f} GB available")
     fix = (f"Set grpo.per_device_train_batch_size={m.suggested_batch_size} and "
            f"grpo.logprob_chunk_size={m.suggested_chunk_size}")
     if m.needs_gradient_checkpointing and not cfg.model.gradient_checkpointing:
         fix += " and model.gradient_checkpointing=true"
-    if m.peak_bytes > m.available_bytes:
+    if m.engine_bytes:
+        fix += ", or give the engine less KV cache (sampling.vllm_kv_cache_memory_bytes)"
+    if m.total_bytes > m.available_bytes:
         return Finding("fatal", f"{what}: the run would stop with an out-of-memory error.", fix + ".")
-    if m.peak_bytes > 0.8 * m.available_bytes:
+    if m.total_bytes > 0.8 * m.available_bytes:
         return Finding("warn", f"{what}: little room for anything else.", fix + ".")
     more = (f"; per_device_train_batch_size={m.suggested_batch_size} would fit too"
             if m.suggested_batch_size > m.batch_size else "")
@@ -292,7 +295,8 @@ def trivial_answers(example: Example, common: str) -> dict[str, str]:
     return answers
 
 
-def score_trivial_answers(task, cfg: Config, *, n: int = 50, conversational: bool = False) -> dict[str, dict[str, float]]:
+def score_trivial_answers(task, cfg: Config, *, n: int = 50, conversational: bool = False,
+                          reward_funcs=None) -> dict[str, dict[str, float]]:
     """{trivial answer: {"accuracy": mean verify, reward name: mean part}} on `n` training examples.
 
     Each answer is written as a well-formatted completion (`<think>` then `<answer>`) and scored
@@ -309,7 +313,7 @@ def score_trivial_answers(task, cfg: Config, *, n: int = 50, conversational: boo
     fmt = PromptFormat.from_config(cfg.task)
     texts = [f"<think>\n</think>\n<answer>{answer}</answer>" for _, _, answer in pairs]
     texts = [t[len(fmt.prefill):] if fmt.prefill and t.startswith(fmt.prefill) else t for t in texts]
-    fns = [r for r in build_reward_fns(task, cfg.task.rewards) if r.name not in ANSWER_BLIND]
+    fns = [r for r in build_reward_fns(task, cfg.task.rewards, reward_funcs) if r.name not in ANSWER_BLIND]
     result = score_texts(fns, task, [ex for _, ex, _ in pairs], texts, fmt, cfg.task.reward_timeout,
                          conversational) if fns and pairs else None
     out: dict[str, dict[str, float]] = {}
@@ -344,7 +348,7 @@ def hack_finding(scores: dict[str, dict[str, float]], task_name: str) -> Finding
 
 def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts: int = 8,
              examples: Iterator[Example] | None = None, policy_ready: bool = False,
-             measure_memory: bool = True, sampler=None) -> Diagnosis:
+             measure_memory: bool = True, sampler=None, reward_funcs=None) -> Diagnosis:
     """Sample `num_prompts` groups and measure one update as `cfg` would; return the diagnosis.
 
     model: a fresh model (it gets the config's LoRA adapter) or, with policy_ready=True, the policy
@@ -352,7 +356,7 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
     once). examples: default `example_stream(cfg, task)`, the prompts the
     run's first step will see. Sampling and the measured update use their own generators, the
     global RNG is restored and the update runs at learning rate 0, so a run that follows is
-    unchanged by the doctor.
+    unchanged by the doctor. reward_funcs: the run's reward callables by name (`build_reward_fns`).
     """
     from rlvr import allocator
     from rlvr.models import load_model
@@ -374,27 +378,45 @@ def diagnose(cfg: Config, *, model=None, tokenizer=None, task=None, num_prompts:
     examples = examples if examples is not None else example_stream(cfg, task)
     policy.eval()
     sampler = sampler or make_sampler(cfg.sampling.backend, policy, tokenizer, **sampler_options(cfg))
+    available = available_memory(next(policy.parameters()).device)  # before an engine takes its share
+    _plan_engine_memory(sampler, policy, tokenizer, task, cfg, available)
     with torch.random.fork_rng(devices=[]):  # the global RNG a following run uses is left as it was
         signal, exp = sample_signal(sampler, tokenizer, task, examples, cfg, num_prompts=num_prompts,
                                     generator=torch.Generator().manual_seed(cfg.run.seed + 12345),
-                                    device=next(policy.parameters()).device)
+                                    device=next(policy.parameters()).device, reward_funcs=reward_funcs)
         longest = max((r.prompt_ids for r in exp.rollouts), key=len)
         # as the trainer does before each update: the sampler's weight copies and KV cache are freed,
         # so the probe's peak is the update's (with them, the doctor set the process's peak: 4.1 GB
         # where the run's updates peaked near 3 GB, bench/bench_trl.py's SFT setting)
         sampler.release()
+        engine = getattr(sampler, "engine_memory", dict)()
         memory = check_memory(policy, cfg, prompt_ids=longest, pad_token_id=tokenizer.pad_token_id,
-                              measure=measure_memory)
+                              measure=measure_memory, engine_bytes=float(sum(engine.values())), available=available)
     policy.eval()
     chat = cfg.task.chat if cfg.task.chat is not None else bool(getattr(tokenizer, "chat_template", None))
     try:
-        hack = hack_finding(score_trivial_answers(task, cfg, conversational=chat), task.name)
+        hack = hack_finding(score_trivial_answers(task, cfg, conversational=chat, reward_funcs=reward_funcs), task.name)
     except Exception as e:  # noqa: BLE001 - a verifier choking on an empty answer must not hide the rest
         hack = Finding("warn", f"The trivial-answer check failed: {type(e).__name__}: {e}"[:300],
                        "Check that the task's verify and the rewards accept any answer text (an empty one too).")
     name = cfg.model.name if loaded else (getattr(model, "name_or_path", "") or "the given model")
     return Diagnosis(name, task.name, cfg.sampling.temperature, cfg.sampling.max_completion_length,
                      signal, memory, assess(signal, memory, cfg, [hack]), time.perf_counter() - t0)
+
+
+def _plan_engine_memory(sampler, policy, tokenizer, task, cfg: Config, available: float) -> None:
+    """A sampler with its own engine (vLLM on CPU) gets its KV cache sized from the memory measured
+    free, less the update's estimated peak at the length of the task's first prompts."""
+    plan = getattr(sampler, "plan_memory", None)
+    if plan is None:
+        return
+    from rlvr.rollout import PromptFormat
+
+    fmt = PromptFormat.from_config(cfg.task)
+    prompts = fmt.encode(tokenizer, task, task.train_examples()[:64])
+    longest = max(map(len, prompts), default=0)
+    plan(available=available, reserved_update=update_estimate(policy, cfg, longest),
+         seq_len=longest + cfg.sampling.max_completion_length)
 
 
 def render(d: Diagnosis) -> str:
@@ -413,6 +435,8 @@ def render(d: Diagnosis) -> str:
         measured = f"{m.measured_bytes / GB:.2f} GB measured, " if m.measured_bytes is not None else ""
         lines.append(f"  update memory  {measured}{m.estimated_bytes / GB:.2f} GB estimated, {m.available_bytes / GB:.1f} GB "
                      f"available (batch {m.batch_size} x {m.seq_len} tokens, {m.allocator} malloc)")
+        if m.engine_bytes:
+            lines.append(f"  engine memory  {m.engine_bytes / GB:.2f} GB (the sampler's engine: weights, KV cache, runtime)")
     if s.peak_bytes is not None:
         lines.append(f"  sampling memory {s.peak_bytes / GB:.2f} GB for {s.prompts * s.generations} completions")
     for f in d.findings:
@@ -428,24 +452,25 @@ class CannotLearn(RuntimeError):
     """Raised at step 0 with run.doctor=stop when the doctor finds a fatal problem (`rlvr` exits 2)."""
 
 
-def doctor_check(policy, tokenizer, task, run_dir: Path, cfg: Config, dist, *, sampler, say) -> None:
+def doctor_check(policy, tokenizer, task, run_dir: Path, cfg: Config, dist, *, sampler, say,
+                 reward_funcs=None) -> None:
     """The doctor at step 0 of `rlvr train`, on one process (`check_before_training`); with several
     processes it is skipped with a note (run `rlvr doctor` first)."""
     if dist.world > 1:
         if dist.is_main:
             say("rlvr doctor is skipped with several processes: run `rlvr doctor` with the same config first")
         return
-    check_before_training(cfg, policy, tokenizer, task, run_dir, sampler=sampler, say=say)
+    check_before_training(cfg, policy, tokenizer, task, run_dir, sampler=sampler, say=say, reward_funcs=reward_funcs)
 
 
 def check_before_training(cfg: Config, policy, tokenizer, task, run_dir: Path, *, sampler=None,
-                          say: Callable[[str], None] = print) -> Diagnosis:
+                          say: Callable[[str], None] = print, reward_funcs=None) -> Diagnosis:
     """The doctor at the start of `rlvr train` (run.doctor: warn | stop): diagnose the run as
     configured on its first prompts, write RUN/doctor.json, print the findings, and with
     run.doctor=stop raise `CannotLearn` when a finding is fatal. The run that follows is unchanged
     (see `diagnose`): same weights, same global RNG."""
     d = diagnose(cfg, model=policy, tokenizer=tokenizer, task=task, policy_ready=True, sampler=sampler,
-                 num_prompts=min(8, cfg.grpo.prompts_per_step))
+                 num_prompts=min(8, cfg.grpo.prompts_per_step), reward_funcs=reward_funcs)
     (Path(run_dir) / "doctor.json").write_text(json.dumps(d.to_dict(), indent=1, default=str))
     if not d.can_learn or any(f.severity != "ok" for f in d.findings):
         say(render(d))

@@ -61,10 +61,18 @@ class MemoryReport:
     seconds: float = 0.0
     allocator: str = ""
     """the malloc measured under (rlvr.allocator.active)"""
+    engine_bytes: float = 0.0
+    """a sampler engine's own memory beside the policy (vLLM: its weight copy, KV cache and runtime;
+    `VLLMSampler.engine_memory`); 0 for samplers that use the policy's weights"""
 
     @property
     def peak_bytes(self) -> float:
         return self.measured_bytes if self.measured_bytes is not None else self.estimated_bytes
+
+    @property
+    def total_bytes(self) -> float:
+        """The update's peak plus the sampler engine's memory: what must fit in `available_bytes`."""
+        return self.peak_bytes + self.engine_bytes
 
 
 # ------------------------------------------------------------------------------ memory probes
@@ -140,6 +148,25 @@ def available_memory(device: torch.device | None = None) -> float:
         except OSError:
             continue
     return float(avail)
+
+
+# ------------------------------------------------------------------------------ a sampler engine
+
+def kv_bytes_per_token(config, elem_bytes: int) -> int:
+    """Bytes of KV cache per token of a decoder: keys and values of every layer's kv heads."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * elem_bytes
+
+
+def kv_cache_budget(*, available: float, reserved: float, wanted: int, minimum: int,
+                    fraction: float = 0.8) -> int:
+    """Bytes of KV cache to give a CPU vLLM engine: what it `wanted` (room for all its sequences), cut
+    to `fraction` of the `available` memory less what the run needs beside it (`reserved`: the
+    update's peak, the engine's weight copy and runtime), and never below `minimum` (one longest
+    sequence, without which the engine cannot start; whether that fits is the doctor's verdict)."""
+    room = fraction * available - reserved
+    return int(max(minimum, min(wanted, room)))
 
 
 # ------------------------------------------------------------------------------ memory model
@@ -307,8 +334,11 @@ def suggest_sizes(estimate, *, max_batch: int, chunk_size: int, budget: float) -
 
 
 def check_memory(policy, cfg: Config, *, prompt_ids: list[int], pad_token_id: int, measure: bool = True,
-                 budget_fraction: float = 0.8) -> MemoryReport:
-    """Estimate (and, when it fits, measure) one update at the config's sizes; suggest sizes that fit."""
+                 budget_fraction: float = 0.8, engine_bytes: float = 0.0,
+                 available: float | None = None) -> MemoryReport:
+    """Estimate (and, when it fits, measure) one update at the config's sizes; suggest sizes that fit
+    beside a sampler engine's `engine_bytes`. `available`: the free memory measured before the engine
+    started (default: now)."""
     t0 = time.perf_counter()
     dims = model_dims(policy)
     n, c_len, chunk = micro_batch_size(cfg), cfg.sampling.max_completion_length, cfg.grpo.logprob_chunk_size
@@ -320,14 +350,24 @@ def check_memory(policy, cfg: Config, *, prompt_ids: list[int], pad_token_id: in
         return estimate_update_memory(**common, batch_size=batch, chunk_size=chunk_rows).total
 
     est = estimate_update_memory(**common, batch_size=n, chunk_size=chunk)
-    available = available_memory(next(policy.parameters()).device)
+    if available is None:
+        available = available_memory(next(policy.parameters()).device)
     measured = None
-    if measure and est.total < 0.9 * available:
+    if measure and est.total + engine_bytes < 0.9 * available:
         measured = measure_update_memory(policy, cfg, prompt_ids=prompt_ids, batch_size=n, completion_len=c_len,
                                          pad_token_id=pad_token_id, seed=cfg.run.seed)
     scale = measured / est.total if measured else 1.0  # calibrate the formula on this machine
     max_batch = max(n, math.ceil(cfg.grpo.prompts_per_step * cfg.grpo.num_generations / cfg.grpo.steps_per_generation))
     batch, chunk_s, needs_gc = suggest_sizes(lambda b, c: scale * estimate(b, c), max_batch=max_batch,
-                                             chunk_size=chunk, budget=budget_fraction * available)
+                                             chunk_size=chunk, budget=budget_fraction * available - engine_bytes)
     return MemoryReport(n, seq, chunk, est.total, available, measured, batch, chunk_s, needs_gc, est.parts,
-                        time.perf_counter() - t0, allocator.active())
+                        time.perf_counter() - t0, allocator.active(), engine_bytes)
+
+
+def update_estimate(policy, cfg: Config, prompt_len: int) -> float:
+    """Bytes of one update at the config's sizes for prompts of `prompt_len` tokens (the formula only)."""
+    c_len = cfg.sampling.max_completion_length
+    return estimate_update_memory(**model_dims(policy), batch_size=micro_batch_size(cfg), seq_len=prompt_len + c_len,
+                                  completion_len=c_len, chunk_size=cfg.grpo.logprob_chunk_size,
+                                  gradient_checkpointing=cfg.model.gradient_checkpointing,
+                                  reference_copy=cfg.grpo.beta > 0 and not cfg.model.use_peft).total

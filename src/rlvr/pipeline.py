@@ -45,6 +45,7 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> list[dict]:
     from rlvr.trainer import train
 
     t0 = time.time()
+    cfg.finalize()  # a Config() built in Python is checked and derived here (idempotent)
     run_dir = Path(cfg.run.output_dir)
     if run_dir.exists() and (run_dir / "summary.json").exists() and not resume:
         from rlvr.config import ConfigError

@@ -53,11 +53,26 @@ def build_messages(task: Task, example: Example, *, system_prompt: str | None = 
     """The chat messages: the system prompt (unless it is "") and the task's user turn.
 
     The system prompt is `system_prompt` if given, else the task's own, else DEFAULT_SYSTEM_PROMPT.
+    An example that carries its own conversation (`Example.messages`, a TRL dataset's
+    conversational `prompt`) starts with it as it is; only an explicit `system_prompt` changes it
+    (replacing its system turn; "" removes it).
     """
+    if example.messages is not None:
+        return conversation_messages(example.messages, system_prompt)
     system = _system_text(task, system_prompt)
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": task.user_message(example)})
     return messages
+
+
+def conversation_messages(messages: list[dict], system_prompt: str | None = None) -> list[dict]:
+    """A copy of a data conversation; with `system_prompt` given, its system turns are replaced
+    by that one ("": none)."""
+    out = [dict(m) for m in messages]
+    if system_prompt is None:
+        return out
+    out = [m for m in out if m.get("role") != "system"]
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + out
 
 
 def build_prompt(
@@ -109,6 +124,11 @@ def _system_text(task: Task, system_prompt: str | None) -> str:
 
 
 def _apply_template(tokenizer: Any, messages: list[dict]) -> str:
+    """The chat template with the generation prompt; a conversation that ends with an assistant
+    turn is continued instead (TRL's `continue_final_message`: a prefill written in the data)."""
+    if messages and messages[-1].get("role") == "assistant":
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False,
+                                             continue_final_message=True)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

@@ -33,13 +33,14 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from rlvr.judge import is_lenient_format, is_strict_format, judge
 from rlvr.prompts import ANSWER_OPEN, extract_answer, parse_completion
 from rlvr.sandbox import run_forked, run_inline
 from rlvr.tasks.base import Example, Task
+from rlvr.trl_rewards import accuracy_reward, think_format_reward  # TRL's names: from rlvr.rewards import ...
 
 logger = logging.getLogger(__name__)
 RewardFn = Callable[..., list]
@@ -333,10 +334,10 @@ class RewardHealth:
 
 
 def health_of(fn: RewardFn) -> RewardHealth:
-    """The function's health record, kept on the function itself (as `trusted` marks it), so it
-    lives as long as the run's reward functions: `build_reward_fns` makes fresh ones per run (a
-    user's file is imported anew). A callable that takes no attributes gets a fresh record each
-    call (no memory across calls)."""
+    """The function's health record when `score` is not given one: kept on the function itself
+    (as `trusted` marks it). A run keeps its own records instead (`rlvr.rollout.WeightedReward.health`,
+    fresh per `build_reward_fns`), so a callable reused by a second run in the same process starts
+    clean. A callable that takes no attributes gets a fresh record each call (no memory)."""
     health = getattr(fn, "rlvr_health", None)
     if not isinstance(health, RewardHealth):
         health = RewardHealth()
@@ -385,14 +386,16 @@ def score(
     columns: dict[str, Any],
     *,
     timeout_s: float = 10.0,
+    health: Mapping[str, RewardHealth] | None = None,
 ) -> RewardResult:
     """Score completions with (name, function, weight) triples.
 
     `columns` values that are sequences as long as `completions` are per-completion columns;
     anything else (TRL's `trainer_state`) is passed unchanged to every call. `timeout_s` bounds
     each call of an untrusted function: the batch call, or the retries one completion at a time
-    after the batch call raised (the first retry that times out ends them). Raises
-    `RewardFunctionError` for a broken function (see `health_of`, `_check_health`).
+    after the batch call raised (the first retry that times out ends them). `health`: each
+    function's record across calls, by name (default: kept on the function, `health_of`). Raises
+    `RewardFunctionError` for a broken function (see `_check_health`).
     """
     names = [name for name, _, _ in reward_funcs]
     if len(set(names)) != len(names):
@@ -400,12 +403,13 @@ def score(
     weights = [check_weight(name, w) for name, _, w in reward_funcs]
     n, parts, errors = len(completions), {}, {}
     for name, fn, _ in reward_funcs:
-        parts[name], errors[name] = _score_one(name, fn, completions, columns, timeout_s)
+        record = health[name] if health is not None and name in health else health_of(fn)
+        parts[name], errors[name] = _score_one(name, fn, completions, columns, timeout_s, record)
     total = [weighted_total([parts[name][i] for name in names], weights) for i in range(n)]
     return RewardResult(total=total, parts=parts, errors=errors)
 
 
-def _score_one(name, fn, completions, columns, timeout_s) -> tuple[list[float], int]:
+def _score_one(name, fn, completions, columns, timeout_s, health: RewardHealth) -> tuple[list[float], int]:
     """The batch call; if it raises, one call per completion (failures score 0); if it times out,
     every completion scores 0 (no retries: a hanging function costs one time-out per call)."""
     n = len(completions)
@@ -421,7 +425,7 @@ def _score_one(name, fn, completions, columns, timeout_s) -> tuple[list[float], 
 
     status, payload = run([(0, n)])[0]
     if status == "ok":
-        _check_health(name, health_of(fn), ok=True, timed_out=False, error="", timeout_s=timeout_s)
+        _check_health(name, health, ok=True, timed_out=False, error="", timeout_s=timeout_s)
         return payload, 0
     if status == "timeout":
         outcomes = [(status, payload)] * n
@@ -432,7 +436,7 @@ def _score_one(name, fn, completions, columns, timeout_s) -> tuple[list[float], 
     timed_out = any(s == "timeout" for s, _ in outcomes)
     logger.warning("reward %r failed on the batch (%s); %d of %d completions scored 0%s", name, payload,
                    len(bad), n, f", first per completion: {bad[0]}" if bad and status != "timeout" else "")
-    _check_health(name, health_of(fn), ok=len(bad) < n, timed_out=timed_out,
+    _check_health(name, health, ok=len(bad) < n, timed_out=timed_out,
                   error=bad[0] if status != "timeout" and bad else payload, timeout_s=timeout_s)
     return values, len(bad)
 

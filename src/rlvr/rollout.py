@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from collections.abc import Mapping
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -103,14 +104,46 @@ class WeightedReward:
     weight: float
     builtin: bool
     """built-in functions see prefill + completion text; a user's function sees TRL's completions"""
+    health: reward_lib.RewardHealth = field(default_factory=reward_lib.RewardHealth)
+    """this run's record of the function's failures (fresh per `build_reward_fns`: per run)"""
 
 
-def build_reward_fns(task: Task, weights: dict[str, float]) -> list[WeightedReward]:
-    """Reward functions by name (accuracy, format, format_strict, length) or `file.py:function`."""
+ANSWER_REWARDS = ("accuracy", "partial_credit", "steps")
+"""built-in rewards that read the task's ground truth"""
+
+
+def build_reward_fns(task: Task, weights: Mapping[Any, float],
+                     callables: Mapping[str, reward_lib.RewardFn] | None = None) -> list[WeightedReward]:
+    """The run's reward functions, one per entry of `weights` (name -> weight, `config.task.rewards`).
+
+    A name resolves first from `callables` (name -> a user's function, TRL's contract), else as a
+    built-in name (accuracy, format, format_strict, length, partial_credit, steps) or
+    `file.py:function`. A key of `weights` may also be the function itself (named by its
+    `__name__`). Every function gets a fresh health record, so each run starts clean.
+    """
+    callables = dict(callables or {})
+    unweighted = [name for name in callables if name not in weights]
+    if unweighted:
+        raise ValueError(f"reward_funcs {unweighted} have no weight in task.rewards ({list(weights)}); "
+                         "give each a weight")
     fns = []
-    for name, weight in weights.items():
-        fn, builtin = reward_lib.resolve_reward(name, task)
-        fns.append(WeightedReward(name=reward_lib.reward_name(name), fn=fn, weight=float(weight), builtin=builtin))
+    for key, weight in weights.items():
+        if callable(key):
+            fn_key, key = key, getattr(key, "__name__", repr(key))
+            callables[key] = fn_key
+        if not isinstance(key, str):
+            raise TypeError(f"task.rewards: a reward is a name, file.py:function or a function, got {key!r}")
+        if key in callables:
+            fn, builtin, name = callables[key], False, key
+            if not callable(fn):
+                raise TypeError(f"reward_funcs[{key!r}] is a {type(fn).__name__}, not a function")
+        else:
+            (fn, builtin), name = reward_lib.resolve_reward(key, task), reward_lib.reward_name(key)
+            if builtin and key in ANSWER_REWARDS and getattr(task, "answers", True) is False:
+                raise ValueError(f"the {key} reward needs the task's answers, and {getattr(task, 'name', 'the task')} "
+                                 "has no answer column (answer_column=..., or a column named answer or solution); "
+                                 "drop it from the rewards or pass your own reward functions")
+        fns.append(WeightedReward(name=name, fn=fn, weight=reward_lib.check_weight(name, weight), builtin=builtin))
     return fns
 
 
@@ -142,11 +175,12 @@ def score_texts(reward_fns: list[WeightedReward], task: Task, examples: list[Exa
     builtin = [(r.name, r.fn, r.weight) for r in reward_fns if r.builtin]
     user = [(r.name, r.fn, r.weight) for r in reward_fns if not r.builtin]
     full = [fmt.prefill + c for c in completions]
-    result = reward_lib.score(builtin, full, columns, timeout_s=timeout_s)
+    health = {r.name: r.health for r in reward_fns}
+    result = reward_lib.score(builtin, full, columns, timeout_s=timeout_s, health=health)
     if user:
         trl_style = [[{"role": "assistant", "content": c}] for c in completions] if conversational else completions
         trl_style = trajectories if trajectories is not None else trl_style
-        more = reward_lib.score(user, trl_style, columns, timeout_s=timeout_s)
+        more = reward_lib.score(user, trl_style, columns, timeout_s=timeout_s, health=health)
         result = reward_lib.RewardResult(total=[reward_lib.weighted_total((a, b), (1.0, 1.0))
                                                 for a, b in zip(result.total, more.total)],
                                          parts={**result.parts, **more.parts},
@@ -240,7 +274,7 @@ def _sample_and_score(sampler, tokenizer, task, batch, seeds, offset, g, params,
     verdicts = [judge(task, fmt.prefill + t, ex) for t, ex in zip(texts, examples)]  # once per completion
     multi = not isinstance(env, SingleTurn)
     if texts:
-        chat = _is_chat(tokenizer, fmt)
+        chat = _is_chat(tokenizer, fmt, task)
         trajectories = [ep.conversation() if chat else tokenizer.decode(ep.completion_ids, skip_special_tokens=True)
                         for ep in episodes] if multi else None
         instances = [ep.env.instance for ep in episodes] if hasattr(env, "instance") and multi else None
@@ -277,7 +311,13 @@ def _add_environment_rewards(result: reward_lib.RewardResult, env, episodes: lis
     return reward_lib.RewardResult(total=total, parts={**result.parts, name: values}, errors=dict(result.errors))
 
 
-def _is_chat(tokenizer, fmt: PromptFormat) -> bool:
+def _is_chat(tokenizer, fmt: PromptFormat, task: Task | None = None) -> bool:
+    """Whether reward functions get conversational completions, as TRL decides: the task's own
+    prompts say (a dataset's `prompt` column, `DatasetTask.conversational`), else the prompt
+    format (a chat template renders messages)."""
+    own = getattr(task, "conversational", None)
+    if own is not None:
+        return bool(own)
     return fmt.chat if fmt.chat is not None else bool(getattr(tokenizer, "chat_template", None))
 
 

@@ -60,6 +60,21 @@ def prepare_run_dir(cfg: Config, resume: bool, write: bool = True) -> Path:
     return run_dir
 
 
+def recorded_config(cfg: Config, task=None) -> Config:
+    """The config as the run records it (config.yaml, trackers): when a task object was passed in and
+    the config still names the default task, the passed task's name, not `subtraction`."""
+    import copy
+
+    from rlvr.config import TaskConfig
+
+    name = getattr(task, "name", None)
+    if task is None or not name or cfg.task.name != TaskConfig().name or name == cfg.task.name:
+        return cfg
+    recorded = copy.deepcopy(cfg)
+    recorded.task.name = str(name)
+    return recorded
+
+
 def save_final(policy, tokenizer, run_dir: Path) -> None:
     """The trained model in Hugging Face format: the adapter alone, and a merged full copy."""
     from peft import PeftModel

@@ -154,9 +154,10 @@ def run_sft(cfg: Config, *, model=None, tokenizer=None, task=None, resume: bool 
     from rlvr.tasks import get_task
     from rlvr.tracking import Tracker
     from rlvr.models import prepare_policy
-    from rlvr.runs import prepare_run_dir, save_final
+    from rlvr.runs import prepare_run_dir, recorded_config, save_final
 
-    run_dir = prepare_run_dir(cfg, resume=resume)
+    cfg.finalize()  # a Config() built in Python is checked and derived here (idempotent)
+    run_dir = prepare_run_dir(recorded_config(cfg, task), resume=resume)
     torch.manual_seed(cfg.run.seed)
     if model is None:
         model, tokenizer = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,

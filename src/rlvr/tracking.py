@@ -1,4 +1,4 @@
-"""Experiment tracking: the run directory's JSONL logs, TensorBoard, and optional W&B / trackio / MLflow.
+"""Experiment tracking: the run directory's JSONL logs, TensorBoard, and W&B / trackio / MLflow via accelerate.
 
 The JSONL files are the source of truth (the report is built from them alone), so they are written
 first, one line per call, flushed at once: a crash loses at most the line being written.
@@ -15,16 +15,25 @@ when the first redone step is known (`purge_step`), otherwise at the first line 
 (a run killed before its first checkpoint starts again from step 0: writing step s drops the old
 lines of steps >= s). When reading, `last_per_step` resolves any duplicate left (the later line wins).
 
-External trackers are imported only when asked for in `report_to`; a missing one is an error at
-construction, before any training time is spent.
+External trackers (`run.report_to`, TRL's names: wandb, trackio, mlflow) are accelerate's
+(`accelerate.tracking.WandBTracker`, `TrackioTracker`, `MLflowTracker`): rlvr only chooses the project
+and run names and hands them the numbers; the sample completions go to wandb and trackio as a table
+(`samples`, one per logged step). TensorBoard stays rlvr's own writer into the run directory (it
+hides redone steps on resume; accelerate's writes into a sub-directory and knows no resume).
+A tracker's package is imported when asked for: a missing one is an error at construction, naming
+the extra to install, before any training time is spent. A tracker that fails later is warned
+about once and dropped; the run and its JSONL go on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import json
-import math
+import logging
 import os
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -37,6 +46,10 @@ CONFIG_FILE = "config.yaml"
 
 EXTERNAL_TRACKERS = ("wandb", "trackio", "mlflow")
 """names accepted in `report_to` besides "tensorboard" (always on) and "none"."""
+TABLE_TRACKERS = ("wandb", "trackio")
+"""the trackers that get the sample completions as a table (their package's `Table`)."""
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- JSONL helpers
@@ -162,67 +175,62 @@ class _TensorBoardSink:
             self.writer.add_scalar(key, value, global_step=step)
         self.writer.flush()
 
-    def close(self) -> None:
+    def finish(self) -> None:
         if self.writer is not None:
             self.writer.close()
 
 
-class _WandbSink:
-    """Weights & Biases; honours WANDB_PROJECT / WANDB_MODE (offline works without network)."""
-
-    def __init__(self, module: Any, run_dir: Path, config: dict | None):
-        self.wandb = module
-        self.run = module.init(
-            project=os.environ.get("WANDB_PROJECT", "rlvr"),
-            name=run_dir.resolve().name,
-            dir=str(run_dir),
-            config=config or {},
-        )
-
-    def log(self, values: dict[str, float], step: int) -> None:
-        self.run.log(values, step=step)
-
-    def close(self) -> None:
-        self.run.finish()
+def _wanted(report_to: str | Iterable[Any]) -> list[Any]:
+    """`report_to` as TRL reads it: a name or a list of names; "all" is every external tracker
+    installed; "tensorboard" (always on here) and "none" add nothing."""
+    items = [report_to] if isinstance(report_to, str) else list(report_to)
+    if "all" in items:
+        installed = [n for n in EXTERNAL_TRACKERS if importlib.util.find_spec(n) is not None]
+        items = [n for n in items if n != "all"] + installed
+    return [n for n in dict.fromkeys(items) if n not in ("tensorboard", "none")]
 
 
-class _TrackioSink:
-    """trackio (Hugging Face's local-first tracker); honours TRACKIO_PROJECT."""
-
-    def __init__(self, module: Any, run_dir: Path, config: dict | None):
-        self.trackio = module
-        module.init(
-            project=os.environ.get("TRACKIO_PROJECT", "rlvr"),
-            name=run_dir.resolve().name,
-            config=config or {},
-        )
-
-    def log(self, values: dict[str, float], step: int) -> None:
-        self.trackio.log(values, step=step)
-
-    def close(self) -> None:
-        self.trackio.finish()
+def _import_tracker(name: str) -> None:
+    """Check that an external tracker's package imports, or fail with the pip command that installs it."""
+    if name not in EXTERNAL_TRACKERS:
+        choices = ", ".join(("tensorboard", "none", "all") + EXTERNAL_TRACKERS)
+        raise ValueError(f"--report-to {name}: unknown tracker; choose from {choices}")
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        raise ImportError(
+            f"--report-to {name}: the {name} package is not installed; pip install 'rlvr[{name}]'"
+        ) from None
 
 
-class _MlflowSink:
-    """MLflow; honours MLFLOW_TRACKING_URI / MLFLOW_EXPERIMENT_NAME. Config goes in as params."""
+def _start_tracker(item: Any, run_dir: Path, config: dict | None, resume: bool) -> Any:
+    """accelerate's tracker for the name `item` (or `item` itself, a GeneralTracker), started, with
+    the run's config; its console chatter goes to stderr.
 
-    def __init__(self, module: Any, run_dir: Path, config: dict | None):
-        self.mlflow = module
-        self.run = module.start_run(run_name=run_dir.resolve().name)
-        params = {k: str(v)[:500] for k, v in _flatten(config or {}).items()}
-        for start in range(0, len(params), 100):  # MLflow takes at most 100 params per call
-            module.log_params(dict(list(params.items())[start : start + 100]))
+    The project is WANDB_PROJECT / TRACKIO_PROJECT / MLFLOW_EXPERIMENT_NAME, else "rlvr"; the run is
+    named after the run directory. On resume the trackio run goes on (the same name).
+    """
+    from accelerate import tracking
+    from accelerate.state import PartialState
 
-    def log(self, values: dict[str, float], step: int) -> None:
-        finite = {k: v for k, v in values.items() if math.isfinite(v)}
-        self.mlflow.log_metrics(finite, step=step)
-
-    def close(self) -> None:
-        self.mlflow.end_run()
-
-
-_SINK_CLASSES = {"wandb": _WandbSink, "trackio": _TrackioSink, "mlflow": _MlflowSink}
+    PartialState()  # accelerate's trackers log through its logger, which needs its state (1 process: no-op)
+    run_name, config = run_dir.resolve().name, config or {}
+    if item == "wandb":
+        tracker = tracking.WandBTracker(os.environ.get("WANDB_PROJECT", "rlvr"), name=run_name,
+                                        dir=str(run_dir), config=config)
+    elif item == "trackio":
+        tracker = tracking.TrackioTracker(os.environ.get("TRACKIO_PROJECT", "rlvr"), name=run_name,
+                                          config=config, resume="allow" if resume else "never")
+    elif item == "mlflow":
+        tracker = tracking.MLflowTracker(experiment_name="rlvr", run_name=run_name)
+    else:
+        tracker = item
+    tracker.main_process_only = False  # rlvr makes trackers on its main process only
+    with contextlib.redirect_stdout(sys.stderr):  # as in _Guarded
+        tracker.start()
+        if item == "mlflow":  # wandb and trackio took the config at start; MLflow takes flat params
+            tracker.store_init_configuration(_flatten(config))
+    return tracker
 
 
 def _flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -237,17 +245,57 @@ def _flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _import_tracker(name: str) -> Any:
-    """Import an external tracker's package, or fail with the pip command that installs it."""
-    if name not in EXTERNAL_TRACKERS:
-        choices = ", ".join(("tensorboard", "none") + EXTERNAL_TRACKERS)
-        raise ValueError(f"--report-to {name}: unknown tracker; choose from {choices}")
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        raise ImportError(
-            f"--report-to {name}: the {name} package is not installed; pip install 'rlvr[{name}]'"
-        ) from None
+class _Guarded:
+    """One tracker behind a guard: its first exception is a warning and turns it off for the rest
+    of the run, which goes on (the JSONL files hold every value)."""
+
+    def __init__(self, name: str, tracker: Any):
+        self.name, self.tracker = name, tracker
+
+    def _call(self, what: str, action: Any) -> None:
+        if self.tracker is None:
+            return
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # stdout may carry run.log_format=json lines
+                action(self.tracker)
+        except Exception as err:  # a tracker's failure is never the run's
+            self.tracker = None
+            log.warning("tracker %s failed in %s (%s: %s); rlvr stops sending to it and the run goes "
+                        "on (metrics.jsonl, eval.jsonl and samples.jsonl have everything)",
+                        self.name, what, type(err).__name__, err)
+
+    def log(self, values: dict[str, Any], step: int) -> None:
+        self._call("log", lambda tracker: tracker.log(values, step=step))
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        """A table of rows, for the trackers that have one (wandb.Table, trackio.Table)."""
+        if self.name in TABLE_TRACKERS:
+            self._call("log_table", lambda tracker: tracker.log(
+                {key: importlib.import_module(self.name).Table(columns=columns, data=rows)}, step=step))
+
+    def finish(self) -> None:
+        # trackio.finish(), not accelerate's run.finish(): that leaves trackio's current run set, and
+        # trackio's exit hook finishes it a second time (printing to stdout)
+        if self.name == "trackio":
+            self._call("finish", lambda tracker: importlib.import_module("trackio").finish())
+        else:
+            self._call("finish", lambda tracker: tracker.finish())
+        self.tracker = None
+
+
+def _table(records: Iterable[Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Sample records as (columns, rows); a dict value becomes a column per key (`rewards/total`)."""
+    rows = []
+    for record in records:
+        row: dict[str, Any] = {}
+        for key, value in record.items():
+            if isinstance(value, Mapping):
+                row.update({f"{key}/{k}": _plain(v) for k, v in value.items()})
+            else:
+                row[key] = _plain(value)
+        rows.append(row)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return columns, [[row.get(column) for column in columns] for row in rows]
 
 
 # ----------------------------------------------------------------------------- Tracker
@@ -258,8 +306,10 @@ class Tracker:
 
     Args:
         run_dir: the run directory (created if missing).
-        report_to: external trackers besides the always-on JSONL + TensorBoard: any of "wandb",
-            "trackio", "mlflow" ("tensorboard" and "none" are accepted and change nothing).
+        report_to: external trackers besides the always-on JSONL + TensorBoard, with TRL's names:
+            "wandb", "trackio", "mlflow", "all" (those installed); "tensorboard" and "none" change
+            nothing. An item may be an `accelerate.tracking.GeneralTracker` already made (a custom
+            tracker; rlvr starts it).
         config: the resolved config; written to config.yaml if that file does not exist yet,
             and passed to the external trackers.
         is_main: False on non-main processes of a multi-process run: every method does nothing.
@@ -272,7 +322,7 @@ class Tracker:
         self,
         run_dir: str | os.PathLike,
         *,
-        report_to: Iterable[str] = (),
+        report_to: str | Iterable[Any] = (),
         config: dict | None = None,
         is_main: bool = True,
         purge_step: int | None = None,
@@ -280,12 +330,14 @@ class Tracker:
         self.run_dir = Path(run_dir)
         self.is_main = is_main
         self._files: dict[str, Any] = {}
-        self._sinks: list[Any] = []
+        self._sinks: list[_Guarded] = []
         self._purged: set[str] = set()  # files whose earlier lines of redone steps are gone
         if not is_main:
             return
-        names = [n for n in dict.fromkeys(report_to) if n not in ("tensorboard", "none")]
-        modules = {name: _import_tracker(name) for name in names}  # fail before any side effect
+        wanted = _wanted(report_to)
+        for name in wanted:  # fail before any side effect
+            if isinstance(name, str):
+                _import_tracker(name)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for file_name in (METRICS_FILE, EVAL_FILE, SAMPLES_FILE):
             path = self.run_dir / file_name
@@ -295,9 +347,14 @@ class Tracker:
                 self._purged.add(file_name)
         if config is not None:
             self._write_config(config)
-        self._sinks.append(_TensorBoardSink(self.run_dir, purge_step))
-        for name, module in modules.items():
-            self._sinks.append(_SINK_CLASSES[name](module, self.run_dir, config))
+        self._sinks.append(_Guarded("tensorboard", _TensorBoardSink(self.run_dir, purge_step)))
+        try:
+            for item in wanted:
+                tracker = _start_tracker(item, self.run_dir, config, resume=purge_step is not None)
+                self._sinks.append(_Guarded(getattr(tracker, "name", type(tracker).__name__), tracker))
+        except BaseException:
+            self.close()
+            raise
 
     def _write_config(self, config: dict) -> None:
         path = self.run_dir / CONFIG_FILE
@@ -342,13 +399,18 @@ class Tracker:
             sink.log(values, int(record.get("step", 0)))
 
     def log_samples(self, records: Iterable[Mapping[str, Any]], step: int | None = None) -> None:
-        """Sample completions, one line each; `step` (if given) is added to records lacking one."""
+        """Sample completions, one line each; `step` (if given) is added to records lacking one.
+        They go to wandb and trackio as a table, `samples`, at their step."""
         if not self.is_main:
             return
+        records = [{"step": int(step), **r} if step is not None and "step" not in r else r for r in records]
         for record in records:
-            if step is not None and "step" not in record:
-                record = {"step": int(step), **record}
             self._append(SAMPLES_FILE, record)
+        table_step = step if step is not None else (records[0].get("step") if records else None)
+        if isinstance(table_step, int):
+            columns, rows = _table(records)
+            for sink in self._sinks:
+                sink.log_table("samples", columns, rows, table_step)
 
     def close(self) -> None:
         """Close the files and every tracker; safe to call twice."""
@@ -357,7 +419,7 @@ class Tracker:
         self._files.clear()
         sinks, self._sinks = self._sinks, []
         for sink in sinks:
-            sink.close()
+            sink.finish()
 
     def __enter__(self) -> Tracker:
         return self

@@ -26,6 +26,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +39,9 @@ from rlvr.config import Config, sampler_options
 from rlvr.curriculum import example_stream
 from rlvr.distributed import Dist, NullTracker, setup_distributed
 from rlvr.evaluate import evaluate_config, format_table, verdict
+from rlvr.rewards import RewardFn
 from rlvr.rollout import PromptFormat, build_reward_fns, collect_experience, sample_records, sampling_params
-from rlvr.runs import (CtrlC, TrainResult, before_after, peak_rss_gb, prepare_run_dir, save_final,
+from rlvr.runs import (CtrlC, TrainResult, before_after, peak_rss_gb, prepare_run_dir, recorded_config, save_final,
                        write_report_safely, write_summary)
 from rlvr.sampling import make_sampler, resolve_backend
 from rlvr.update import make_optimizer, update_policy
@@ -64,6 +66,8 @@ class _Run:
     task: object
     fmt: PromptFormat
     reward_fns: list
+    reward_funcs_given: Mapping | None
+    """the user's reward callables by name (`train(reward_funcs=)`), for the doctor"""
     sampler: object
     params: object
     optimizer: object
@@ -85,16 +89,20 @@ class _Run:
 
 
 def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, task=None,
-          stage: str = "grpo", write_report: bool = True) -> TrainResult:
+          stage: str = "grpo", write_report: bool = True,
+          reward_funcs: Mapping[str, RewardFn] | None = None) -> TrainResult:
     """Run GRPO as configured; returns the evaluation rows (start and end) and resource use.
 
-    model/tokenizer/task: already loaded ones (else `config` names them). `stage` labels the
-    progress bar. The loop is the module docstring's, stage by stage.
+    model/tokenizer/task: already loaded ones (else `config` names them). reward_funcs: a user's
+    reward functions by name (TRL's contract); each name in `config.task.rewards` resolves from
+    them first, else as a built-in or file.py:name. `stage` labels the progress bar. The loop is
+    the module docstring's, stage by stage.
     """
     from tqdm.auto import tqdm
 
     t_start = time.time()
-    run = _set_up(config, resume, model, tokenizer, task)  # ---- set-up
+    config.finalize()  # a Config() built in Python is checked and derived here (idempotent)
+    run = _set_up(config, resume, model, tokenizer, task, reward_funcs)  # ---- set-up
     cfg, dist = config, run.dist
     if run.step == 0:
         _before_training(run)
@@ -131,14 +139,15 @@ def train(config: Config, *, resume: bool = False, model=None, tokenizer=None, t
     return _finish(run, t_start, write_report)
 
 
-def _set_up(cfg: Config, resume: bool, model, tokenizer, task) -> _Run:
+def _set_up(cfg: Config, resume: bool, model, tokenizer, task, reward_funcs=None) -> _Run:
     """Load (or take) the model, prepare the policy, and restore the latest checkpoint on resume."""
     from rlvr.models import load_model, prepare_policy
     from rlvr.tasks import get_task
     from rlvr.tracking import Tracker
 
     dist = setup_distributed()  # one process, unless a launcher started several (rlvr.distributed)
-    run_dir = prepare_run_dir(cfg, resume, write=dist.is_main)
+    recorded = recorded_config(cfg, task)  # config.yaml and the trackers name the task trained on
+    run_dir = prepare_run_dir(recorded, resume, write=dist.is_main)
     dist.barrier()
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -170,11 +179,11 @@ def _set_up(cfg: Config, resume: bool, model, tokenizer, task) -> _Run:
         alarms.load_state_dict(state["alarms"])
     tracker = NullTracker()  # only the main process writes metrics, evaluations and samples
     if dist.is_main:
-        tracker = Tracker(run_dir, report_to=list(cfg.run.report_to), config=cfg.to_dict(),
+        tracker = Tracker(run_dir, report_to=list(cfg.run.report_to), config=recorded.to_dict(),
                           purge_step=state["step"] + 1 if ckpt is not None else None)
     return _Run(cfg, dist, run_dir, policy, tokenizer, ref_model, task,
                 PromptFormat.from_config(cfg.task),
-                build_reward_fns(task, cfg.task.rewards),
+                build_reward_fns(task, cfg.task.rewards, reward_funcs), reward_funcs,
                 make_sampler(s.backend, policy, tokenizer, **sampler_options(cfg)), params,
                 optimizer, scheduler, gens, state, stream, alarms, tracker, _printer(cfg, dist),
                 bool(cfg.eval.n and task.test_examples()),
@@ -195,7 +204,7 @@ def _before_training(run: _Run) -> None:
     cfg = run.cfg
     if cfg.run.doctor != "off":
         doctor_check(run.policy, run.tokenizer, run.task, run.run_dir, cfg, run.dist, sampler=run.sampler,
-                     say=log.warning if cfg.run.quiet else run.say)
+                     say=log.warning if cfg.run.quiet else run.say, reward_funcs=run.reward_funcs_given)
     if cfg.eval.on_start and run.has_test:
         _evaluate(run, "before")
 

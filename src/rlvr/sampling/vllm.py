@@ -55,6 +55,15 @@ import torch
 
 from rlvr.sampling.base import Completion, SamplingParams
 
+CPU_KV_CAP = 4 * 2**30
+"""the most KV cache rlvr gives a CPU engine unasked (vLLM's own CPU default is 4 GiB whatever the model)"""
+ENGINE_RUNTIME_BYTES = int(1.4 * 2**30)
+"""resident memory of vLLM's CPU engine beyond its weight copy and KV cache (the vllm modules, the
+model runner, scheduler and sampler buffers): the peak-RSS rise of starting the engine and sampling
+64 completions, less those two, measured 1.40 GB on SmolLM2-135M fp32 (bench/bench_vllm_memory.py,
+bench/results/vllm_memory.json); not measured on other model sizes
+
+"""
 ENGINE_DEFAULTS = {"enable_chunked_prefill": False, "logprobs_mode": "raw_logprobs", "generation_config": "vllm"}
 """Engine settings the contract depends on (module docstring): whole-prompt prefill (per-request
 seeds), raw log-probs (the temperature is in the logits scale), no sampling defaults from the model's
@@ -144,8 +153,9 @@ class VLLMSampler:
     `vllm_max_model_length` (longest prompt + completion; default: the model's), `vllm_enable_sleep_mode`
     (CUDA: release() sleeps), `vllm_mode` ("colocate" only), `vllm_tensor_parallel_size`. rlvr's own:
     `vllm_enforce_eager` (default: eager on CPU, where compiling costs ~2 min of start-up for ~20%),
-    `vllm_kv_cache_memory_bytes` (the KV cache; CPU default 1 GiB per 16k tokens of max_num_seqs x
-    max_model_length, capped at 4 GiB), `vllm_max_num_seqs`, `vllm_lora_sync` ("merge" or "adapter"),
+    `vllm_kv_cache_memory_bytes` (the KV cache; CPU default: room for max_num_seqs sequences, capped at
+    4 GiB and at 80% of the free memory less the run's other needs; `rlvr doctor` sizes it with the
+    update's peak counted, `plan_memory`), `vllm_max_num_seqs`, `vllm_lora_sync` ("merge" or "adapter"),
     `seed` (the engine's RNG, used for calls without generators).
     """
 
@@ -190,11 +200,58 @@ class VLLMSampler:
         kw.setdefault("max_num_batched_tokens", max(int(max_len), 4096))
         if not self.cuda:
             kw.pop("gpu_memory_utilization", None)
-            kw["kv_cache_memory_bytes"] = self.kv_cache_memory_bytes or _cpu_kv_default(
-                base.config, int(max_len), kw["max_num_seqs"], next(base.parameters()).element_size())
+            kw["kv_cache_memory_bytes"] = self.kv_cache_memory_bytes or self._kv_budget()
         if self.adapter:
             kw.update(enable_lora=True, max_lora_rank=_lora_rank(self.model), max_loras=1)
         return kw
+
+    # -- memory (CPU) -----------------------------------------------------------------------------
+    def _kv_sizes(self, seq_len: int | None = None) -> tuple[int, int]:
+        """(wanted, minimum) KV-cache bytes. Wanted: max_num_seqs sequences of `seq_len` tokens (the
+        run's prompt + completion, when the doctor knows it; else up to 1024) plus 25%, at least one
+        sequence of max_model_len; minimum: that one sequence. The cache is paged: with less, vLLM
+        runs fewer sequences at once, and with one sequence's worth it still completes them all."""
+        from rlvr.memory import kv_bytes_per_token
+
+        base = getattr(self.model, "get_base_model", lambda: self.model)()
+        per_token = kv_bytes_per_token(base.config, next(base.parameters()).element_size())
+        max_len = int(self.options.get("max_model_len") or getattr(base.config, "max_position_embeddings", 4096))
+        tokens = max(int(self.options["max_num_seqs"] * min(seq_len or 1024, max_len) * 1.25), max_len)
+        return per_token * tokens, per_token * max_len
+
+    def _kv_budget(self, available: float | None = None, reserved_update: float = 0.0,
+                   seq_len: int | None = None) -> int:
+        from rlvr.memory import available_memory, kv_cache_budget
+
+        wanted, minimum = self._kv_sizes(seq_len)
+        available = available_memory() if available is None else available
+        reserved = reserved_update + self._weight_bytes() + ENGINE_RUNTIME_BYTES
+        return kv_cache_budget(available=available, reserved=reserved, wanted=min(wanted, CPU_KV_CAP),
+                               minimum=minimum)
+
+    def _weight_bytes(self) -> int:
+        base = getattr(self.model, "get_base_model", lambda: self.model)()
+        return sum(p.numel() * p.element_size() for p in base.parameters())
+
+    def plan_memory(self, *, available: float, reserved_update: float, seq_len: int | None = None) -> int | None:
+        """CPU: size the KV cache from the memory `rlvr doctor` measured free (`available`, before the
+        engine starts) less the update's peak (`reserved_update`) and the engine's own weights and
+        runtime, for sequences of `seq_len` tokens; a `vllm_kv_cache_memory_bytes` the user set is
+        kept. Returns the bytes (None on CUDA, where `vllm_gpu_memory_utilization` sizes the engine)."""
+        if self.cuda:
+            return None
+        if self.kv_cache_memory_bytes is None and self.llm is None:
+            self.kv_cache_memory_bytes = self._kv_budget(available, reserved_update, seq_len)
+        return self.kv_cache_memory_bytes
+
+    def engine_memory(self) -> dict[str, int]:
+        """The engine's memory beside the policy, by part: its weight copy (LoRA merged), its KV cache
+        and its runtime on CPU; on CUDA its share of the GPU (`vllm_gpu_memory_utilization`)."""
+        if self.cuda:
+            total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+            return {"gpu_share": int(self.options["gpu_memory_utilization"] * total)}
+        kv = self.kv_cache_memory_bytes or self._kv_budget()
+        return {"weights": self._weight_bytes(), "kv_cache": int(kv), "runtime": ENGINE_RUNTIME_BYTES}
 
     def start(self) -> None:
         """Start the engine from the current weights (the first `generate` does it when not called)."""
@@ -319,13 +376,3 @@ class VLLMSampler:
 def _lora_rank(model) -> int:
     ranks = [int(r) for c in model.peft_config.values() for r in [c.r, *(c.rank_pattern or {}).values()]]
     return max(8, *ranks)
-
-
-def _cpu_kv_default(config, max_len: int, max_seqs: int, elem_bytes: int) -> int:
-    """A CPU KV-cache budget: room for max_num_seqs sequences of up to 1024 tokens (at least one of
-    max_len), capped at 4 GiB; vLLM's own CPU default is 4 GiB whatever the model."""
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    per_token = 2 * config.num_hidden_layers * heads * head_dim * elem_bytes
-    tokens = max(max_seqs * min(max_len, 1024), max_len)
-    return int(min(per_token * tokens * 1.1, 4 * 2**30))

@@ -7,6 +7,8 @@ Specs:
     vf:NAME                             a verifiers (0.4) taskset: its tasks and @vf.reward scoring
     jsonl:PATH | csv:PATH | hf:ID       your question/answer data (plain *.jsonl / *.csv paths too)
     PATH.py | PATH.py:Name              your Task subclass or make_task(**options) function
+In Python, `dataset_task(train_dataset, eval_dataset)` makes a task of a TRL-format dataset
+(a `datasets.Dataset` or a list of dicts with a `prompt` column; rlvr.tasks.dataset).
 An option the task does not take is an error that names it.
 """
 
@@ -19,10 +21,11 @@ from rlvr.tasks.base import Example, Task
 from rlvr.tasks.calculator import CalculatorTask
 from rlvr.tasks.countdown import CountdownTask
 from rlvr.tasks.custom import ColumnsTask, load_python_task
+from rlvr.tasks.dataset import DatasetTask, dataset_task
 from rlvr.tasks.gsm8k import GSM8KTask
 from rlvr.tasks.subtraction import SubtractionTask
 
-__all__ = ["Example", "Task", "get_task", "list_tasks"]
+__all__ = ["DatasetTask", "Example", "Task", "dataset_task", "get_task", "list_tasks"]
 
 BUILTIN = {"subtraction": SubtractionTask, "countdown": CountdownTask, "gsm8k": GSM8KTask,
            "calculator": CalculatorTask}

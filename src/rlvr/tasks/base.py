@@ -31,6 +31,10 @@ class Example:
     """the ground truth, as text (for countdown: the target number)"""
     metadata: dict[str, Any] = field(default_factory=dict)
     """extra columns; passed to reward functions as keyword arguments (TRL's convention)"""
+    messages: list[dict] | None = None
+    """a conversational prompt from the data (TRL's `prompt` column as a list of messages, with its
+    own system turn): the episode starts with these messages as they are, instead of the system
+    prompt and `Task.user_message` (`rlvr.prompts.build_messages`)"""
 
     def columns(self) -> dict[str, Any]:
         """Columns passed to reward functions: `answer`, `question` and every metadata key."""
