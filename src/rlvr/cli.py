@@ -113,7 +113,7 @@ def eval_cmd(
 
     import torch
 
-    from rlvr.evaluate import evaluate_config
+    from rlvr.evaluate import evaluate_config, tool_summary
     from rlvr.models import load_model
     from rlvr.tasks import get_task
     from rlvr.sampling import make_sampler
@@ -136,6 +136,8 @@ def eval_cmd(
                + f"  format {result.format_rate:.1%}  mean length {result.mean_length:.1f} tokens"
                f"  truncated {result.truncated_frac:.1%}  ({result.n} examples, {result.seconds:.0f}s, "
                f"{result.tokens_per_s:.0f} tok/s)  -> {out}/eval.jsonl")
+    if result.tool_calls is not None:  # a task with tools: its episodes' tool use
+        typer.echo(tool_summary(result))
 
 
 @app.command(context_settings=_EXTRA)

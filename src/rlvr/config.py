@@ -82,6 +82,13 @@ class TaskConfig:
     """reward functions and their weights: built-in names (accuracy, format, format_strict, length) or file.py:function"""
     reward_timeout: float = 10.0
     """seconds a reward function may run on one batch before it is stopped and its completions get 0"""
+    # multi-turn episodes (tasks with tools: rlvr.episodes); tokens in total are sampling.max_completion_length
+    max_tool_calling_iterations: int | None = None
+    """assistant turns that may follow a tool result, per episode (TRL's name); None: no limit but the tokens"""
+    max_tool_seconds: float | None = 60.0
+    """seconds an episode's tool calls may take in total; an episode past it ends (and is counted)"""
+    tool_timeout: float = 5.0
+    """seconds one tool call may run before its process is killed (the model reads an error)"""
 
 
 @dataclass

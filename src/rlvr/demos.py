@@ -81,6 +81,9 @@ class Demo:
     """where it came from: "procedural", "teacher" or "jsonl\""""
     prompt_messages: list[dict[str, Any]] | None = None
     """the whole chat prompt when a JSONL line gave one (it may carry its own system turn)"""
+    messages: list[dict[str, Any]] | None = None
+    """a multi-turn demonstration (a tool task's `demonstration_messages`): the whole trajectory after
+    the prompt, assistant / tool / assistant; `completion` is then its last turn"""
 
     def to_record(self) -> dict[str, Any]:
         """The JSON form: {"question", "completion", "answer", "metadata", "source"[, "prompt_messages"]}."""
@@ -135,14 +138,18 @@ def read_demos_jsonl(path: str | os.PathLike) -> list[Demo]:
 
 
 def procedural_demos(task: Task, examples: Sequence[Example]) -> list[Demo]:
-    """The task's own worked solutions (`task.demonstration`); examples without one are skipped."""
+    """The task's own worked solutions (`task.demonstration`, else a multi-turn
+    `task.demonstration_messages`); examples without one are skipped."""
     demos = []
     for example in examples:
-        completion = task.demonstration(example)
+        completion, messages = task.demonstration(example), None
+        if completion is None and callable(getattr(task, "demonstration_messages", None)):
+            messages = task.demonstration_messages(example) or None  # a tool task: the whole trajectory
+            completion = messages[-1]["content"] if messages else None
         if completion is None:
             continue
         demos.append(Demo(example.question, completion, example.answer,
-                          dict(example.metadata), "procedural"))
+                          dict(example.metadata), "procedural", messages=messages))
     if examples and not demos:
         log.warning("task %r has no procedural demonstrations; use a teacher or a JSONL file",
                     task.name)

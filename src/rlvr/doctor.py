@@ -156,7 +156,7 @@ def sample_signal(sampler, tokenizer, task, examples: Iterator[Example], cfg: Co
     start = start_peak(device)
     exp = collect_experience(sampler, tokenizer, task, examples, batch_size=num_prompts,
                              num_generations=cfg.grpo.num_generations, params=params,
-                             fmt=PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill),
+                             fmt=PromptFormat.from_config(cfg.task),
                              reward_fns=build_reward_fns(task, cfg.task.rewards, reward_funcs), scale_rewards=cfg.grpo.scale_rewards,
                              dynamic_sampling=False, max_resample_rounds=0, reward_timeout=cfg.task.reward_timeout,
                              generator=generator)
@@ -310,7 +310,7 @@ def score_trivial_answers(task, cfg: Config, *, n: int = 50, conversational: boo
     per_example = [trivial_answers(ex, common) for ex in examples]
     kinds = list(per_example[0]) if per_example else []
     pairs = [(kind, ex, answers[kind]) for kind in kinds for ex, answers in zip(examples, per_example)]
-    fmt = PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill)
+    fmt = PromptFormat.from_config(cfg.task)
     texts = [f"<think>\n</think>\n<answer>{answer}</answer>" for _, _, answer in pairs]
     texts = [t[len(fmt.prefill):] if fmt.prefill and t.startswith(fmt.prefill) else t for t in texts]
     fns = [r for r in build_reward_fns(task, cfg.task.rewards, reward_funcs) if r.name not in ANSWER_BLIND]
@@ -412,7 +412,7 @@ def _plan_engine_memory(sampler, policy, tokenizer, task, cfg: Config, available
         return
     from rlvr.rollout import PromptFormat
 
-    fmt = PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill)
+    fmt = PromptFormat.from_config(cfg.task)
     prompts = fmt.encode(tokenizer, task, task.train_examples()[:64])
     longest = max(map(len, prompts), default=0)
     plan(available=available, reserved_update=update_estimate(policy, cfg, longest),

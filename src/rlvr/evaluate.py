@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from rlvr.environments import SingleTurn
 from rlvr.judge import judge
 from rlvr.rollout import PromptFormat, sampling_params
 from rlvr.tasks.base import Example, Task
@@ -40,9 +41,15 @@ class EvalResult:
     seconds: float
     tokens_per_s: float
     records: list[dict] = field(default_factory=list)
+    tool_calls: float | None = None
+    """multi-turn tasks: tool calls per episode (None for a single-turn task)"""
+    tool_errors: float | None = None
+    """tool calls per episode that failed (raised, timed out, malformed, unknown tool)"""
+    limit_frac: float | None = None
+    """fraction of episodes cut by a limit (turns, tokens, tool seconds)"""
 
     def summary(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "records"}
+        return {k: v for k, v in self.__dict__.items() if k != "records" and v is not None}
 
 
 def evaluate(sampler, tokenizer, task: Task, examples: list[Example], *, fmt: PromptFormat,
@@ -61,8 +68,15 @@ def evaluate(sampler, tokenizer, task: Task, examples: list[Example], *, fmt: Pr
     t0 = time.perf_counter()
     tokens = 0
     bar = tqdm(total=len(examples), desc="eval", unit="ex", disable=not progress, leave=False)
+    multi = not isinstance(fmt.environment(task), SingleTurn)
     for start in range(0, len(examples), per_batch):
         batch = examples[start:start + per_batch]
+        if multi:  # episodes: the tool metrics ride on each record
+            for rec in episode_records(sampler, tokenizer, task, batch, start, k, params, fmt, generator):
+                tokens += rec.pop("_tokens")
+                records.append(rec)
+            bar.update(len(batch))
+            continue
         ids = fmt.encode(tokenizer, task, batch)
         outs = sampler.generate(ids, params, num_samples=k, generator=generator)
         for o in outs:
@@ -83,6 +97,36 @@ def evaluate(sampler, tokenizer, task: Task, examples: list[Example], *, fmt: Pr
     if out_path is not None:
         write_jsonl(out_path, records)
     return result
+
+
+def episode_records(sampler, tokenizer, task: Task, batch: list[Example], start: int, k: int, params, fmt,
+                    generator: torch.Generator | None) -> list[dict]:
+    """Evaluation records of a multi-turn task's episodes (rlvr.episodes): the judged final turn,
+    the conversation, tool calls and errors, and the limit that cut the episode, if any."""
+    from rlvr import prompts as prompt_lib
+    from rlvr.episodes import run_episodes
+
+    env = fmt.environment(task)
+    first = [env.reset(ex) for ex in batch]
+    texts = [prompt_lib.render_prompt(tokenizer, m, chat=fmt.chat, prefill=fmt.prefill) for m in first]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    seeds = (torch.randint(0, 2**62, (len(batch),), generator=generator).tolist() if generator is not None
+             else [start + i for i in range(len(batch))])
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    chat = fmt.chat if fmt.chat is not None else bool(getattr(tokenizer, "chat_template", None))
+    episodes = run_episodes(sampler, tokenizer, env, batch, gens, k, params, chat=chat, prefill=fmt.prefill,
+                            prompt_ids=ids, first_messages=first, limits=fmt.limits)
+    records = []
+    for ep in episodes:
+        v = judge(task, fmt.prefill + ep.text, ep.example)
+        records.append({
+            "index": start + ep.prompt_index, "prompt": texts[ep.prompt_index], "completion": ep.text,
+            "answer": v.answer, "ground_truth": ep.example.answer, "correct": v.correct,
+            "format": float(v.formatted), "length": len(ep.completion_ids), "truncated": ep.truncated,
+            "conversation": ep.conversation(), "turns": len(ep.turns), "tool_calls": ep.tool_calls,
+            "tool_errors": ep.tool_errors, "limit": ep.limit, "_tokens": int(sum(ep.loss_mask)),
+        })
+    return records
 
 
 def majority_correct(records: list[dict]) -> float:
@@ -107,6 +151,9 @@ def _aggregate(records: list[dict], k: int, seconds: float, tokens: int) -> Eval
         by_example.setdefault(r["index"], []).append(r)
     n = len(by_example)
     mean = lambda xs: sum(xs) / max(1, len(xs))  # noqa: E731
+    episodes = bool(records) and "tool_calls" in records[0]
+    tools = dict(tool_calls=mean([r["tool_calls"] for r in records]), tool_errors=mean([r["tool_errors"] for r in records]),
+                 limit_frac=mean([float(r["limit"] is not None) for r in records])) if episodes else {}
     return EvalResult(
         accuracy=mean([mean([r["correct"] for r in rs]) for rs in by_example.values()]),
         pass_at_k=mean([float(any(r["correct"] > 0 for r in rs)) for rs in by_example.values()]),
@@ -114,7 +161,7 @@ def _aggregate(records: list[dict], k: int, seconds: float, tokens: int) -> Eval
         format_rate=mean([r["format"] for r in records]),
         mean_length=mean([r["length"] for r in records]),
         truncated_frac=mean([float(r["truncated"]) for r in records]),
-        n=n, k=k, seconds=seconds, tokens_per_s=tokens / max(seconds, 1e-9), records=records,
+        n=n, k=k, seconds=seconds, tokens_per_s=tokens / max(seconds, 1e-9), records=records, **tools,
     )
 
 
@@ -135,7 +182,7 @@ def evaluate_config(sampler, tokenizer, task: Task, cfg, *, out_path: str | Path
     SFT, GRPO, `rlvr eval --config`) calls this, so they measure the same thing."""
     s = cfg.sampling
     return evaluate(sampler, tokenizer, task, task.test_examples()[:cfg.eval.n],
-                    fmt=PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill),
+                    fmt=PromptFormat.from_config(cfg.task),
                     max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples,
                     temperature=s.temperature if temperature is None else temperature,
                     batch_size=cfg.eval.batch_size, generator=generator, progress=progress,
@@ -147,12 +194,23 @@ def format_table(rows: list[dict]) -> str:
     if not rows:
         return ""
     base = rows[0]["accuracy"]
-    lines = [f"{'stage':<10} {'accuracy':>9} {'change':>8} {'format':>7} {'length':>7} {'n':>5}"]
+    tools = any("tool_calls" in r for r in rows)  # a multi-turn task: tool calls and errors per episode, cut by a limit
+    lines = [f"{'stage':<10} {'accuracy':>9} {'change':>8} {'format':>7} {'length':>7} {'n':>5}"
+             + (f" {'tools/ep':>8} {'errors/ep':>9} {'cut':>6}" if tools else "")]
     for r in rows:
         delta = (r["accuracy"] - base) * 100
-        lines.append(f"{r['stage']:<10} {r['accuracy'] * 100:8.1f}% {delta:+7.1f} {r['format_rate'] * 100:6.1f}%"
-                     f" {r['mean_length']:7.1f} {r['n']:5d}")
+        line = (f"{r['stage']:<10} {r['accuracy'] * 100:8.1f}% {delta:+7.1f} {r['format_rate'] * 100:6.1f}%"
+                f" {r['mean_length']:7.1f} {r['n']:5d}")
+        if tools and "tool_calls" in r:
+            line += f" {r['tool_calls']:8.2f} {r['tool_errors']:9.2f} {r['limit_frac'] * 100:5.1f}%"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def tool_summary(result: EvalResult) -> str:
+    """One line on a tool task's episodes: tool calls and errors per episode, episodes cut by a limit."""
+    return (f"tools: {result.tool_calls:.2f} calls per episode, {result.tool_errors:.2f} errors per episode, "
+            f"{result.limit_frac:.1%} of episodes cut by a limit (turns, tokens or tool seconds)")
 
 
 def verdict(rows: list[dict]) -> str:

@@ -11,6 +11,10 @@ do not depend on which other prompts it is batched with. That is what lets N dat
 processes split a step's prompts (`shard`, whole groups) and sample exactly what one process would:
 every process draws the same examples and seeds, samples and scores only its share, and `gather`s
 the rewards so advantages and zero-signal counts see the whole batch (rlvr.distributed).
+
+A completion is an episode (rlvr.episodes): one turn for a single-turn task, the whole
+conversation after the prompt for a task with tools or an environment, with the environment's
+tokens masked out of the loss; the group is G episodes of one example.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from rlvr import rewards as reward_lib
 from rlvr.algorithms.advantages import group_advantages, zero_signal_groups
 from rlvr.buffer import Rollout, shard_bounds
 from rlvr.curriculum import group_success_rates
-from rlvr.environments import Environment, SingleTurn
+from rlvr.environments import Environment, SingleTurn, environment_for
+from rlvr.episodes import Episode, Limits, episode_stats, run_episodes
 from rlvr.judge import Verdict, judge
 from rlvr.sampling.base import Completion, SamplingParams
 from rlvr.tasks.base import Example, Task
@@ -42,15 +47,28 @@ their advantages are computed exactly as without the clamp."""
 
 @dataclass
 class PromptFormat:
-    """How an episode's messages become prompt text: chat template or plain, system prompt, prefill."""
+    """How an episode's messages become prompt text (chat template or plain, system prompt, prefill),
+    and the environment and limits the task's episodes run with."""
 
     chat: bool | None = None
     system_prompt: str | None = None
     prefill: str = ""
+    limits: Limits = field(default_factory=Limits)
+    """what one episode may spend (turns, tokens, tool seconds): rlvr.episodes"""
+    tool_timeout: float = 5.0
+    """seconds one tool call may run"""
+
+    @classmethod
+    def from_config(cls, tc) -> "PromptFormat":
+        """From a `TaskConfig` (chat, system_prompt, prefill and the episode limits)."""
+        iters = tc.max_tool_calling_iterations
+        return cls(tc.chat, tc.system_prompt, tc.prefill,
+                   Limits(max_turns=None if iters is None else iters + 1, max_tool_seconds=tc.max_tool_seconds),
+                   tc.tool_timeout)
 
     def environment(self, task: Task) -> Environment:
-        """The task as a single-turn environment with this system prompt (rlvr.environments)."""
-        return SingleTurn(task, self.system_prompt)
+        """The task's environment (rlvr.environments.environment_for): single-turn unless it has tools."""
+        return environment_for(task, self.system_prompt, tool_timeout=self.tool_timeout)
 
     def text(self, tokenizer, task: Task, example: Example) -> str:
         """The prompt of the episode's first turn: the environment's first messages, rendered."""
@@ -132,7 +150,8 @@ def build_reward_fns(task: Task, weights: Mapping[Any, float],
 def score_texts(reward_fns: list[WeightedReward], task: Task, examples: list[Example], completions: list[str],
                 fmt: PromptFormat, timeout_s: float, conversational: bool,
                 verdicts: list[Verdict] | None = None, *, completion_ids: list[list[int]] | None = None,
-                trainer_state: reward_lib.TrainerState | None = None) -> reward_lib.RewardResult:
+                trainer_state: reward_lib.TrainerState | None = None, trajectories: list | None = None,
+                environments: list | None = None) -> reward_lib.RewardResult:
     """Score completions (one per entry of `examples`) with every reward function. A function that
     fails or hangs scores 0 for what it could not score (counted); one that is plainly broken
     (fails on everything from the start, or times out again and again) raises
@@ -143,6 +162,10 @@ def score_texts(reward_fns: list[WeightedReward], task: Task, examples: list[Exa
     `completions` as sampled, without the prefill (strings, or `[{"role": "assistant", "content":
     ...}]` when `conversational`), `prompts` with the prefill, `completion_ids` (token ids; empty
     lists when not given), `trainer_state`, `log_extra`, `log_metric`, and the task's columns.
+    Multi-turn episodes pass `trajectories`, what TRL gives them then: the conversation after the
+    prompt (assistant, tool, ... messages) for chat models, the whole decoded trajectory otherwise;
+    with a TRL environment class, `environments` (its instance per completion) is the
+    `environments` column, as in TRL.
     """
     columns: dict[str, list] = {}
     for ex in examples:
@@ -158,9 +181,12 @@ def score_texts(reward_fns: list[WeightedReward], task: Task, examples: list[Exa
     result = reward_lib.score(builtin, full, columns, timeout_s=timeout_s, health=health)
     if user:
         trl_style = [[{"role": "assistant", "content": c}] for c in completions] if conversational else completions
+        trl_style = trajectories if trajectories is not None else trl_style
         user_columns = user_reward_columns(task, examples, fmt, conversational,
                                            completion_ids if completion_ids is not None else [[] for _ in completions],
                                            trainer_state or reward_lib.TrainerState())
+        if environments is not None:
+            user_columns["environments"] = list(environments)
         more = reward_lib.score(user, trl_style, user_columns, timeout_s=timeout_s, health=health,
                                 logs=reward_lib.RewardLogs())
         result = reward_lib.RewardResult(total=[reward_lib.weighted_total((a, b), (1.0, 1.0))
@@ -216,6 +242,8 @@ class Experience:
     group_success: list[float] = field(default_factory=list)
     """the success rate of every group sampled for the step, all processes', those dynamic sampling
     dropped too: what adaptive difficulty observes (the kept groups alone would hide the flat ones)"""
+    episodes: list = field(default_factory=list)
+    """multi-turn tasks: the `rlvr.episodes.Episode` of each completion (conversations, tool counts); else empty"""
 
 
 def collect_experience(sampler, tokenizer, task: Task, examples: Iterator[Example], *, batch_size: int,
@@ -272,34 +300,58 @@ def collect_experience(sampler, tokenizer, task: Task, examples: Iterator[Exampl
 def _sample_and_score(sampler, tokenizer, task, batch, seeds, offset, g, params, fmt, reward_fns, scale_rewards,
                       reward_timeout, gather, progress, trainer_state=None) -> Experience:
     """Sample and score this process's `batch` (prompts offset.. of the round); advantages from
-    the gathered rewards of every process's groups."""
-    prompt_ids = fmt.encode(tokenizer, task, batch)
+    the gathered rewards of every process's groups. Each completion is an episode (rlvr.episodes):
+    one turn for a single-turn task, several for a task with tools."""
+    env = fmt.environment(task)
+    first = [env.reset(ex) for ex in batch]
+    prompt_ids = [tokenizer(prompt_lib.render_prompt(tokenizer, m, chat=fmt.chat, prefill=fmt.prefill),
+                            add_special_tokens=False)["input_ids"] for m in first]
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    outs: list[Completion] = sampler.generate(prompt_ids, params, num_samples=g, generator=gens,
-                                              progress=progress) if batch else []
-    texts = [tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outs]
-    examples = [batch[o.prompt_index] for o in outs]
+    episodes = run_episodes(sampler, tokenizer, env, batch, gens, g, params, chat=_is_chat(tokenizer, fmt),
+                            prefill=fmt.prefill, prompt_ids=prompt_ids, first_messages=first, limits=fmt.limits,
+                            progress=progress)
+    texts = [ep.text for ep in episodes]  # the final turn: the answer the task judges
+    examples = [ep.example for ep in episodes]
     verdicts = [judge(task, fmt.prefill + t, ex) for t, ex in zip(texts, examples)]  # once per completion
+    multi = not isinstance(env, SingleTurn)
     if texts:
-        result = score_texts(reward_fns, task, examples, texts, fmt, reward_timeout,
-                             conversational=_is_chat(tokenizer, fmt, task), verdicts=verdicts,
-                             completion_ids=[list(o.token_ids) for o in outs], trainer_state=trainer_state)
+        chat = _is_chat(tokenizer, fmt, task)
+        trajectories = [ep.conversation() if chat else tokenizer.decode(ep.completion_ids, skip_special_tokens=True)
+                        for ep in episodes] if multi else None
+        instances = [ep.env.instance for ep in episodes] if hasattr(env, "instance") and multi else None
+        result = score_texts(reward_fns, task, examples, texts, fmt, reward_timeout, conversational=chat,
+                             verdicts=verdicts, completion_ids=[list(ep.completion_ids) for ep in episodes],
+                             trainer_state=trainer_state, trajectories=trajectories, environments=instances)
+        if multi:
+            result = _add_environment_rewards(result, env, episodes)
     else:  # a process with no prompts this round (fewer prompts than processes)
         result = reward_lib.RewardResult(total=[], parts={r.name: [] for r in reward_fns}, errors={})
     # [B*G] the whole round, all processes; within +-MAX_TOTAL so the group's float32 mean and variance stay finite
     total = torch.tensor(gather(result.total), dtype=torch.float32).clamp(-MAX_TOTAL, MAX_TOTAL)
-    adv = group_advantages(total, g, scale_rewards=scale_rewards)[offset * g: offset * g + len(outs)]  # [b*G] ours
+    adv = group_advantages(total, g, scale_rewards=scale_rewards)[offset * g: offset * g + len(episodes)]  # [b*G] ours
     zero = zero_signal_groups(total, g)  # [B]
-    rollouts = [
-        Rollout(prompt_ids=prompt_ids[o.prompt_index], completion_ids=list(o.token_ids),
-                old_logprobs=list(o.logprobs), advantage=float(a), truncated=o.finish_reason == "length",
-                group=offset + o.prompt_index, loss_mask=[1.0] * len(o.token_ids))  # single turn: all the model's
-        for o, a in zip(outs, adv.tolist())
+    rollouts = [  # the whole trajectory after the prompt; loss only on the model's tokens
+        Rollout(prompt_ids=ep.prompt_ids, completion_ids=ep.completion_ids, old_logprobs=ep.logprobs,
+                advantage=float(a), truncated=ep.truncated, group=offset + ep.prompt_index, loss_mask=ep.loss_mask)
+        for ep, a in zip(episodes, adv.tolist())
     ]
     correct = [v.correct for v in verdicts]
     success = group_success_rates(gather(correct), g)  # [B] every process's groups
+    metrics = {"_zero_mask": zero, **(episode_stats(episodes) if multi else {})}
     return Experience(rollouts, examples, texts, result, correct, [float(v.formatted) for v in verdicts],
-                      [v.answer for v in verdicts], {"_zero_mask": zero}, success)
+                      [v.answer for v in verdicts], metrics, success, episodes if multi else [])
+
+
+def _add_environment_rewards(result: reward_lib.RewardResult, env, episodes: list[Episode]) -> reward_lib.RewardResult:
+    """An environment that scores its episodes (TRL's `get_reward`) adds a reward of weight 1 named after it."""
+    if not getattr(env, "has_reward", callable(getattr(env, "reward", None))):
+        return result
+    values = [ep.env.reward(ep.example, ep.messages) for ep in episodes]
+    values = [float("nan") if v is None else float(v) for v in values]
+    name = getattr(env, "name", type(env).__name__)
+    total = [t + (0.0 if v != v else v) for t, v in zip(result.total, values)]
+    return reward_lib.RewardResult(total=total, parts={**result.parts, name: values}, errors=dict(result.errors),
+                                   logs=result.logs)
 
 
 def _is_chat(tokenizer, fmt: PromptFormat, task: Task | None = None) -> bool:
@@ -320,7 +372,8 @@ def _keep_groups(exp: Experience, keep: torch.Tensor, g: int) -> Experience:
     rewards = reward_lib.RewardResult(total=sel(res.total), parts={k: sel(v) for k, v in res.parts.items()},
                                       errors=dict(res.errors), logs=res.logs.select(idx, len(exp.rollouts)))
     return Experience(sel(exp.rollouts), sel(exp.examples), sel(exp.completions), rewards,
-                      sel(exp.correct), sel(exp.formatted), sel(exp.answers), exp.metrics, exp.group_success)
+                      sel(exp.correct), sel(exp.formatted), sel(exp.answers), exp.metrics, exp.group_success,
+                      sel(exp.episodes) if exp.episodes else [])
 
 
 def concat_experience(parts: list[Experience]) -> Experience:
@@ -341,7 +394,7 @@ def concat_experience(parts: list[Experience]) -> Experience:
                                       parts={k: [x for p in parts for x in p.rewards.parts[k]] for k in names},
                                       errors=errors, logs=logs)
     return Experience(cat("rollouts"), cat("examples"), cat("completions"), rewards, cat("correct"),
-                      cat("formatted"), cat("answers"), {}, cat("group_success"))
+                      cat("formatted"), cat("answers"), {}, cat("group_success"), cat("episodes"))
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -390,5 +443,9 @@ def sample_records(exp: Experience, step: int, fmt: PromptFormat, k: int = 4) ->
                   "rewards": {**{n: v[i] for n, v in exp.rewards.parts.items()}, "total": exp.rewards.total[i]}}
         if extra:
             record["extra"] = {col: values[i] for col, values in extra.items()}
+        if exp.episodes:  # a multi-turn episode: the conversation (the report shows calls and results apart)
+            ep = exp.episodes[i]
+            record.update(conversation=ep.conversation(), tool_calls=ep.tool_calls, tool_errors=ep.tool_errors,
+                          limit=ep.limit)
         out.append(record)
     return out

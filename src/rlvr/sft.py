@@ -23,6 +23,7 @@ import torch
 
 from rlvr.buffer import Rollout, collate
 from rlvr.config import Config, ConfigError
+from rlvr.episodes import encode_trajectory
 from rlvr.policy import completion_logprobs
 from rlvr.rollout import PromptFormat
 
@@ -61,7 +62,8 @@ def load_demonstrations(cfg: Config, task, examples) -> list:
 
 
 def _encode(tokenizer, task, fmt: PromptFormat, demos) -> list[Rollout]:
-    """Prompt ids and completion ids (+ end-of-turn token) of each demonstration."""
+    """Prompt ids and completion ids (+ end-of-turn token) of each demonstration; a multi-turn one
+    as its episode would be tokenized (`rlvr.episodes.encode_trajectory`), loss only on the model's turns."""
     from rlvr.tasks.base import Example
 
     items = []
@@ -72,6 +74,11 @@ def _encode(tokenizer, task, fmt: PromptFormat, demos) -> list[Rollout]:
         completion = d.completion
         if fmt.prefill and completion.startswith(fmt.prefill):
             completion = completion[len(fmt.prefill):]
+        if d.messages is not None and len(d.messages) > 1:  # multi-turn: the tool's tokens carry no loss
+            chat = fmt.chat if fmt.chat is not None else bool(getattr(tokenizer, "chat_template", None))
+            completion_ids, mask = encode_trajectory(tokenizer, d.messages, chat=chat, prefill=fmt.prefill)
+            items.append(Rollout(prompt_ids, completion_ids, [0.0] * len(completion_ids), 0.0, False, loss_mask=mask))
+            continue
         completion_ids = tokenizer(completion + eos, add_special_tokens=False)["input_ids"]
         items.append(Rollout(prompt_ids, completion_ids, [0.0] * len(completion_ids), 0.0, False))
     return items
@@ -96,7 +103,7 @@ def sft_train(policy, tokenizer, task, demos, cfg: Config, *, run_dir: Path, tra
     from rlvr.runs import peak_rss_gb
     from rlvr.update import make_optimizer
 
-    fmt = PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill)
+    fmt = PromptFormat.from_config(cfg.task)
     items = _encode(tokenizer, task, fmt, demos)
     generator = torch.Generator().manual_seed(cfg.run.seed)
     s = cfg.sft
@@ -113,7 +120,7 @@ def sft_train(policy, tokenizer, task, demos, cfg: Config, *, run_dir: Path, tra
     bar = tqdm(total=total, desc="sft", unit="step", disable=cfg.run.quiet)
     for _ in range(s.epochs):
         for batch in length_grouped_batches(items, s.batch_size, generator):
-            n_tok = sum(len(r.completion_ids) for r in batch)
+            n_tok = sum(sum(r.loss_mask) for r in batch)  # the tokens that carry loss
             loss_sum = 0.0
             for m in range(0, len(batch), micro):
                 mb = collate(batch[m:m + micro], tokenizer.pad_token_id).to(device)

@@ -183,7 +183,7 @@ def _set_up(cfg: Config, resume: bool, model, tokenizer, task, reward_funcs=None
         tracker = Tracker(run_dir, report_to=list(cfg.run.report_to), config=recorded.to_dict(),
                           purge_step=state["step"] + 1 if ckpt is not None else None)
     return _Run(cfg, dist, run_dir, policy, tokenizer, ref_model, task,
-                PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill),
+                PromptFormat.from_config(cfg.task),
                 build_reward_fns(task, cfg.task.rewards, reward_funcs), reward_funcs,
                 make_sampler(s.backend, policy, tokenizer, **sampler_options(cfg)), params,
                 optimizer, scheduler, gens, state, stream, alarms, tracker, _printer(cfg, dist),

@@ -15,6 +15,7 @@ import base64
 import datetime as dt
 import hashlib
 import html
+import re
 from pathlib import Path
 
 import rlvr
@@ -91,6 +92,10 @@ code { background: #eef1f5; border-radius: 3px; padding: 0 5px; font: 13px ui-mo
 .think { background: var(--think-bg); border-left: 4px solid #8c9bc4; }
 .answer { background: var(--answer-bg); border-left: 4px solid #4caf50; }
 .cut { color: var(--muted); font-style: italic; }
+.toolcall { background: #fff6e0; border-left: 4px solid #e0a030; }
+.toolresult { background: #eef3f8; border-left: 4px solid #6b8db5; }
+.toolresult.error { background: var(--bad-bg); border-left-color: var(--bad); }
+.userturn { background: #f3f3f3; border-left: 4px solid #999; }
 footer { color: var(--muted); font-size: 13px; margin-top: 40px; }
 """
 
@@ -190,12 +195,12 @@ def render_sample(sample: dict) -> str:
         else f'<span class="chip">{esc(k)} {esc(v)}</span>'
         for k, v in rewards.items()
     )
-    think, answer_part = split_completion(str(sample.get("completion", "")))
-    parts = ""
-    if think.strip() or not answer_part:
-        parts += f'<div class="part think"><div class="label">reasoning</div>{_text_block(think)}</div>'
-    if answer_part:
-        parts += f'<div class="part answer"><div class="label">answer part</div>{_text_block(answer_part)}</div>'
+    if isinstance(sample.get("conversation"), list):
+        parts = render_conversation(sample["conversation"])
+        chips += "".join(f'<span class="chip">{esc(k.replace("_", " "))} {esc(sample[k])}</span>'
+                         for k in ("tool_calls", "tool_errors", "limit") if sample.get(k) not in (None, 0))
+    else:
+        parts = _completion_parts(str(sample.get("completion", "")))
     prompt = sample.get("prompt")
     prompt_html = ""
     if prompt:
@@ -209,6 +214,47 @@ def render_sample(sample: dict) -> str:
         f"<span>ground truth: <code>{esc(sample.get('ground_truth', '–'))}</code></span>"
         f"<span>{chips}</span></div>{prompt_html}{parts}</div>"
     )
+
+
+def _completion_parts(text: str) -> str:
+    """A completion's reasoning and answer part, on different backgrounds."""
+    think, answer_part = split_completion(text)
+    parts = ""
+    if think.strip() or not answer_part:
+        parts += f'<div class="part think"><div class="label">reasoning</div>{_text_block(think)}</div>'
+    if answer_part:
+        parts += f'<div class="part answer"><div class="label">answer part</div>{_text_block(answer_part)}</div>'
+    return parts
+
+
+TOOL_CALL_SPAN = re.compile(r"<tool_call>.*?(?:</tool_call>|\Z)", re.DOTALL)
+
+
+def render_conversation(messages: list) -> str:
+    """A multi-turn episode after its prompt: each assistant turn's text with its `<tool_call>` spans
+    set apart, each tool result (errors marked) and user turn on its own background."""
+    out = ""
+    for m in messages:
+        if not isinstance(m, dict):
+            continue
+        role, content = str(m.get("role", "")), str(m.get("content", ""))
+        if role == "assistant":
+            pos = 0
+            for call in TOOL_CALL_SPAN.finditer(content):
+                if content[pos:call.start()].strip():
+                    out += _completion_parts(content[pos:call.start()])
+                out += f'<div class="part toolcall"><div class="label">tool call</div>{_text_block(call.group())}</div>'
+                pos = call.end()
+            if content[pos:].strip() or pos == 0:
+                out += _completion_parts(content[pos:])
+        elif role == "tool":
+            error = content.startswith("error:")
+            name = f" — {m['name']}" if m.get("name") else ""
+            out += (f'<div class="part toolresult{" error" if error else ""}"><div class="label">'
+                    f'tool {"error" if error else "result"}{esc(name)}</div>{_text_block(content)}</div>')
+        else:
+            out += f'<div class="part userturn"><div class="label">{esc(role)}</div>{_text_block(content)}</div>'
+    return out
 
 
 # ----------------------------------------------------------------------------- sections
