@@ -147,6 +147,11 @@ def test_self_warm_up_keeps_only_verified_formatted_completions(tmp_path):
     assert result.steps == sum(math.ceil(r["kept"] / 4) for r in rounds)
     evals = [json.loads(line)["stage"] for line in (tmp_path / "self" / "eval.jsonl").read_text().splitlines()]
     assert evals == ["self round 1", "self round 2"]
+    from rlvr.report import write_report
+
+    html = write_report(tmp_path / "self").read_text()
+    assert "Self warm-up (no demonstrations)" in html
+    assert f"<td>{rounds[1]['accepted']}</td><td>{rounds[1]['solved']}</td><td>{rounds[1]['kept']}</td>" in html
 
 
 def test_no_accepted_completion_is_a_clear_error(tmp_path):

@@ -25,7 +25,7 @@ from rlvr.tracking import CONFIG_FILE, EVAL_FILE, METRICS_FILE, SAMPLES_FILE, la
 
 SUMMARY_FILE = "summary.json"
 RUN_FILES = (METRICS_FILE, EVAL_FILE, SAMPLES_FILE)
-POSITION_STAGE = re.compile(r"^(before|after|start|end|final|step[ _-]?\d+)$", re.IGNORECASE)
+POSITION_STAGE = re.compile(r"^(before|after|start|end|final|step[ _-]?\d+|self round \d+)$", re.IGNORECASE)
 """eval stage names that say *when* within one training run ("before", "step 20", "after"), not *which*
 model: such evaluations form one curve, named after their directory (see `series_name`)"""
 
