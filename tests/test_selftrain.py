@@ -145,8 +145,9 @@ def test_self_warm_up_keeps_only_verified_formatted_completions(tmp_path):
     # fine-tuned on exactly the kept completions: ceil(kept / batch) steps per round
     assert result.num_demos == summary["num_demos"] == total_kept
     assert result.steps == sum(math.ceil(r["kept"] / 4) for r in rounds)
-    evals = [json.loads(line)["stage"] for line in (tmp_path / "self" / "eval.jsonl").read_text().splitlines()]
-    assert evals == ["self round 1", "self round 2"]
+    evals = [json.loads(line) for line in (tmp_path / "self" / "eval.jsonl").read_text().splitlines()]
+    assert [e["stage"] for e in evals] == ["self round 1", "self round 2"]
+    assert [e["self/accepted"] for e in evals] == [r["accepted"] for r in rounds]  # the counts ride on the eval row
     from rlvr.report import write_report
 
     html = write_report(tmp_path / "self").read_text()

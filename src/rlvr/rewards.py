@@ -510,7 +510,8 @@ def make_random_reward(*, p: float = 0.5, seed: int = 0) -> RewardFn:
     1, flat groups with the same odds as a task solved half the time), so the control differs from
     the real run only in *which* completions are rewarded. Its expected gradient is zero: what a
     run gains with it comes from the update itself (clipping, sharpening), not from the verifier.
-    A resumed run starts the draws again from `seed` (still independent of the text).
+    A resumed run starts the draws again from `seed` (still independent of the text). `run.control:
+    random-reward` builds it by name, so with seed 0: run.seed changes the completions, not the draws.
     """
     import random
 

@@ -222,11 +222,9 @@ def self_warm_up(policy, tokenizer, task: Task, cfg, *, run_dir: Path, fine_tune
             result.num_demos += len(kept)
             record.update(sft_steps=trained.steps, loss_first=trained.losses[0], loss_last=trained.losses[-1])
         if s.self_eval_n:
-            record.update(_evaluate_round(sampler, policy, tokenizer, task, cfg, run_dir, tracker, r, result.steps))
+            record.update(_evaluate_round(sampler, policy, tokenizer, task, cfg, run_dir, tracker, record, result.steps))
         record["seconds"] = time.perf_counter() - t0
         result.rounds.append(record)
-        if tracker is not None:
-            tracker.log({f"self/{k}": v for k, v in record.items() if isinstance(v, (int, float))}, max(1, result.steps))
         if not cfg.run.quiet:
             print(format_round(record), flush=True)
     result.seconds = time.perf_counter() - t0
@@ -240,8 +238,11 @@ def self_warm_up(policy, tokenizer, task: Task, cfg, *, run_dir: Path, fine_tune
     return result
 
 
-def _evaluate_round(sampler, policy, tokenizer, task, cfg, run_dir: Path, tracker, r: int, step: int) -> dict:
-    """Greedy zero-shot accuracy on the first sft.self_eval_n held-out examples after round `r`."""
+def _evaluate_round(sampler, policy, tokenizer, task, cfg, run_dir: Path, tracker, record: dict, step: int) -> dict:
+    """Greedy zero-shot accuracy on the first sft.self_eval_n held-out examples after a round; the
+    eval.jsonl row (stage "self round R") carries the round's counts as `self/<count>`. (Not in
+    metrics.jsonl: a record there at an SFT step would replace that step's loss.)"""
+    r = record["round"]
     from rlvr.evaluate import evaluate_config
 
     policy.eval()
@@ -250,7 +251,8 @@ def _evaluate_round(sampler, policy, tokenizer, task, cfg, run_dir: Path, tracke
     res = evaluate_config(sampler, tokenizer, task, sub, progress=not cfg.run.quiet,
                           out_path=run_dir / "eval" / f"self-round-{r}.jsonl")
     if tracker is not None:
-        tracker.log_eval({"step": step, "stage": f"self round {r}", **res.summary()})
+        counts = {f"self/{k}": v for k, v in record.items() if k != "round"}
+        tracker.log_eval({"step": step, "stage": f"self round {r}", **res.summary(), **counts})
     return {"accuracy": res.accuracy, "format_rate": res.format_rate, "eval_n": res.n}
 
 
