@@ -99,6 +99,13 @@ def test_worked_solutions_are_the_shots_when_the_task_has_them():
     assert built == shot_from_answer(ex)
 
 
+def test_a_bad_shot_source_is_a_config_error():
+    from rlvr.config import ConfigError
+
+    with pytest.raises(ConfigError, match="sft.self_shot_source"):
+        load_config(None, ["sft.source=self", "sft.self_shot_source=teacher"])
+
+
 def test_shot_examples_are_never_round_questions():
     examples = [Example(f"q{i}", str(i)) for i in range(20)]
     shots, rounds = question_rounds(examples, 3, 5, 3, torch.Generator().manual_seed(0))

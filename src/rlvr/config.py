@@ -343,6 +343,9 @@ class Config:
         if g.delta is not None and not g.delta > 1 + g.epsilon_high:
             raise ConfigError(f"grpo.delta ({g.delta}) must be > 1 + grpo.epsilon_high ({1 + g.epsilon_high:g}): "
                               "it caps the ratio of negative-advantage tokens, so below the upper clip it would cut ratios the clip allows (TRL recommends > 1 + epsilon)")
+        shots = self.sft.self_shot_source
+        if shots not in ("auto", "answers") and not shots.endswith(".jsonl"):
+            raise ConfigError(f"sft.self_shot_source must be auto, answers or a .jsonl path, got {shots!r}")
         if self.run.control != "none":  # the control's reward replaces the configured ones
             self.task.rewards = dict(CONTROL_REWARDS[self.run.control])
         if self.run.log_format == "json":
