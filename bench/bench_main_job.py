@@ -13,6 +13,12 @@ shared CPU changes the seconds, never the accuracies: every random choice is see
 
     .venv/bin/python bench/bench_main_job.py                 # the main job as the README runs it
     .venv/bin/python bench/bench_main_job.py -- grpo.max_steps=20   # extra overrides after --
+    .venv/bin/python bench/bench_main_job.py --control random-reward  # the same job, reward replaced
+
+With --control (random-reward or format-only) the job runs as `rlvr run --control ...`: the same
+base model, the same SFT, GRPO with the reward replaced. The record (main_job_control_<name>.json)
+puts its GRPO change beside the real job's (bench/results/main_job.json, or --real), labelled by
+`rlvr.report.compare_to_control`.
 """
 
 from __future__ import annotations
@@ -49,17 +55,39 @@ def stage_seconds(run_dir: Path) -> dict:
     return out
 
 
+def compare_with_real(control_rows: list[dict], real_record: Path, control: str) -> dict | None:
+    """The control's GRPO change beside the real job's (its record's rows), labelled."""
+    from rlvr.report.data import compare_to_control
+
+    if not real_record.exists():
+        return None
+    real_rows = json.loads(real_record.read_text())["rows"]
+    label = lambda rows: [{"label": r["stage"], **r} for r in rows]  # noqa: E731
+    c = compare_to_control(label(real_rows), label(control_rows), control)
+    return {"real_record": str(real_record), "kind": c.kind, "text": c.text, "rows": c.rows, "notes": c.notes}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "main.yaml"))
     ap.add_argument("--run-dir", default=str(ROOT / "runs" / "bench-main"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "main_job.json"))
+    ap.add_argument("--control", choices=["random-reward", "format-only"], default=None,
+                    help="run the job as a control run (the reward replaced); record: main_job_control_<name>.json")
+    ap.add_argument("--real", default=str(ROOT / "bench" / "results" / "main_job.json"),
+                    help="the real job's record, to compare a control run with")
     ap.add_argument("overrides", nargs="*", help="section.option=value, passed to rlvr run")
     args = ap.parse_args()
+    if args.control and args.out == ap.get_default("out"):
+        args.out = str(ROOT / "bench" / "results" / f"main_job_control_{args.control}.json")
+        if args.run_dir == ap.get_default("run_dir"):
+            args.run_dir = str(ROOT / "runs" / f"bench-main-control-{args.control}")
 
     run_dir = Path(args.run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "rlvr", "run", "--config", args.config, "-o", str(run_dir), *args.overrides]
+    if args.control:
+        cmd[4:4] = ["--control", args.control]
     print("$", " ".join(cmd), flush=True)
     load_before = os.getloadavg()
     t0 = time.time()
@@ -82,6 +110,10 @@ def main() -> None:
                     "load_before": load_before, "load_after": os.getloadavg()},
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
+    if args.control:
+        record["control"] = args.control
+        record["vs_real"] = compare_with_real(summary["before_after"], Path(args.real), args.control)
+        checks.pop("GRPO >= +10 points over SFT")  # a control is not expected to gain
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=1))
 
@@ -94,6 +126,8 @@ def main() -> None:
           f"{load_before[0]:.1f}/{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     for name, ok in checks.items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    if args.control and record["vs_real"]:
+        print(record["vs_real"]["text"])
     print(f"record: {args.out}")
 
 

@@ -215,7 +215,7 @@ def test_steps_reward_against_the_worked_solution():
 
 def test_registry_and_loading(tmp_path):
     task = get_task("subtraction", n=10)
-    assert set(REWARDS) == {"format", "format_strict", "accuracy", "partial_credit", "length", "steps"}
+    assert set(REWARDS) == {"format", "format_strict", "accuracy", "partial_credit", "length", "steps", "random"}
     for name in REWARDS:
         fn = get_reward(name, task=task)
         assert is_trusted(fn) and fn([GOOD], _example=[task.train_examples()[0]])[0] <= 1.0

@@ -29,6 +29,8 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+CONTROL_HELP = ("a control run: the same pipeline with the reward replaced by random-reward (Bernoulli(0.5), "
+                "independent of the text) or format-only; compare with `rlvr report RUN --control CONTROL_RUN`")
 REPORT_TO_HELP = "also log to wandb, trackio or mlflow (repeatable; JSONL and TensorBoard are always written)"
 
 
@@ -138,6 +140,11 @@ def eval_cmd(
                f"{result.tokens_per_s:.0f} tok/s)  -> {out}/eval.jsonl")
     if result.tool_calls is not None:  # a task with tools: its episodes' tool use
         typer.echo(tool_summary(result))
+    from rlvr.baselines import baseline_note, format_baselines
+
+    row = result.summary()
+    if format_baselines(row):
+        typer.echo(f"  baselines: {format_baselines(row)}" + (f"  ({baseline_note(row)})" if baseline_note(row) else ""))
 
 
 @app.command(context_settings=_EXTRA)
@@ -152,13 +159,14 @@ def train(
                                       help="data-parallel processes on this machine (torch.distributed.run; "
                                            "for GPUs and several machines use `accelerate launch -m rlvr train`)"),
     report_to: list[str] = typer.Option([], "--report-to", help=REPORT_TO_HELP),
+    control: Optional[str] = typer.Option(None, "--control", help=CONTROL_HELP),
 ):
     """GRPO training. Extra arguments are overrides: section.option=value."""
     from rlvr.distributed import relaunch_command, world_size_from_env
     from rlvr.trainer import train as run_train
 
     cfg = _config(config, ctx.args + _report_to(report_to),
-                  **{"model.name": model, "task.name": task, "run.output_dir": output_dir})
+                  **{"model.name": model, "task.name": task, "run.output_dir": output_dir, "run.control": control})
     if num_processes > 1 and world_size_from_env() == 1:  # become a launcher of N copies of this command
         import os
 
@@ -192,11 +200,12 @@ def run(
     output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="shortcut for run.output_dir"),
     resume: bool = typer.Option(False, "--resume", help="skip finished stages, resume GRPO from its checkpoint"),
     report_to: list[str] = typer.Option([], "--report-to", help=REPORT_TO_HELP),
+    control: Optional[str] = typer.Option(None, "--control", help=CONTROL_HELP),
 ):
     """The pipeline: evaluate the base model, SFT, GRPO, and print the before/after table."""
     from rlvr.pipeline import run_pipeline
 
-    cfg = _config(config, ctx.args + _report_to(report_to), **{"run.output_dir": output_dir})
+    cfg = _config(config, ctx.args + _report_to(report_to), **{"run.output_dir": output_dir, "run.control": control})
     run_pipeline(cfg, resume=resume)
 
 
@@ -220,13 +229,16 @@ def doctor(
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="a run directory")):
+def report(run_dir: Path = typer.Argument(..., help="a run directory"),
+           control: Optional[Path] = typer.Option(None, "--control", help="a control run of the same config "
+                                                  "(`rlvr run --control random-reward`) to put beside it")):
     """Write RUN_DIR/report.html (plots, before/after table, sample completions)."""
     from rlvr.report import write_report
 
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    typer.echo(str(write_report(run_dir)))
+    for path in (run_dir, control):
+        if path is not None and not path.is_dir():
+            raise FileNotFoundError(f"run directory {path} does not exist")
+    typer.echo(str(write_report(run_dir, control)))
 
 
 @app.command()

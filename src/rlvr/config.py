@@ -36,6 +36,9 @@ from rlvr.config_types import (
     load_yaml,
 )
 
+CONTROL_REWARDS = {"random-reward": {"random": 1.0}, "format-only": {"format": 1.0}}
+"""run.control -> the task.rewards a control run trains with (rlvr.rewards: random, format)"""
+
 __all__ = ["Config", "ConfigError", "load_config", "parse_override", "apply_options", "describe_options"]
 
 
@@ -202,7 +205,8 @@ class SFTConfig:
     enabled: bool = True
     """run the SFT warm-up stage in `rlvr run`"""
     source: str = "procedural"
-    """demonstrations: procedural (the task writes worked solutions), teacher (an OpenAI-compatible API) or a .jsonl path"""
+    """demonstrations: procedural (the task writes worked solutions), teacher (an OpenAI-compatible API), a .jsonl
+    path, or self (no demonstrations: the model's own few-shot completions that the verifier accepts, rlvr.selftrain)"""
     num_examples: int = 400
     """demonstrations to train on"""
     epochs: int = 1
@@ -223,6 +227,22 @@ class SFTConfig:
     """teacher model name when source is teacher"""
     teacher_api_key_env: str = "OPENAI_API_KEY"
     """environment variable holding the teacher's API key (never stored in the run directory)"""
+    self_rounds: int = 3
+    """source self: rounds of sample -> keep the verified, formatted completions -> fine-tune"""
+    self_questions: int = 64
+    """source self: training questions tried per round (fresh ones each round)"""
+    self_samples: int = 8
+    """source self: completions sampled per question (at sampling.temperature)"""
+    self_shots: int = 3
+    """source self: examples in the target format shown before each question (few-shot prompt; 0: none)"""
+    self_shot_source: str = "auto"
+    """source self: where the few-shot examples come from: auto (the task's worked solutions when it has
+    them, else its question/answer pairs with a short think part), answers (always the latter), or a
+    .jsonl path of demonstrations (e.g. a handful written by hand); they are never trained on"""
+    self_max_per_question: int = 2
+    """source self: distinct accepted completions kept per question (easy questions do not crowd out the rest)"""
+    self_eval_n: int = 200
+    """source self: held-out examples evaluated (greedy, zero-shot) after each round (0: none)"""
 
 
 @dataclass
@@ -285,6 +305,10 @@ class RunConfig:
     """raise each training alarm (no signal, truncation, reward hacking, KL/entropy/length collapse) at most once per N steps (0: off)"""
     doctor: Literal["warn", "stop", "off"] = "warn"
     """at step 0, check that the run can learn (`rlvr doctor`: signal, truncation, memory; writes doctor.json): warn (print the findings, go on), stop (exit 2 when it cannot learn) or off (YAML's bare off / on are read as off / warn)"""
+    control: Literal["none", "random-reward", "format-only"] = "none"
+    """a control run (`--control`): the same pipeline with the reward replaced, to tell a gain the reward
+    earned from one any reward would give: random-reward (Bernoulli(0.5) per completion, independent of
+    the text; rewards.make_random_reward) or format-only (the format reward alone); none: the task.rewards"""
 
 
 @dataclass
@@ -328,6 +352,11 @@ class Config:
         if g.delta is not None and not g.delta > 1 + g.epsilon_high:
             raise ConfigError(f"grpo.delta ({g.delta}) must be > 1 + grpo.epsilon_high ({1 + g.epsilon_high:g}): "
                               "it caps the ratio of negative-advantage tokens, so below the upper clip it would cut ratios the clip allows (TRL recommends > 1 + epsilon)")
+        shots = self.sft.self_shot_source
+        if shots not in ("auto", "answers") and not shots.endswith(".jsonl"):
+            raise ConfigError(f"sft.self_shot_source must be auto, answers or a .jsonl path, got {shots!r}")
+        if self.run.control != "none":  # the control's reward replaces the configured ones
+            self.task.rewards = dict(CONTROL_REWARDS[self.run.control])
         if self.run.log_format == "json":
             self.run.quiet = True
         if self.eval.max_new_tokens is None:

@@ -133,6 +133,8 @@ RANGES: dict[str, str] = {
     "grpo.logprob_chunk_size": "[1, inf)",
     "sft.num_examples": "[1, inf)", "sft.epochs": "[1, inf)", "sft.learning_rate": "[0, 1]",
     "sft.batch_size": "[1, inf)", "sft.warmup_ratio": "[0, 1]", "sft.max_grad_norm": "(0, inf)",
+    "sft.self_rounds": "[1, inf)", "sft.self_questions": "[1, inf)", "sft.self_samples": "[1, inf)",
+    "sft.self_shots": "[0, inf)", "sft.self_max_per_question": "[1, inf)", "sft.self_eval_n": "[0, inf)",
     "eval.n": "[0, inf)", "eval.every": "[0, inf)", "eval.samples": "[1, inf)", "eval.batch_size": "[1, inf)",
     "eval.max_new_tokens": "[1, inf)",
     "curriculum.target": "(0, 1)", "curriculum.band": "[0, 1)", "curriculum.window": "[1, inf)",
@@ -143,7 +145,7 @@ RANGES: dict[str, str] = {
 }
 """the allowed interval of every numeric option ("[a, b)": a <= x < b); `finalize` checks them all"""
 
-_NOT_EMPTY = ("model.name", "model.device", "task.name", "sft.source", "sft.teacher_model", "run.output_dir")
+_NOT_EMPTY = ("model.name", "model.device", "task.name", "sft.source", "sft.teacher_model", "sft.self_shot_source", "run.output_dir")
 """string options that must not be empty"""
 
 MAX_REWARD_WEIGHT = 1e6

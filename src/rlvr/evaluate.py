@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from rlvr.environments import SingleTurn
+from rlvr.baselines import baseline_note, format_baselines, task_baselines
 from rlvr.judge import judge
 from rlvr.rollout import PromptFormat, sampling_params
 from rlvr.tasks.base import Example, Task
@@ -47,6 +48,11 @@ class EvalResult:
     """tool calls per episode that failed (raised, timed out, malformed, unknown tool)"""
     limit_frac: float | None = None
     """fraction of episodes cut by a limit (turns, tokens, tool seconds)"""
+    majority_baseline: float | None = None
+    """accuracy of answering the training split's most common answer to every question (rlvr.baselines)"""
+    majority_answer: str | None = None
+    chance_baseline: float | None = None
+    """accuracy of a uniform guess among the task's fixed answer set (None: no fixed set)"""
 
     def summary(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "records" and v is not None}
@@ -181,12 +187,21 @@ def evaluate_config(sampler, tokenizer, task: Task, cfg, *, out_path: str | Path
     at the sampling temperature when samples > 1 (or `temperature`). Every stage of a run (base,
     SFT, GRPO, `rlvr eval --config`) calls this, so they measure the same thing."""
     s = cfg.sampling
-    return evaluate(sampler, tokenizer, task, task.test_examples()[:cfg.eval.n],
-                    fmt=PromptFormat.from_config(cfg.task),
-                    max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples,
-                    temperature=s.temperature if temperature is None else temperature,
-                    batch_size=cfg.eval.batch_size, generator=generator, progress=progress,
-                    out_path=out_path, stop_at_answer=s.stop_at_answer)
+    examples = task.test_examples()[:cfg.eval.n]
+    result = evaluate(sampler, tokenizer, task, examples,
+                      fmt=PromptFormat.from_config(cfg.task),
+                      max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples,
+                      temperature=s.temperature if temperature is None else temperature,
+                      batch_size=cfg.eval.batch_size, generator=generator, progress=progress,
+                      out_path=out_path, stop_at_answer=s.stop_at_answer)
+    return with_baselines(result, task, examples)
+
+
+def with_baselines(result: EvalResult, task: Task, examples: list[Example]) -> EvalResult:
+    """The result with the majority and chance baselines of the same examples (rlvr.baselines)."""
+    b = task_baselines(task, examples)
+    result.majority_baseline, result.majority_answer, result.chance_baseline = b.majority, b.majority_answer, b.chance
+    return result
 
 
 def format_table(rows: list[dict]) -> str:
@@ -204,6 +219,8 @@ def format_table(rows: list[dict]) -> str:
         if tools and "tool_calls" in r:
             line += f" {r['tool_calls']:8.2f} {r['tool_errors']:9.2f} {r['limit_frac'] * 100:5.1f}%"
         lines.append(line)
+    if format_baselines(rows[-1]):
+        lines.append(f"baselines: {format_baselines(rows[-1])}")
     return "\n".join(lines)
 
 
@@ -220,5 +237,7 @@ def verdict(rows: list[dict]) -> str:
     a, b = rows[0], rows[-1]
     delta = (b["accuracy"] - a["accuracy"]) * 100
     word = "improved" if delta > 0 else ("did not change" if delta == 0 else "got worse")
+    note = baseline_note(b)
     return (f"Held-out accuracy {word}: {a['accuracy'] * 100:.1f}% ({a['stage']}) -> "
-            f"{b['accuracy'] * 100:.1f}% ({b['stage']}), {delta:+.1f} points on the same {b['n']} examples.")
+            f"{b['accuracy'] * 100:.1f}% ({b['stage']}), {delta:+.1f} points on the same {b['n']} examples."
+            + (f" But {note}" if note else ""))

@@ -29,7 +29,8 @@ def _stage_config(cfg: Config, run_dir: Path, name: str) -> Config:
 
 
 def _row(stage: str, record: dict) -> dict:
-    keys = ("accuracy", "pass_at_k", "maj_at_k", "format_rate", "mean_length", "truncated_frac", "n", "seconds")
+    keys = ("accuracy", "pass_at_k", "maj_at_k", "format_rate", "mean_length", "truncated_frac", "n", "seconds",
+            "majority_baseline", "majority_answer", "chance_baseline")
     return {"stage": stage, **{k: record[k] for k in keys if k in record}}
 
 
@@ -92,7 +93,7 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> list[dict]:
     if "after" in evals:
         rows.append(_row("grpo", evals["after"]))
     summary = {"model": cfg.model.name, "task": cfg.task.name, "before_after": rows,
-               "wall_time_s": time.time() - t0, "peak_rss_gb": peak_rss_gb()}
+               "wall_time_s": time.time() - t0, "peak_rss_gb": peak_rss_gb(), "control": cfg.run.control}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     write_report_safely(run_dir)
     if not cfg.run.quiet:

@@ -576,3 +576,35 @@ async def _outcome_async(fn, completions, columns, job, with_logs: bool) -> tupl
         raise
     except BaseException as e:  # noqa: BLE001 - CancelledError too: one function's failure
         return "error", f"{type(e).__name__}: {e}"[:300]
+
+
+# ------------------------------------------------------------------ control rewards (issue 20)
+
+
+def make_random_reward(*, p: float = 0.5, seed: int = 0) -> RewardFn:
+    """A control: 1.0 with probability `p`, else 0.0, one Bernoulli draw per completion from its
+    own generator (`random.Random(seed)`, in the order completions are scored), independent of
+    the text and of the example.
+
+    Bernoulli(0.5) rather than a uniform value: it is the random reward of "Spurious Rewards"
+    (Shao et al. 2025, arXiv 2506.10947, gamma = 0.5), and it has the accuracy reward's shape (0 or
+    1, flat groups with the same odds as a task solved half the time), so the control differs from
+    the real run only in *which* completions are rewarded. Its expected gradient is zero: what a
+    run gains with it comes from the update itself (clipping, sharpening), not from the verifier.
+    A resumed run starts the draws again from `seed` (still independent of the text). `run.control:
+    random-reward` builds it by name, so with seed 0: run.seed changes the completions, not the draws.
+    """
+    import random
+
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"random reward: p must be in [0, 1], got {p}")
+    rng = random.Random(seed)
+
+    @trusted
+    def random_reward(completions: list, **columns: Any) -> list[float]:
+        return [float(rng.random() < p) for _ in completions]
+
+    return random_reward
+
+
+REWARDS["random"] = lambda task=None, prefill="", **o: make_random_reward(**o)

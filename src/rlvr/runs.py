@@ -109,7 +109,7 @@ def write_summary(run_dir: Path, result: TrainResult, cfg: Config, task_name: st
     before/after table, wall time and peak memory."""
     summary = {"model": cfg.model.name, "task": task_name or cfg.task.name, "steps": result.steps,
                "before_after": before_after(result.eval_rows), "wall_time_s": result.wall_time_s,
-               "peak_rss_gb": result.peak_rss_gb}
+               "peak_rss_gb": result.peak_rss_gb, "control": cfg.run.control}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
 
 

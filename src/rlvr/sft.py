@@ -35,6 +35,8 @@ class SFTResult:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     num_demos: int = 0
+    rounds: list[dict] = field(default_factory=list)
+    """sft.source self: one record per round (rlvr.selftrain)"""
 
 
 def load_demonstrations(cfg: Config, task, examples) -> list:
@@ -58,7 +60,7 @@ def load_demonstrations(cfg: Config, task, examples) -> list:
         return result.demos
     if source.endswith(".jsonl"):
         return demo_lib.load_demos_jsonl(source)
-    raise ConfigError(f"sft.source '{source}' is not procedural, teacher or a .jsonl path")
+    raise ConfigError(f"sft.source '{source}' is not procedural, teacher, self or a .jsonl path")
 
 
 def _encode(tokenizer, task, fmt: PromptFormat, demos) -> list[Rollout]:
@@ -96,8 +98,10 @@ def length_grouped_batches(items: list, batch_size: int, generator: torch.Genera
     return [batches[i] for i in perm]
 
 
-def sft_train(policy, tokenizer, task, demos, cfg: Config, *, run_dir: Path, tracker=None) -> SFTResult:
-    """Supervised fine-tuning on completion tokens only (mean negative log-likelihood per token)."""
+def sft_train(policy, tokenizer, task, demos, cfg: Config, *, run_dir: Path, tracker=None,
+              step_offset: int = 0) -> SFTResult:
+    """Supervised fine-tuning on completion tokens only (mean negative log-likelihood per token).
+    `step_offset`: steps already logged (the self warm-up calls this once per round)."""
     from tqdm.auto import tqdm
 
     from rlvr.runs import peak_rss_gb
@@ -139,7 +143,7 @@ def sft_train(policy, tokenizer, task, demos, cfg: Config, *, run_dir: Path, tra
             bar.set_postfix(loss=f"{loss_sum:.3f}")
             if tracker is not None:
                 tracker.log({"loss/sft": loss_sum, "optim/lr": scheduler.get_last_lr()[0],
-                             "memory/peak_rss_gb": peak_rss_gb()}, result.steps)
+                             "memory/peak_rss_gb": peak_rss_gb()}, step_offset + result.steps)
     bar.close()
     result.seconds = time.perf_counter() - t0
     policy.eval()
@@ -163,6 +167,46 @@ def run_sft(cfg: Config, *, model=None, tokenizer=None, task=None, resume: bool 
         model, tokenizer = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
                                       load_in_4bit=cfg.model.load_in_4bit)
     task = task or get_task(cfg.task.name, **cfg.task.options)
+    demos = None if cfg.sft.source == "self" else _chosen_demonstrations(cfg, task)
+    model_cfg = cfg.model if cfg.sft.use_peft is None else dataclasses.replace(cfg.model, use_peft=bool(cfg.sft.use_peft))
+    policy = prepare_policy(model, model_cfg)
+    rows = []
+    with Tracker(run_dir, report_to=list(cfg.run.report_to), config=cfg.to_dict()) as tracker:
+        if cfg.eval.n and cfg.eval.on_start:
+            rows.append(_evaluate(policy, tokenizer, task, cfg, run_dir, tracker, 0, "before"))
+        if demos is None:  # sft.source self: rounds of the model's own verified completions
+            from rlvr.selftrain import self_warm_up
+
+            def fine_tune(kept, offset):
+                return sft_train(policy, tokenizer, task, kept, cfg, run_dir=run_dir, tracker=tracker, step_offset=offset)
+
+            warm = self_warm_up(policy, tokenizer, task, cfg, run_dir=run_dir, fine_tune=fine_tune, tracker=tracker)
+            result = SFTResult(run_dir, warm.steps, warm.losses, warm.seconds, warm.num_demos, warm.rounds)
+        else:
+            result = sft_train(policy, tokenizer, task, demos, cfg, run_dir=run_dir, tracker=tracker)
+        if cfg.eval.n:
+            rows.append(_evaluate(policy, tokenizer, task, cfg, run_dir, tracker, result.steps, "after"))
+    save_final(policy, tokenizer, run_dir)
+    summary = {"source": cfg.sft.source, "num_demos": result.num_demos, "steps": result.steps,
+               "seconds": result.seconds, "first_loss": result.losses[0] if result.losses else None,
+               "last_loss": result.losses[-1] if result.losses else None, "before_after": rows}
+    if result.rounds:
+        summary["self_rounds"] = result.rounds
+    (run_dir / "sft_summary.json").write_text(json.dumps(summary, indent=1))
+    if not cfg.run.quiet and result.rounds:
+        from rlvr.selftrain import format_rounds
+
+        print(format_rounds(result.rounds))
+    if rows and not cfg.run.quiet:
+        from rlvr.evaluate import format_table, verdict
+
+        print(format_table(rows))
+        print(verdict(rows))
+    return result, policy
+
+
+def _chosen_demonstrations(cfg: Config, task) -> list:
+    """The demonstrations of sft.num_examples training examples (a seeded draw) from sft.source."""
     examples = task.train_examples()
     g = torch.Generator().manual_seed(cfg.run.seed)
     chosen = [examples[i] for i in torch.randperm(len(examples), generator=g)[:cfg.sft.num_examples].tolist()]
@@ -170,26 +214,7 @@ def run_sft(cfg: Config, *, model=None, tokenizer=None, task=None, resume: bool 
     if not demos:
         raise ConfigError(f"no demonstrations from sft.source '{cfg.sft.source}' for {len(chosen)} examples: "
                           "nothing to fine-tune on")
-    model_cfg = cfg.model if cfg.sft.use_peft is None else dataclasses.replace(cfg.model, use_peft=bool(cfg.sft.use_peft))
-    policy = prepare_policy(model, model_cfg)
-    rows = []
-    with Tracker(run_dir, report_to=list(cfg.run.report_to), config=cfg.to_dict()) as tracker:
-        if cfg.eval.n and cfg.eval.on_start:
-            rows.append(_evaluate(policy, tokenizer, task, cfg, run_dir, tracker, 0, "before"))
-        result = sft_train(policy, tokenizer, task, demos, cfg, run_dir=run_dir, tracker=tracker)
-        if cfg.eval.n:
-            rows.append(_evaluate(policy, tokenizer, task, cfg, run_dir, tracker, result.steps, "after"))
-    save_final(policy, tokenizer, run_dir)
-    (run_dir / "sft_summary.json").write_text(json.dumps(
-        {"num_demos": result.num_demos, "steps": result.steps, "seconds": result.seconds,
-         "first_loss": result.losses[0] if result.losses else None,
-         "last_loss": result.losses[-1] if result.losses else None, "before_after": rows}, indent=1))
-    if rows and not cfg.run.quiet:
-        from rlvr.evaluate import format_table, verdict
-
-        print(format_table(rows))
-        print(verdict(rows))
-    return result, policy
+    return demos
 
 
 def _evaluate(policy, tokenizer, task, cfg: Config, run_dir: Path, tracker, step: int, stage: str) -> dict:

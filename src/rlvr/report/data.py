@@ -25,7 +25,7 @@ from rlvr.tracking import CONFIG_FILE, EVAL_FILE, METRICS_FILE, SAMPLES_FILE, la
 
 SUMMARY_FILE = "summary.json"
 RUN_FILES = (METRICS_FILE, EVAL_FILE, SAMPLES_FILE)
-POSITION_STAGE = re.compile(r"^(before|after|start|end|final|step[ _-]?\d+)$", re.IGNORECASE)
+POSITION_STAGE = re.compile(r"^(before|after|start|end|final|step[ _-]?\d+|self round \d+)$", re.IGNORECASE)
 """eval stage names that say *when* within one training run ("before", "step 20", "after"), not *which*
 model: such evaluations form one curve, named after their directory (see `series_name`)"""
 
@@ -212,12 +212,111 @@ def verdict(rows: list[dict]) -> Verdict:
         )
     if noise is not None and first.get("n") != last.get("n"):
         notes.append(f"The two evaluations used different numbers of examples ({first['n']:g} vs {last['n']:g}).")
+    kind, text = _under_majority(kind, text, last, notes)
     f1, f2 = first.get("format_rate"), last.get("format_rate")
     if isinstance(f1, (int, float)) and isinstance(f2, (int, float)):
         notes.append(f"Format rate went from {100 * f1:.1f}% to {100 * f2:.1f}%.")
         if f2 - f1 > 0.05 and kind == "worse":
             notes.append("Format rose while accuracy fell: the model may be gaming the format reward.")
     return Verdict(kind, text, notes, delta)
+
+
+def _under_majority(kind: str, text: str, last: dict, notes: list[str]) -> tuple[str, str]:
+    """An accuracy at or under the majority baseline is called that: an improvement becomes "flat"
+    (no better than always giving the most common answer). Baselines go into the notes."""
+    from rlvr.baselines import baseline_note, format_baselines
+
+    note = baseline_note(last)
+    if note is not None:
+        notes.insert(0, note)
+        if kind == "improved":
+            kind = "flat"
+            text = text.rstrip(".") + f", but no better than the majority baseline ({100 * last['majority_baseline']:.1f}%)."
+    elif format_baselines(last):
+        notes.append(f"Baselines: {format_baselines(last)}.")
+    return kind, text
+
+
+# ----------------------------------------------------------------------------- control runs
+
+CONTROL_NAMES = {"random-reward": "random reward", "format-only": "format reward only"}
+
+
+def control_of(run: Run) -> str | None:
+    """The control this run is (run.control in its config.yaml, or summary.json's "control"), else None."""
+    control = run.summary.get("control")
+    for stage in run.stages:
+        control = control or (stage.config.get("run") or {}).get("control")
+    return control if control and control != "none" else None
+
+
+@dataclass
+class ControlComparison:
+    """A run's gain beside its control run's (the same pipeline with the reward replaced)."""
+
+    kind: str
+    """"beyond-control" (the run beats its control by more than noise), "matched-by-control" (the
+    control gets the gain too), "no-gain" (the run gained nothing beyond noise), "none" (no data)"""
+    text: str
+    rows: list[dict] = field(default_factory=list)
+    """{"label", "before", "after", "change"} for the run and its control (fractions; change in points)"""
+    notes: list[str] = field(default_factory=list)
+
+
+def last_stage(rows: list[dict]) -> tuple[dict, dict] | None:
+    """The rows before and after the last stage (GRPO: `after SFT -> after GRPO` in a pipeline,
+    `before -> after` in `rlvr train`): the stage a control run replaces the reward of."""
+    rows = [r for r in rows if isinstance(r.get("accuracy"), (int, float))]
+    return (rows[-2], rows[-1]) if len(rows) >= 2 else None
+
+
+def compare_to_control(run_rows: list[dict], control_rows: list[dict], control: str = "control") -> ControlComparison:
+    """Label the run's last-stage gain against the control's: a gain the control also gets (beyond
+    noise) is called that, and the run's own gain counts only where it beats the control's final
+    accuracy by more than two standard errors (`_noise_points`)."""
+    ours, theirs = last_stage(run_rows), last_stage(control_rows)
+    if ours is None or theirs is None:
+        return ControlComparison("none", "No before/after pair in the run or the control to compare.")
+    (b, a), (cb, ca) = ours, theirs
+    gain, cgain = 100 * (a["accuracy"] - b["accuracy"]), 100 * (ca["accuracy"] - cb["accuracy"])
+    name = CONTROL_NAMES.get(control, control)
+    rows = [{"label": f"this run ({b['label']} → {a['label']})", "before": b["accuracy"], "after": a["accuracy"], "change": gain},
+            {"label": f"control: {name}", "before": cb["accuracy"], "after": ca["accuracy"], "change": cgain}]
+    notes = []
+    if abs(b["accuracy"] - cb["accuracy"]) > 1e-9:
+        notes.append(f"The two start from different accuracies ({100 * b['accuracy']:.1f}% vs {100 * cb['accuracy']:.1f}%): "
+                     "compare the changes with care (the same config and seed start from the same model).")
+    control_gains = cgain > (_noise_points(cb, ca) or 0.0) and cgain > 0
+    if control_gains:
+        notes.append(f"The control ({name}) also gains {cgain:+.1f} points: a gain of that size comes from training "
+                     "with any reward of this shape, not from what the verifier rewards.")
+    margin, noise = 100 * (a["accuracy"] - ca["accuracy"]), _noise_points(ca, a) or 0.0
+    if not gain > (_noise_points(b, a) or 0.0) or gain <= 0:
+        return ControlComparison("no-gain", f"The run gained {gain:+.1f} points, within noise: nothing for the "
+                                 f"control to explain (control: {cgain:+.1f}).", rows, notes)
+    if margin > noise and margin > 0:
+        return ControlComparison("beyond-control", f"The run's gain ({gain:+.1f} points) beats the {name} control "
+                                 f"({cgain:+.1f}) by {margin:.1f} points, beyond noise (±{noise:.1f}).", rows, notes)
+    return ControlComparison("matched-by-control", f"The run's gain ({gain:+.1f} points) is also got by the {name} "
+                             f"control ({cgain:+.1f}): {margin:+.1f} points apart, within noise (±{noise:.1f}). "
+                             "It is not evidence that the reward taught the task.", rows, notes)
+
+
+# ----------------------------------------------------------------------------- self warm-up
+
+
+def self_rounds(run: Run) -> list[dict]:
+    """The self warm-up's rounds (`sft_summary.json`'s "self_rounds" in any stage directory)."""
+    for stage in run.stages:
+        path = stage.path / "sft_summary.json"
+        if path.exists():
+            try:
+                rounds = json.loads(path.read_text(encoding="utf-8")).get("self_rounds")
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            if isinstance(rounds, list):
+                return [r for r in rounds if isinstance(r, dict)]
+    return []
 
 
 # ----------------------------------------------------------------------------- alarms

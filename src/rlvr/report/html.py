@@ -19,7 +19,8 @@ import re
 from pathlib import Path
 
 import rlvr
-from rlvr.report.data import Run, Stage, Verdict, alarms, before_after, load_run, verdict
+from rlvr.report.data import (CONTROL_NAMES, ControlComparison, Run, Stage, Verdict, alarms, before_after,
+                              compare_to_control, control_of, load_run, self_rounds, verdict)
 from rlvr.report.plots import CAPTIONS, make_plots
 
 REPORT_FILE = "report.html"
@@ -277,6 +278,8 @@ def _header(run: Run) -> str:
     steps = [s.metrics[-1]["step"] for s in run.stages if s.metrics and isinstance(s.metrics[-1].get("step"), int)]
     if steps:
         facts.append(("steps", " + ".join(str(s) for s in steps)))
+    if control_of(run):
+        facts.append(("control run", CONTROL_NAMES.get(control_of(run), control_of(run))))
     items = "".join(f"<li><b>{esc(k)}</b>{esc(v)}</li>" for k, v in facts)
     return f'<h1>rlvr report: {esc(title)}</h1><ul class="facts">{items}</ul>'
 
@@ -301,7 +304,8 @@ def _alarms(run: Run) -> str:
 
 
 COLUMNS = (("accuracy", "accuracy"), ("delta", "Δ vs first (points)"), ("format_rate", "format rate"),
-           ("mean_length", "mean length (tokens)"), ("n", "n"))
+           ("mean_length", "mean length (tokens)"), ("majority_baseline", "majority baseline"),
+           ("chance_baseline", "chance"), ("n", "n"))
 
 
 def _cell(row: dict, key: str, base: object) -> str:
@@ -314,7 +318,7 @@ def _cell(row: dict, key: str, base: object) -> str:
         points = 100 * (acc - base)
         cls = "pos" if points > 0 else "neg" if points < 0 else ""
         return f"<td class='{cls}'>{points:+.1f}</td>"
-    if key in ("accuracy", "format_rate"):
+    if key in ("accuracy", "format_rate", "majority_baseline", "chance_baseline"):
         return f"<td>{_pct(value)}</td>"
     if isinstance(value, float):
         return f"<td>{value:.0f}</td>"
@@ -381,9 +385,54 @@ def _all_evals(run: Run) -> str:
 # ----------------------------------------------------------------------------- page
 
 
-def render_report(run: Run, plot_paths: list[Path]) -> str:
-    """The whole page as a string."""
+def _control_section(comparison: ControlComparison | None) -> str:
+    """The run beside its control run: before, after, change of each, and the label."""
+    if comparison is None:
+        return ""
+    kind = {"beyond-control": "improved", "matched-by-control": "flat", "no-gain": "flat"}.get(comparison.kind, "none")
+    head = "<tr><th>run</th><th>before</th><th>after</th><th>change (points)</th></tr>"
+    body = "".join(f"<tr><td>{esc(r['label'])}</td><td>{_pct(r['before'])}</td><td>{_pct(r['after'])}</td>"
+                   f"<td class='{'pos' if r['change'] > 0 else 'neg' if r['change'] < 0 else ''}'>{r['change']:+.1f}</td></tr>"
+                   for r in comparison.rows)
+    notes = "".join(f"<p>{esc(n)}</p>" for n in comparison.notes)
+    return (f"<h2>Beside its control run</h2><table>{head}{body}</table>"
+            f'<section class="verdict {kind}"><p class="main">{esc(comparison.text)}</p>{notes}</section>')
+
+
+SELF_COLUMNS = (("round", "round"), ("questions", "questions tried"), ("samples", "samples"),
+                ("accepted", "accepted (verified + format)"), ("solved", "questions solved"), ("kept", "kept"),
+                ("accuracy", "held-out accuracy after"), ("format_rate", "format rate after"))
+
+
+def _self_rounds(run: Run) -> str:
+    """The self warm-up's rounds (rlvr.selftrain), when the run had one."""
+    rounds = self_rounds(run)
+    if not rounds:
+        return ""
+    cols = [(k, t) for k, t in SELF_COLUMNS if any(k in r for r in rounds)]
+    head = "<tr>" + "".join(f"<th>{esc(t)}</th>" for _, t in cols) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{_pct(r.get(k)) if k in ('accuracy', 'format_rate') else esc(r.get(k, '–'))}</td>"
+                                    for k, _ in cols) + "</tr>" for r in rounds)
+    return ("<h2>Self warm-up (no demonstrations)</h2><p class='sub'>Each round: few-shot sampling, the completions "
+            f"the verifier accepts in the format kept, fine-tuned on.</p><table>{head}{body}</table>")
+
+
+def _main_verdict(run: Run, rows: list[dict]) -> str:
+    """The verdict box; a control run says so first."""
+    result = verdict(rows)
+    control = control_of(run)
+    if control:
+        result = Verdict(result.kind, f"Control run ({CONTROL_NAMES.get(control, control)}): {result.text}",
+                         ["The reward was replaced: any change here is what training gives without the task's reward.",
+                          *result.notes], result.delta_points)
+    return _verdict_box(result)
+
+
+def render_report(run: Run, plot_paths: list[Path], control: Run | None = None) -> str:
+    """The whole page as a string; `control`: a control run to put beside it."""
     rows = before_after(run)
+    comparison = (compare_to_control(rows, before_after(control), control_of(control) or "control")
+                  if control is not None else None)
     script_hash = base64.b64encode(hashlib.sha256(CHECK_SCRIPT.encode()).digest()).decode()
     csp = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
     sample_html = "".join(
@@ -400,11 +449,13 @@ def render_report(run: Run, plot_paths: list[Path]) -> str:
 <script>{CHECK_SCRIPT}</script>
 </head><body><main>
 {_header(run)}
-{_verdict_box(verdict(rows))}
+{_main_verdict(run, rows)}
+{_control_section(comparison)}
 {_alarms(run)}
 <h2>Before and after</h2>
 {_before_after_table(rows)}
 {_all_evals(run)}
+{_self_rounds(run)}
 <h2>Training curves</h2>
 {_plots(plot_paths)}
 {sample_html}
@@ -415,11 +466,13 @@ def render_report(run: Run, plot_paths: list[Path]) -> str:
 """
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Make the plots and write RUN/report.html; return its path."""
+def write_report(run_dir: str | Path, control_dir: str | Path | None = None) -> Path:
+    """Make the plots and write RUN/report.html; return its path. `control_dir`: a control run
+    (`rlvr run --control ...`) whose gain is put beside this run's."""
     run_dir = Path(run_dir)
     run = load_run(run_dir)
+    control = load_run(control_dir) if control_dir is not None else None
     plot_paths = make_plots(run_dir, run)
     path = run_dir / REPORT_FILE
-    path.write_text(render_report(run, plot_paths), encoding="utf-8")
+    path.write_text(render_report(run, plot_paths, control), encoding="utf-8")
     return path

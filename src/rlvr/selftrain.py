@@ -1,0 +1,290 @@
+"""The self warm-up (`sft.source: self`): learn the format from the model's own verified answers.
+
+A 135M model almost never writes `<think> ... </think> <answer> ... </answer>` with a right answer
+on its own, so GRPO gets no signal, and until now the warm-up needed demonstrations: the task's
+worked solutions or a teacher's. This needs neither, only the verifier (rejection-sampling
+fine-tuning; STaR, Zelikman et al. 2022, arXiv 2203.14465):
+
+    for each of sft.self_rounds rounds:
+        questions   sft.self_questions fresh training questions
+        sample      sft.self_samples completions each, few-shot prompted: sft.self_shots examples in
+                    the target format before the question (`few_shot_prompt`)
+        judge       the task's verifier and the format check, once per completion (rlvr.judge)
+        keep        verified AND formatted (`accepts`), distinct, at most sft.self_max_per_question
+                    per question (`select_accepted`)
+        fine-tune   on the kept completions under the ordinary zero-shot prompt (rlvr.sft.sft_train)
+        evaluate    held-out accuracy, greedy, zero-shot (sft.self_eval_n examples)
+
+Where it departs from STaR: no rationalization (STaR shows the answer as a hint for the questions
+the model failed; a completion written towards a given answer teaches reaching it without the
+reasoning that finds it, so only what the model found itself is kept); each round continues
+fine-tuning the current model on that round's kept completions instead of restarting from the
+base model on everything kept so far (cheaper on a CPU; every round sees fresh questions); and
+the format is required as well as the answer, since teaching the format is what the warm-up is
+for. The few-shot examples are only ever in the prompt: they are not trained on.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlvr.demos import Demo
+from rlvr.judge import Verdict, judge
+from rlvr.prompts import ANSWER_CLOSE, build_messages, format_completion, render_prompt
+from rlvr.rollout import PromptFormat, sampling_params
+from rlvr.tasks.base import Example, Task
+
+
+class SelfWarmUpError(RuntimeError):
+    """The self warm-up accepted no completion at all: there is nothing to fine-tune on."""
+
+
+@dataclass
+class Candidate:
+    """One sampled completion of the self warm-up and the judge's verdict on it."""
+
+    question: int
+    """index of its question within the round"""
+    example: Example
+    text: str
+    """the completion, prefill included"""
+    verdict: Verdict
+
+
+@dataclass
+class SelfResult:
+    rounds: list[dict] = field(default_factory=list)
+    """one record per round (`round_record`)"""
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    num_demos: int = 0
+    """completions fine-tuned on, all rounds"""
+
+
+# ------------------------------------------------------------------------ the accept rule (pure)
+
+
+def accepts(verdict: Verdict) -> bool:
+    """The rule: the verifier gives the answer full marks AND the completion has the format."""
+    return verdict.formatted and verdict.correct >= 1.0
+
+
+def trim_after_answer(text: str) -> str:
+    """The completion up to its last `</answer>`: the model learns to stop there."""
+    end = text.rfind(ANSWER_CLOSE)
+    return text if end < 0 else text[: end + len(ANSWER_CLOSE)]
+
+
+def select_accepted(candidates: list[Candidate], max_per_question: int) -> list[Candidate]:
+    """The accepted candidates (`accepts`), each text once per question, at most `max_per_question`
+    per question, in sampling order."""
+    kept, seen, per_question = [], set(), {}
+    for c in candidates:
+        key = (c.question, trim_after_answer(c.text).strip())
+        if not accepts(c.verdict) or key in seen or per_question.get(c.question, 0) >= max_per_question:
+            continue
+        seen.add(key)
+        per_question[c.question] = per_question.get(c.question, 0) + 1
+        kept.append(c)
+    return kept
+
+
+def round_record(index: int, candidates: list[Candidate], kept: list[Candidate], num_questions: int) -> dict:
+    """What a round did: questions tried, completions sampled, formatted, verified, accepted (both),
+    questions with an accepted completion, completions kept."""
+    solved = {c.question for c in candidates if accepts(c.verdict)}
+    return {"round": index, "questions": num_questions, "samples": len(candidates),
+            "formatted": sum(c.verdict.formatted for c in candidates),
+            "verified": sum(c.verdict.correct >= 1.0 for c in candidates),
+            "accepted": sum(accepts(c.verdict) for c in candidates), "solved": len(solved), "kept": len(kept)}
+
+
+# ------------------------------------------------------------------------ few-shot prompts
+
+
+def shot_from_answer(example: Example) -> str:
+    """A few-shot completion built from a question/answer pair: a short think part, the answer."""
+    return format_completion(f"The question asks for one answer; working it out gives {example.answer}.",
+                             example.answer)
+
+
+def few_shot_examples(task: Task, candidates: list[Example], n: int, source: str) -> list[tuple[Example, str]]:
+    """`n` (example, completion) pairs in the target format: `source` auto (the task's worked
+    solution where it has one, else `shot_from_answer`), answers (always `shot_from_answer`) or a
+    .jsonl path of demonstrations (the first n; `candidates` unused)."""
+    if source.endswith(".jsonl"):
+        from rlvr.demos import load_demos_jsonl
+
+        demos = load_demos_jsonl(source)[:n]
+        return [(Example(d.question, d.ground_truth, dict(d.metadata)), d.completion) for d in demos]
+    if source not in ("auto", "answers"):
+        raise ValueError(f"sft.self_shot_source must be auto, answers or a .jsonl path, got {source!r}")
+    shots = []
+    for ex in candidates[:n]:
+        worked = task.demonstration(ex) if source == "auto" else None
+        shots.append((ex, worked or shot_from_answer(ex)))
+    return shots
+
+
+def few_shot_prompt(tokenizer, task: Task, fmt: PromptFormat, shots: list[tuple[Example, str]],
+                    example: Example) -> str:
+    """The prompt: the system prompt, each shot as a user turn and its assistant completion, then the
+    question (chat template), or the same as "Question: ... Answer: ..." blocks (plain template)."""
+    messages = build_messages(task, example, system_prompt=fmt.system_prompt)
+    system, question = messages[:-1], messages[-1]
+    chat = fmt.chat if fmt.chat is not None else bool(getattr(tokenizer, "chat_template", None))
+    if chat:
+        turns = [m for ex, c in shots for m in ({"role": "user", "content": task.user_message(ex)},
+                                                {"role": "assistant", "content": c})]
+        return render_prompt(tokenizer, [*system, *turns, question], chat=True, prefill=fmt.prefill)
+    blocks = "".join(f"Question: {task.user_message(ex)}\nAnswer: {c}\n\n" for ex, c in shots)
+    head = f"{system[0]['content']}\n\n" if system else ""  # as rlvr.prompts.PLAIN_TEMPLATE
+    return f"{head}{blocks}Question: {question['content']}\nAnswer: {fmt.prefill}"
+
+
+# ------------------------------------------------------------------------ one round
+
+
+def sample_candidates(sampler, tokenizer, task: Task, fmt: PromptFormat, shots, questions: list[Example],
+                      params, num_samples: int, seed: int, batch_size: int) -> list[Candidate]:
+    """`num_samples` completions per question (few-shot prompted), judged. Each question samples
+    with its own generator seeded from `seed`, so batching does not change what it samples."""
+    seeds = torch.randint(0, 2**62, (len(questions),), generator=torch.Generator().manual_seed(seed)).tolist()
+    per_call = max(1, batch_size // num_samples)
+    out: list[Candidate] = []
+    for start in range(0, len(questions), per_call):
+        batch = questions[start:start + per_call]
+        ids = [tokenizer(few_shot_prompt(tokenizer, task, fmt, shots, ex), add_special_tokens=False)["input_ids"]
+               for ex in batch]
+        gens = [torch.Generator().manual_seed(s) for s in seeds[start:start + per_call]]
+        for o in sampler.generate(ids, params, num_samples=num_samples, generator=gens):
+            ex = batch[o.prompt_index]
+            text = fmt.prefill + tokenizer.decode(o.token_ids, skip_special_tokens=True)
+            out.append(Candidate(start + o.prompt_index, ex, text, judge(task, text, ex)))
+    return out
+
+
+def to_demos(kept: list[Candidate]) -> list[Demo]:
+    """The kept completions as demonstrations for `sft_train` (trimmed after the answer)."""
+    return [Demo(c.example.question, trim_after_answer(c.text), c.example.answer, dict(c.example.metadata), "self")
+            for c in kept]
+
+
+def question_rounds(examples: list[Example], shots: int, per_round: int, rounds: int,
+                    generator: torch.Generator) -> tuple[list[Example], list[list[Example]]]:
+    """(shot examples, each round's questions): a seeded shuffle of the training split, the first
+    `shots` for the prompt, then fresh questions for every round (starting over when they run out)."""
+    order = [examples[i] for i in torch.randperm(len(examples), generator=generator).tolist()]
+    shot_pool, pool = order[:shots], order[shots:] or order
+    per_round = min(per_round, len(pool))
+    return shot_pool, [[pool[(r * per_round + i) % len(pool)] for i in range(per_round)] for r in range(rounds)]
+
+
+# ------------------------------------------------------------------------ the loop
+
+
+def self_warm_up(policy, tokenizer, task: Task, cfg, *, run_dir: Path, fine_tune, tracker=None) -> SelfResult:
+    """The rounds of the module docstring on `policy`, trained in place by `fine_tune(demos,
+    step_offset)` (rlvr.sft.sft_train on it: returns its steps and losses). Raises
+    `SelfWarmUpError` when no round accepted anything."""
+    from rlvr.config import sampler_options
+    from rlvr.sampling import make_sampler
+
+    s, smp = cfg.sft, cfg.sampling
+    fmt = PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill)
+    shot_pool, rounds = question_rounds(task.train_examples(), s.self_shots, s.self_questions, s.self_rounds,
+                                        torch.Generator().manual_seed(cfg.run.seed))
+    shots = few_shot_examples(task, shot_pool, s.self_shots, s.self_shot_source)
+    params = sampling_params(tokenizer, max_new_tokens=smp.max_completion_length, temperature=smp.temperature,
+                             top_p=smp.top_p, top_k=smp.top_k, stop_at_answer=smp.stop_at_answer)
+    sampler = make_sampler(smp.backend, policy, tokenizer, **sampler_options(cfg))
+    result, t0 = SelfResult(), time.perf_counter()
+    for r, questions in enumerate(rounds, start=1):
+        policy.eval()
+        candidates = sample_candidates(sampler, tokenizer, task, fmt, shots, questions, params,
+                                       s.self_samples, cfg.run.seed + r, cfg.eval.batch_size)
+        kept = select_accepted(candidates, s.self_max_per_question)
+        record = round_record(r, candidates, kept, len(questions))
+        _write_candidates(run_dir / "self" / f"round-{r}.jsonl", candidates, kept)
+        if kept:
+            sampler.release()
+            trained = fine_tune(to_demos(kept), result.steps)
+            sampler.sync_weights(policy)
+            result.steps += trained.steps
+            result.losses += trained.losses
+            result.num_demos += len(kept)
+            record.update(sft_steps=trained.steps, loss_first=trained.losses[0], loss_last=trained.losses[-1])
+        if s.self_eval_n:
+            record.update(_evaluate_round(sampler, policy, tokenizer, task, cfg, run_dir, tracker, record, result.steps))
+        record["seconds"] = time.perf_counter() - t0
+        result.rounds.append(record)
+        if not cfg.run.quiet:
+            print(format_round(record), flush=True)
+    result.seconds = time.perf_counter() - t0
+    policy.eval()
+    if not result.num_demos:
+        raise SelfWarmUpError(
+            f"the self warm-up accepted no completion in {len(rounds)} rounds of {s.self_questions} questions x "
+            f"{s.self_samples} samples: the model never wrote a verified answer in the format. Try more samples "
+            "(sft.self_samples), other few-shot examples (sft.self_shot_source), a prefill (task.prefill=<think>) "
+            "or a larger model; see RUN/self/round-*.jsonl for what it wrote")
+    return result
+
+
+def _evaluate_round(sampler, policy, tokenizer, task, cfg, run_dir: Path, tracker, record: dict, step: int) -> dict:
+    """Greedy zero-shot accuracy on the first sft.self_eval_n held-out examples after a round; the
+    eval.jsonl row (stage "self round R") carries the round's counts as `self/<count>`. (Not in
+    metrics.jsonl: a record there at an SFT step would replace that step's loss.)"""
+    r = record["round"]
+    from rlvr.evaluate import evaluate_config
+
+    policy.eval()
+    sub = copy.deepcopy(cfg)
+    sub.eval = dataclasses.replace(cfg.eval, n=cfg.sft.self_eval_n, samples=1)
+    res = evaluate_config(sampler, tokenizer, task, sub, progress=not cfg.run.quiet,
+                          out_path=run_dir / "eval" / f"self-round-{r}.jsonl")
+    if tracker is not None:
+        counts = {f"self/{k}": v for k, v in record.items() if k != "round"}
+        tracker.log_eval({"step": step, "stage": f"self round {r}", **res.summary(), **counts})
+    return {"accuracy": res.accuracy, "format_rate": res.format_rate, "eval_n": res.n}
+
+
+def _write_candidates(path: Path, candidates: list[Candidate], kept: list[Candidate]) -> None:
+    """Every completion of a round with its verdict and whether it was kept (RUN/self/round-R.jsonl)."""
+    from rlvr.evaluate import write_jsonl
+
+    kept_ids = {id(c) for c in kept}
+    write_jsonl(path, [{"question": c.question, "prompt": c.example.question, "completion": c.text,
+                        "answer": c.verdict.answer, "ground_truth": c.example.answer, "correct": c.verdict.correct,
+                        "format": c.verdict.formatted, "accepted": accepts(c.verdict), "kept": id(c) in kept_ids}
+                       for c in candidates])
+
+
+ROUND_COLUMNS = (("round", "round", "{}"), ("questions", "questions", "{}"), ("samples", "samples", "{}"),
+                 ("accepted", "accepted", "{}"), ("solved", "solved", "{}"), ("kept", "kept", "{}"),
+                 ("accuracy", "accuracy", "{:.1%}"), ("format_rate", "format", "{:.1%}"))
+
+
+def format_round(record: dict) -> str:
+    """One line: `self round 2: 64 questions, 512 samples, 37 accepted (21 questions), 30 kept; accuracy 12.0%`."""
+    line = (f"self round {record['round']}: {record['questions']} questions, {record['samples']} samples, "
+            f"{record['accepted']} accepted ({record['solved']} questions), {record['kept']} kept")
+    if "accuracy" in record:
+        line += f"; held-out accuracy {record['accuracy']:.1%}, format {record['format_rate']:.1%}"
+    return line
+
+
+def format_rounds(rounds: list[dict]) -> str:
+    """The rounds as a plain table (questions tried, accepted, accuracy after the round)."""
+    cols = [c for c in ROUND_COLUMNS if any(c[0] in r for r in rounds)]
+    lines = ["  ".join(f"{title:>9}" for _, title, _ in cols)]
+    for r in rounds:
+        lines.append("  ".join(f"{fmt.format(r[k]) if k in r else '-':>9}" for k, _, fmt in cols))
+    return "\n".join(lines)

@@ -1,0 +1,177 @@
+"""The self warm-up (`sft.source: self`, rlvr.selftrain): only completions the verifier accepts AND
+that have the format are kept and fine-tuned on; the rounds are recorded."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from conftest import DigitTask, char_model
+
+from rlvr.config import load_config
+from rlvr.demos import Demo
+from rlvr.judge import Verdict, judge
+from rlvr.rollout import PromptFormat
+from rlvr.selftrain import (Candidate, accepts, few_shot_examples, few_shot_prompt, question_rounds,
+                            select_accepted, shot_from_answer, trim_after_answer)
+from rlvr.tasks.base import Example
+
+import torch
+
+
+class AcceptAnything(DigitTask):
+    """The verifier accepts every answer (even none): only the format decides what is kept."""
+
+    name = "accept-anything"
+
+    def verify(self, answer, example):
+        return 1.0
+
+
+def format_writer(seed: int = 0):
+    """A tiny char model fine-tuned (a few seconds) until it writes `<think>\\nok\\n</think>\\n<answer>7</answer>`
+    often but not always: sampled at temperature 1 it gives formatted and broken completions."""
+    from rlvr.models import prepare_policy
+    from rlvr.sft import sft_train
+
+    model, tok = char_model(seed)
+    cfg = load_config(None, ["run.quiet=true", "model.use_peft=false", "sft.batch_size=8", "sft.learning_rate=1e-2",
+                             "sft.epochs=2", "sft.warmup_ratio=0", f"run.seed={seed}"])
+    policy = prepare_policy(model, cfg.model)
+    demos = [Demo("say 7", "<think>\nok\n</think>\n<answer>7</answer>", "7")] * 320
+    sft_train(policy, tok, DigitTask(), demos, cfg, run_dir=Path("."))
+    return policy, tok
+
+
+# ------------------------------------------------------------------------------ the rule, by hand
+
+
+def v(correct: float, formatted: bool) -> Verdict:
+    return Verdict("x", correct, formatted)
+
+
+def test_accept_rule_needs_both_the_verifier_and_the_format():
+    assert accepts(v(1.0, True))
+    assert not accepts(v(1.0, False))  # right answer, no format
+    assert not accepts(v(0.0, True))  # format, wrong answer
+    assert not accepts(v(0.5, True))  # partial credit is not acceptance
+
+
+def test_select_accepted_dedupes_and_caps_per_question():
+    ex = Example("q", "a")
+    ok = "<think>\nt\n</think>\n<answer>a</answer>"
+    cands = [Candidate(0, ex, ok, v(1.0, True)),
+             Candidate(0, ex, ok + "\n<junk", v(1.0, True)),  # the same once trimmed after the answer
+             Candidate(0, ex, ok.replace("t", "u"), v(1.0, True)),
+             Candidate(0, ex, ok.replace("t", "w"), v(1.0, True)),  # a third distinct one: over the cap of 2
+             Candidate(1, ex, ok, v(0.0, True)),  # wrong
+             Candidate(1, ex, "a", v(1.0, False)),  # no format
+             Candidate(2, ex, ok, v(1.0, True))]
+    kept = select_accepted(cands, max_per_question=2)
+    assert [(c.question, c.text) for c in kept] == [(0, ok), (0, ok.replace("t", "u")), (2, ok)]
+    assert trim_after_answer(ok + "\n<junk") == ok
+
+
+def test_few_shot_prompt_shows_the_examples_then_the_question(smol_tokenizer):
+    task = DigitTask("7")
+    shots = few_shot_examples(task, [Example("say 3", "3"), Example("say 4", "4")], 2, "auto")
+    assert shots[0][1] == shot_from_answer(Example("say 3", "3"))  # no worked solution: built from the answer
+    assert judge(task, shots[0][1], Example("say 3", "3")).formatted
+    question = Example("say 7", "7")
+    plain = few_shot_prompt(None, task, PromptFormat(chat=False, prefill="<think>"), shots, question)
+    assert plain == (f"Question: say 3\nAnswer: {shots[0][1]}\n\nQuestion: say 4\nAnswer: {shots[1][1]}\n\n"
+                     "Question: say 7\nAnswer: <think>")
+    chat = few_shot_prompt(smol_tokenizer, task, PromptFormat(chat=True), shots, question)
+    assert chat.index("say 3") < chat.index("<answer>3</answer>") < chat.index("say 4") < chat.index("say 7")
+    assert chat.endswith("<|im_start|>assistant\n")
+
+
+def test_worked_solutions_are_the_shots_when_the_task_has_them():
+    from rlvr.tasks.subtraction import SubtractionTask
+
+    task = SubtractionTask(n=50, high=10)
+    ex = task.train_examples()[0]
+    (shot, completion), = few_shot_examples(task, [ex], 1, "auto")
+    assert completion == task.demonstration(ex)
+    (_, built), = few_shot_examples(task, [ex], 1, "answers")
+    assert built == shot_from_answer(ex)
+
+
+def test_a_bad_shot_source_is_a_config_error():
+    from rlvr.config import ConfigError
+
+    with pytest.raises(ConfigError, match="sft.self_shot_source"):
+        load_config(None, ["sft.source=self", "sft.self_shot_source=teacher"])
+
+
+def test_shot_examples_are_never_round_questions():
+    examples = [Example(f"q{i}", str(i)) for i in range(20)]
+    shots, rounds = question_rounds(examples, 3, 5, 3, torch.Generator().manual_seed(0))
+    asked = [e.question for r in rounds for e in r]
+    assert len(shots) == 3 and not {e.question for e in shots} & set(asked)
+    assert len(asked) == 15 == len(set(asked))  # fresh questions every round
+
+
+# ------------------------------------------------------------------------------ a real run
+
+
+def test_self_warm_up_keeps_only_verified_formatted_completions(tmp_path):
+    """A tiny model that writes the format about half the time, a verifier that accepts anything:
+    what is kept (and fine-tuned on) is exactly the formatted completions, deduplicated."""
+    from rlvr.sft import run_sft
+
+    policy, tok = format_writer()
+    cfg = load_config(None, [
+        f"run.output_dir={tmp_path / 'self'}", "run.quiet=true", "model.use_peft=false", "task.system_prompt=",
+        "sft.source=self", "sft.self_rounds=2", "sft.self_questions=6", "sft.self_samples=8", "sft.self_shots=0",
+        "sft.self_max_per_question=8", "sft.self_eval_n=4", "sft.batch_size=4", "sft.learning_rate=1e-3",
+        "sampling.max_completion_length=40", "eval.n=0",
+    ])
+    result, _ = run_sft(cfg, model=policy, tokenizer=tok, task=AcceptAnything())
+    task = AcceptAnything()
+    total_kept = 0
+    for r in (1, 2):
+        records = [json.loads(line) for line in (tmp_path / "self" / "self" / f"round-{r}.jsonl").read_text().splitlines()]
+        assert len(records) == 6 * 8
+        for rec in records:  # the judge's verdict, recomputed here, agrees with what was kept
+            verdict = judge(task, rec["completion"], Example("say 7", "7"))
+            assert rec["accepted"] == (verdict.formatted and verdict.correct == 1.0)
+            assert not rec["kept"] or rec["accepted"]
+        formatted = [rec for rec in records if rec["format"]]
+        assert 0 < len(formatted) < len(records), "the test needs both kinds of completion"
+        distinct = {(rec["question"], trim_after_answer(rec["completion"]).strip()) for rec in formatted}
+        assert sum(rec["kept"] for rec in records) == len(distinct)
+        total_kept += len(distinct)
+    summary = json.loads((tmp_path / "self" / "sft_summary.json").read_text())
+    rounds = summary["self_rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and all(r["questions"] == 6 and r["samples"] == 48 for r in rounds)
+    assert all(r["accepted"] == r["formatted"] for r in rounds)  # the verifier accepts everything
+    assert all(0 <= r["accuracy"] <= 1 and r["eval_n"] == 4 for r in rounds)  # evaluated after each round
+    # fine-tuned on exactly the kept completions: ceil(kept / batch) steps per round
+    assert result.num_demos == summary["num_demos"] == total_kept
+    assert result.steps == sum(math.ceil(r["kept"] / 4) for r in rounds)
+    evals = [json.loads(line) for line in (tmp_path / "self" / "eval.jsonl").read_text().splitlines()]
+    assert [e["stage"] for e in evals] == ["self round 1", "self round 2"]
+    assert [e["self/accepted"] for e in evals] == [r["accepted"] for r in rounds]  # the counts ride on the eval row
+    from rlvr.report import write_report
+
+    html = write_report(tmp_path / "self").read_text()
+    assert "Self warm-up (no demonstrations)" in html
+    assert f"<td>{rounds[1]['accepted']}</td><td>{rounds[1]['solved']}</td><td>{rounds[1]['kept']}</td>" in html
+
+
+def test_no_accepted_completion_is_a_clear_error(tmp_path):
+    """A random model never writes the format: the warm-up stops naming what to change."""
+    from rlvr.selftrain import SelfWarmUpError
+    from rlvr.sft import run_sft
+
+    model, tok = char_model()
+    cfg = load_config(None, [
+        f"run.output_dir={tmp_path / 'self'}", "run.quiet=true", "model.use_peft=false", "sft.source=self",
+        "sft.self_rounds=1", "sft.self_questions=2", "sft.self_samples=2", "sft.self_shots=1", "sft.self_eval_n=0",
+        "sampling.max_completion_length=8", "eval.n=0",
+    ])
+    with pytest.raises(SelfWarmUpError, match="sft.self_samples"):
+        run_sft(cfg, model=model, tokenizer=tok, task=AcceptAnything())
