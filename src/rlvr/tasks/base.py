@@ -134,6 +134,17 @@ def conversation_example(messages: list[dict], answer: str, metadata: dict[str, 
     return Example(question, answer, metadata, messages=[dict(m) for m in messages])
 
 
+def arithmetic(op: str, left: Fraction, right: Fraction) -> Fraction:
+    """`left op right` for op in + - * / (exact; a division by zero raises ZeroDivisionError)."""
+    if op == "+":
+        return left + right
+    if op == "-":
+        return left - right
+    if op == "*":
+        return left * right
+    return left / right
+
+
 def normalize_text(text: str) -> str:
     """Case-folded, whitespace collapsed, surrounding quotes and a final period removed."""
     s = " ".join(text.split()).casefold()

@@ -30,7 +30,7 @@ from decimal import Decimal, localcontext
 from fractions import Fraction
 
 from rlvr.prompts import format_completion
-from rlvr.tasks.base import Example, Task, parse_number, split_train_test
+from rlvr.tasks.base import Example, Task, arithmetic, parse_number, split_train_test
 from rlvr.tools import format_tool_call, trusted
 
 MAX_EXPRESSION_CHARS = 200
@@ -83,18 +83,8 @@ def _value(node: ast.AST) -> Fraction:
         value = _value(node.operand)
         return -value if isinstance(node.op, ast.USub) else value
     if isinstance(node, ast.BinOp) and type(node.op) in _AST_OPS:
-        return apply(_AST_OPS[type(node.op)], _value(node.left), _value(node.right))
+        return arithmetic(_AST_OPS[type(node.op)], _value(node.left), _value(node.right))
     raise ValueError("only numbers, + - * / and parentheses are allowed")
-
-
-def apply(op: str, left: Fraction, right: Fraction) -> Fraction:
-    if op == "+":
-        return left + right
-    if op == "-":
-        return left - right
-    if op == "*":
-        return left * right
-    return left / right
 
 
 def format_number(value: Fraction) -> str:
@@ -154,7 +144,7 @@ class CalculatorTask(Task):
             strong = op in "*/"
             if strong and precedence < 2:
                 text = f"({text})"
-            text, value, precedence = f"{text} {op} {number}", apply(op, value, Fraction(number)), 2 if strong else 1
+            text, value, precedence = f"{text} {op} {number}", arithmetic(op, value, Fraction(number)), 2 if strong else 1
         answer = format_number(value)
         return Example(question=f"What is {text}?", answer=answer, metadata={"expression": text, "value": answer})
 
@@ -214,7 +204,7 @@ def _work(node: ast.AST, lines: list[str]) -> Fraction:
         return _value(node)
     left, right = _work(node.left, lines), _work(node.right, lines)
     op = _AST_OPS[type(node.op)]
-    result = apply(op, left, right)
+    result = arithmetic(op, left, right)
     a, b, c = format_number(left), format_number(right), format_number(result)
     if op == "*" and right.denominator == 1 and right.numerator >= 10:
         parts = [int(d) * 10 ** k for k, d in enumerate(reversed(str(right.numerator))) if d != "0"][::-1]

@@ -22,7 +22,7 @@ from fractions import Fraction
 from collections.abc import Sequence
 
 from rlvr.prompts import format_completion
-from rlvr.tasks.base import Example, Task, split_train_test
+from rlvr.tasks.base import Example, Task, arithmetic, split_train_test
 
 HUB_DATASET = "Jiayi-Pan/Countdown-Tasks-3to4"
 MAX_EXPRESSION_CHARS = 200
@@ -69,14 +69,7 @@ def _value(node: ast.AST) -> Fraction:
         v = _value(node.operand)
         return -v if isinstance(node.op, ast.USub) else v
     left, right = _value(node.left), _value(node.right)
-    op = _OPS[type(node.op)]
-    if op == "+":
-        return left + right
-    if op == "-":
-        return left - right
-    if op == "*":
-        return left * right
-    return left / right
+    return arithmetic(_OPS[type(node.op)], left, right)
 
 
 def verify_countdown(answer: str | None, nums: Sequence[int], target: int) -> float:
