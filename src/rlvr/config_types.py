@@ -118,7 +118,8 @@ def _convert(value: Any, annotation: Any) -> Any:
 
 RANGES: dict[str, str] = {
     "model.lora_r": "[1, inf)", "model.lora_alpha": "[1, inf)", "model.lora_dropout": "[0, 1)",
-    "task.reward_timeout": "(0, 86400]",
+    "task.reward_timeout": "(0, 86400]", "task.max_tool_calling_iterations": "[0, inf)",
+    "task.max_tool_seconds": "(0, 86400]", "task.tool_timeout": "(0, 86400]",
     "sampling.temperature": "[0, 100]", "sampling.top_p": "(0, 1]", "sampling.top_k": "[0, inf)",
     "sampling.max_completion_length": "[1, inf)",
     "sampling.vllm_gpu_memory_utilization": "(0, 1]", "sampling.vllm_max_model_length": "[1, inf)",
