@@ -137,6 +137,8 @@ def test_trls_grpo_quickstart_trains_and_saves(tmp_path, tiny_dir):
     )
     trainer.train()
     saved = trainer.save_model(tmp_path / "model")
+    # as in TRL, trainer.model is the trained model afterwards (here: the policy with its LoRA adapter)
+    assert isinstance(trainer.model, torch.nn.Module) and hasattr(trainer.model, "peft_config")
 
     run = tmp_path / "run"
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -409,6 +409,8 @@ class GRPOTrainer(RunTrainer):
         model, tokenizer = self._model_and_tokenizer()
         self.result = train(self.config, resume=resume, model=model, tokenizer=tokenizer, task=self.task,
                             reward_funcs=self.reward_funcs)
+        if self.result.model is not None:  # as TRL: trainer.model is the trained model afterwards
+            self.model = self.result.model
         if self.args.push_to_hub:
             self.push_to_hub()
         return self.result

@@ -23,6 +23,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rlvr.config import Config, ConfigError
 
@@ -36,6 +37,8 @@ class TrainResult:
     eval_rows: list[dict] = field(default_factory=list)
     wall_time_s: float = 0.0
     peak_rss_gb: float = 0.0
+    model: Any = field(default=None, repr=False, compare=False)
+    """the trained policy in memory (a peft model with LoRA; None on processes other than the main one)"""
 
 
 def peak_rss_gb() -> float:

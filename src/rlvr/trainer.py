@@ -327,7 +327,7 @@ def _finish(run: _Run, t_start: float, write_report: bool) -> TrainResult:
         return TrainResult(run.run_dir, step)
     save_final(final_model, run.tokenizer, run.run_dir)
     run.tracker.close()
-    result = TrainResult(run.run_dir, step, run.state["eval_rows"], time.time() - t_start, peak_rss_gb())
+    result = TrainResult(run.run_dir, step, run.state["eval_rows"], time.time() - t_start, peak_rss_gb(), final_model)
     write_summary(run.run_dir, result, cfg, task_name=getattr(run.task, "name", None))
     if write_report:
         write_report_safely(run.run_dir)
