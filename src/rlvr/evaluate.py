@@ -74,7 +74,8 @@ def evaluate(sampler, tokenizer, task: Task, examples: list[Example], *, fmt: Pr
     t0 = time.perf_counter()
     tokens = 0
     bar = tqdm(total=len(examples), desc="eval", unit="ex", disable=not progress, leave=False)
-    multi = not isinstance(fmt.environment(task), SingleTurn)
+    env = fmt.environment(task)
+    multi = not isinstance(env, SingleTurn)
     for start in range(0, len(examples), per_batch):
         batch = examples[start:start + per_batch]
         if multi:  # episodes: the tool metrics ride on each record
@@ -83,7 +84,7 @@ def evaluate(sampler, tokenizer, task: Task, examples: list[Example], *, fmt: Pr
                 records.append(rec)
             bar.update(len(batch))
             continue
-        ids = fmt.encode(tokenizer, task, batch)
+        _, texts, ids = fmt.first_turns(tokenizer, env, batch)
         outs = sampler.generate(ids, params, num_samples=k, generator=generator)
         for o in outs:
             tokens += len(o.token_ids)
@@ -91,7 +92,7 @@ def evaluate(sampler, tokenizer, task: Task, examples: list[Example], *, fmt: Pr
             text = tokenizer.decode(o.token_ids, skip_special_tokens=True)
             v = judge(task, fmt.prefill + text, ex)
             records.append({
-                "index": start + o.prompt_index, "prompt": fmt.text(tokenizer, task, ex), "completion": text,
+                "index": start + o.prompt_index, "prompt": texts[o.prompt_index], "completion": text,
                 "answer": v.answer, "ground_truth": ex.answer, "correct": v.correct,
                 "format": float(v.formatted), "length": len(o.token_ids),
                 "truncated": o.finish_reason == "length",
@@ -109,19 +110,15 @@ def episode_records(sampler, tokenizer, task: Task, batch: list[Example], start:
                     generator: torch.Generator | None) -> list[dict]:
     """Evaluation records of a multi-turn task's episodes (rlvr.episodes): the judged final turn,
     the conversation, tool calls and errors, and the limit that cut the episode, if any."""
-    from rlvr import prompts as prompt_lib
     from rlvr.episodes import run_episodes
 
     env = fmt.environment(task)
-    first = [env.reset(ex) for ex in batch]
-    texts = [prompt_lib.render_prompt(tokenizer, m, chat=fmt.chat, prefill=fmt.prefill) for m in first]
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    first, texts, ids = fmt.first_turns(tokenizer, env, batch)
     seeds = (torch.randint(0, 2**62, (len(batch),), generator=generator).tolist() if generator is not None
              else [start + i for i in range(len(batch))])
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    chat = fmt.chat if fmt.chat is not None else bool(getattr(tokenizer, "chat_template", None))
-    episodes = run_episodes(sampler, tokenizer, env, batch, gens, k, params, chat=chat, prefill=fmt.prefill,
-                            prompt_ids=ids, first_messages=first, limits=fmt.limits)
+    episodes = run_episodes(sampler, tokenizer, env, batch, gens, k, params, chat=fmt.uses_chat(tokenizer),
+                            prefill=fmt.prefill, prompt_ids=ids, first_messages=first, limits=fmt.limits)
     records = []
     for ep in episodes:
         v = judge(task, fmt.prefill + ep.text, ep.example)

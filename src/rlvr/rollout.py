@@ -75,10 +75,21 @@ class PromptFormat:
         messages = self.environment(task).reset(example)
         return prompt_lib.render_prompt(tokenizer, messages, chat=self.chat, prefill=self.prefill)
 
+    def first_turns(self, tokenizer, env: Environment, examples: list[Example]
+                    ) -> tuple[list[list[dict]], list[str], list[list[int]]]:
+        """Each example's first messages (`env.reset`), their rendered prompt and its token ids (the
+        chat template already holds the special tokens): what an episode starts from."""
+        messages = [env.reset(ex) for ex in examples]
+        texts = [prompt_lib.render_prompt(tokenizer, m, chat=self.chat, prefill=self.prefill) for m in messages]
+        return messages, texts, [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
     def encode(self, tokenizer, task: Task, examples: list[Example]) -> list[list[int]]:
-        """Token ids of each example's prompt (the chat template already holds the special tokens)."""
-        texts = [self.text(tokenizer, task, ex) for ex in examples]
-        return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        """Token ids of each example's prompt."""
+        return self.first_turns(tokenizer, self.environment(task), examples)[2]
+
+    def uses_chat(self, tokenizer) -> bool:
+        """Whether prompts go through the tokenizer's chat template (`chat`, or auto: it has one)."""
+        return self.chat if self.chat is not None else bool(getattr(tokenizer, "chat_template", None))
 
 
 def sampling_params(tokenizer, *, max_new_tokens: int, temperature: float, top_p: float = 1.0,
@@ -208,17 +219,21 @@ def user_reward_columns(task: Task, examples: list[Example], fmt: PromptFormat, 
     rows = [task.reward_columns(ex) for ex in examples]
     keys = [k for k in dict.fromkeys(k for row in rows for k in row) if k not in TRL_NOT_COLUMNS]
     columns: dict[str, object] = {k: [row.get(k) for row in rows] for k in keys}
-    columns["prompts"] = [trl_prompt(task, ex, fmt, conversational) for ex in examples]
+    env, prompts = fmt.environment(task), {}  # one prompt per example, not per completion (G share it)
+    for ex in examples:
+        if id(ex) not in prompts:
+            prompts[id(ex)] = trl_prompt(task, ex, fmt, conversational, env)
+    columns["prompts"] = [prompts[id(ex)] for ex in examples]
     columns["completion_ids"] = [list(ids) for ids in completion_ids]
     columns["trainer_state"] = trainer_state
     return columns
 
 
-def trl_prompt(task: Task, example: Example, fmt: PromptFormat, conversational: bool):
+def trl_prompt(task: Task, example: Example, fmt: PromptFormat, conversational: bool, env: Environment | None = None):
     """The prompt as TRL passes it to reward functions: the conversation the model continued (the
     prefill as a final assistant message, as a TRL dataset writes one), or the plain text (the
     dataset's own prompt text when it has one, else rlvr's plain prompt) with the prefill."""
-    messages = fmt.environment(task).reset(example)
+    messages = (env or fmt.environment(task)).reset(example)
     if conversational:
         return messages + ([{"role": "assistant", "content": fmt.prefill}] if fmt.prefill else [])
     own = example.metadata.get(getattr(task, "prompt_column", None) or "", None)
@@ -303,11 +318,9 @@ def _sample_and_score(sampler, tokenizer, task, batch, seeds, offset, g, params,
     the gathered rewards of every process's groups. Each completion is an episode (rlvr.episodes):
     one turn for a single-turn task, several for a task with tools."""
     env = fmt.environment(task)
-    first = [env.reset(ex) for ex in batch]
-    prompt_ids = [tokenizer(prompt_lib.render_prompt(tokenizer, m, chat=fmt.chat, prefill=fmt.prefill),
-                            add_special_tokens=False)["input_ids"] for m in first]
+    first, _, prompt_ids = fmt.first_turns(tokenizer, env, batch)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    episodes = run_episodes(sampler, tokenizer, env, batch, gens, g, params, chat=_is_chat(tokenizer, fmt),
+    episodes = run_episodes(sampler, tokenizer, env, batch, gens, g, params, chat=fmt.uses_chat(tokenizer),
                             prefill=fmt.prefill, prompt_ids=prompt_ids, first_messages=first, limits=fmt.limits,
                             progress=progress)
     texts = [ep.text for ep in episodes]  # the final turn: the answer the task judges
@@ -320,7 +333,7 @@ def _sample_and_score(sampler, tokenizer, task, batch, seeds, offset, g, params,
                         for ep in episodes] if multi else None
         instances = [ep.env.instance for ep in episodes] if hasattr(env, "instance") and multi else None
         result = score_texts(reward_fns, task, examples, texts, fmt, reward_timeout, conversational=chat,
-                             verdicts=verdicts, completion_ids=[list(ep.completion_ids) for ep in episodes],
+                             verdicts=verdicts, completion_ids=[ep.completion_ids for ep in episodes],
                              trainer_state=trainer_state, trajectories=trajectories, environments=instances)
         if multi:
             result = _add_environment_rewards(result, env, episodes)
@@ -359,9 +372,7 @@ def _is_chat(tokenizer, fmt: PromptFormat, task: Task | None = None) -> bool:
     prompts say (a dataset's `prompt` column, `DatasetTask.conversational`), else the prompt
     format (a chat template renders messages)."""
     own = getattr(task, "conversational", None)
-    if own is not None:
-        return bool(own)
-    return fmt.chat if fmt.chat is not None else bool(getattr(tokenizer, "chat_template", None))
+    return bool(own) if own is not None else fmt.uses_chat(tokenizer)
 
 
 def _keep_groups(exp: Experience, keep: torch.Tensor, g: int) -> Experience:

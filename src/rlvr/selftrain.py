@@ -139,7 +139,7 @@ def few_shot_prompt(tokenizer, task: Task, fmt: PromptFormat, shots: list[tuple[
     question (chat template), or the same as "Question: ... Answer: ..." blocks (plain template)."""
     messages = build_messages(task, example, system_prompt=fmt.system_prompt)
     system, question = messages[:-1], messages[-1]
-    chat = fmt.chat if fmt.chat is not None else bool(getattr(tokenizer, "chat_template", None))
+    chat = fmt.uses_chat(tokenizer)
     if chat:
         turns = [m for ex, c in shots for m in ({"role": "user", "content": task.user_message(ex)},
                                                 {"role": "assistant", "content": c})]

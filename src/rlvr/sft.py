@@ -77,7 +77,7 @@ def _encode(tokenizer, task, fmt: PromptFormat, demos) -> list[Rollout]:
         if fmt.prefill and completion.startswith(fmt.prefill):
             completion = completion[len(fmt.prefill):]
         if d.messages is not None and len(d.messages) > 1:  # multi-turn: the tool's tokens carry no loss
-            chat = fmt.chat if fmt.chat is not None else bool(getattr(tokenizer, "chat_template", None))
+            chat = fmt.uses_chat(tokenizer)
             completion_ids, mask = encode_trajectory(tokenizer, d.messages, chat=chat, prefill=fmt.prefill)
             items.append(Rollout(prompt_ids, completion_ids, [0.0] * len(completion_ids), 0.0, False, loss_mask=mask))
             continue
