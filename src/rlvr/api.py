@@ -278,12 +278,18 @@ def to_config(args: GRPOConfig, *, train_size: int | None = None) -> Config:
         "eval.batch_size": args.per_device_eval_batch_size,
         "eval.every": _eval_every(args, per_step),
     })
+    return apply_trl_options(cfg, options, args)
+
+
+def apply_trl_options(cfg: Config, options: dict, args) -> Config:
+    """`cfg` with the options converted from a TRL-shaped config, then its `rlvr_options`, finalized;
+    an error names the config class (GRPOConfig, SFTConfig)."""
     try:
         apply_options(cfg, options)
         apply_options(cfg, args.rlvr_options)
         return cfg.finalize()
     except ConfigError as err:
-        raise ConfigError(f"GRPOConfig: {err}") from None
+        raise ConfigError(f"{type(args).__name__}: {err}") from None
 
 
 def _warmup_ratio(args: GRPOConfig, optimizer_steps: int) -> float:

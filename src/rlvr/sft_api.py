@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from rlvr.api import RunTrainer, _apply_peft
-from rlvr.config import Config, ConfigError, apply_options
+from rlvr.api import RunTrainer, _apply_peft, apply_trl_options
+from rlvr.config import Config, ConfigError
 from rlvr.config_types import coerce
 
 __all__ = ["SFTConfig", "SFTTrainer", "to_sft_config", "sft_rows"]
@@ -106,12 +106,7 @@ def to_sft_config(args: SFTConfig) -> Config:
         "model.lora_dropout": args.lora_dropout, "model.lora_target_modules": args.lora_target_modules,
         "task.system_prompt": args.system_prompt, "eval.n": 0,
     }
-    try:
-        apply_options(cfg, options)
-        apply_options(cfg, args.rlvr_options)
-        return cfg.finalize()
-    except ConfigError as err:
-        raise ConfigError(f"SFTConfig: {err}") from None
+    return apply_trl_options(cfg, options, args)
 
 
 def sft_rows(data, where: str = "train_dataset") -> list[dict]:
