@@ -428,12 +428,8 @@ def _run_jobs(fn, completions, columns, jobs: list[tuple[int, int]], timeout_s: 
     is trusted; the calls of an async function concurrently, in one job."""
     forked = not is_trusted(fn) and hasattr(os, "fork")
     if is_async(fn):
-        def together(_: int) -> tuple[str, Any]:
-            calls = [_outcome_async(fn, completions, columns, job, with_logs) for job in jobs]
-            return "ok", run_coroutine(_gather(calls))
-
-        status, payload = (run_forked(together, 1, timeout_s) if forked else run_inline(together, 1))[0]
-        return payload if status == "ok" else [(status, payload)] * len(jobs)
+        return _together(lambda: [_outcome_async(fn, completions, columns, job, with_logs) for job in jobs],
+                         len(jobs), forked, timeout_s)
 
     def job(k: int) -> tuple[str, Any]:
         return _outcome(fn, completions, columns, jobs[k], with_logs)
@@ -441,22 +437,26 @@ def _run_jobs(fn, completions, columns, jobs: list[tuple[int, int]], timeout_s: 
     return run_forked(job, len(jobs), timeout_s) if forked else run_inline(job, len(jobs))
 
 
-async def _gather(calls: list) -> list:
-    return list(await asyncio.gather(*calls))
+def _together(make_calls: Callable[[], list], count: int, forked: bool, timeout_s: float) -> list[tuple[str, Any]]:
+    """The outcomes of `count` coroutines (made by `make_calls` where they run) awaited together
+    (`asyncio.gather`) in one job, forked or inline; a job that fails or times out is every call's outcome."""
+    async def gather() -> list:
+        return list(await asyncio.gather(*make_calls()))
+
+    def together(_: int) -> tuple[str, Any]:
+        return "ok", run_coroutine(gather())
+
+    status, payload = (run_forked(together, 1, timeout_s) if forked else run_inline(together, 1))[0]
+    return payload if status == "ok" else [(status, payload)] * count
 
 
 def _gather_batch_calls(fns, completions, columns, timeout_s, with_logs) -> dict[str, tuple[str, Any]]:
     """name -> outcome of the batch call of each async function, all run together in one job
     (TRL's asyncio.gather; forked when any is untrusted)."""
     n = len(completions)
-
-    def together(_: int) -> tuple[str, Any]:
-        calls = [_outcome_async(fn, completions, columns, (0, n), with_logs) for _, fn in fns]
-        return "ok", run_coroutine(_gather(calls))
-
     forked = any(not is_trusted(fn) for _, fn in fns) and hasattr(os, "fork")
-    status, payload = (run_forked(together, 1, timeout_s) if forked else run_inline(together, 1))[0]
-    outcomes = payload if status == "ok" else [(status, payload)] * len(fns)
+    outcomes = _together(lambda: [_outcome_async(fn, completions, columns, (0, n), with_logs) for _, fn in fns],
+                         len(fns), forked, timeout_s)
     return {name: outcome for (name, _), outcome in zip(fns, outcomes)}
 
 
