@@ -33,3 +33,14 @@ def test_pipeline_stages_and_resume(tmp_path, smol_tokenizer):
     rows_again = run_pipeline(cfg, resume=True)
     assert [r["stage"] for r in rows_again] == ["base", "sft", "grpo"]
     assert (run / "sft" / "final" / "merged" / "model.safetensors").stat().st_mtime == sft_mtime
+
+
+def test_stage_rows_keep_a_tool_tasks_episode_numbers():
+    """The base row of a multi-turn task keeps tool calls, errors and cut episodes, as the SFT and GRPO
+    rows do (base_summary.json used to drop them)."""
+    from rlvr.pipeline import _row
+
+    row = _row("base", {"accuracy": 0.5, "n": 4, "tool_calls": 1.25, "tool_errors": 0.25, "limit_frac": 0.5,
+                        "records": "not kept"})
+    assert row == {"stage": "base", "accuracy": 0.5, "n": 4, "tool_calls": 1.25, "tool_errors": 0.25,
+                   "limit_frac": 0.5}

@@ -30,7 +30,8 @@ def _stage_config(cfg: Config, run_dir: Path, name: str) -> Config:
 
 def _row(stage: str, record: dict) -> dict:
     keys = ("accuracy", "pass_at_k", "maj_at_k", "format_rate", "mean_length", "truncated_frac", "n", "seconds",
-            "majority_baseline", "majority_answer", "chance_baseline")
+            "majority_baseline", "majority_answer", "chance_baseline",
+            "tool_calls", "tool_errors", "limit_frac")  # the last three: a multi-turn task's episodes
     return {"stage": stage, **{k: record[k] for k in keys if k in record}}
 
 
