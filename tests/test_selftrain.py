@@ -14,7 +14,7 @@ from rlvr.config import load_config
 from rlvr.demos import Demo
 from rlvr.judge import Verdict, judge
 from rlvr.rollout import PromptFormat
-from rlvr.selftrain import (Candidate, accepts, few_shot_examples, few_shot_prompt, question_rounds,
+from rlvr.selftrain import (Candidate, accepts, few_shot_examples, few_shot_prompt, level_rounds, question_rounds,
                             select_accepted, shot_from_answer, trim_after_answer)
 from rlvr.tasks.base import Example
 
@@ -112,6 +112,25 @@ def test_shot_examples_are_never_round_questions():
     asked = [e.question for r in rounds for e in r]
     assert len(shots) == 3 and not {e.question for e in shots} & set(asked)
     assert len(asked) == 15 == len(set(asked))  # fresh questions every round
+
+
+def test_self_levels_draw_each_rounds_questions_at_its_level_never_a_held_out_one():
+    """sft.self_levels=[1, 2]: countdown round 1 asks two-number problems, round 2 (and after) three;
+    reproducible, and never one of the held-out questions."""
+    from rlvr.tasks import get_task
+
+    task = get_task("countdown", num_numbers=3, n=300, n_test=200)
+    rounds = level_rounds(task, [1, 2], 20, 3, seed=0)
+    counts = [{len(ex.metadata["nums"]) for ex in r} for r in rounds]
+    assert counts == [{2}, {3}, {3}]
+    assert [len(r) for r in rounds] == [20, 20, 20]
+    assert all(task.verify(ex.metadata["solution"], ex) == 1.0 for r in rounds for ex in r if ex.metadata.get("solution"))
+    assert not {ex.question for r in rounds for ex in r} & {ex.question for ex in task.test_examples()}
+    assert [ex.question for ex in level_rounds(task, [1, 2], 20, 3, seed=0)[1]] == [ex.question for ex in rounds[1]]
+    with pytest.raises(ValueError, match="sft.self_levels"):
+        level_rounds(AcceptAnything(), [1], 2, 1, seed=0)
+    with pytest.raises(ValueError, match=r"levels 1 to .*got \[0\]"):
+        level_rounds(task, [1, 0], 2, 1, seed=0)
 
 
 # ------------------------------------------------------------------------------ a real run

@@ -243,6 +243,11 @@ class SFTConfig:
     """source self: distinct accepted completions kept per question (easy questions do not crowd out the rest)"""
     self_eval_n: int = 200
     """source self: held-out examples evaluated (greedy, zero-shot) after each round (0: none)"""
+    self_levels: list[int] = field(default_factory=list)
+    """source self: the difficulty level of each round's questions, fresh problems from the task's
+    make_example(rng, level) (the levels of adaptive difficulty: countdown 1 = two numbers), e.g.
+    [1, 1, 2]; the last level repeats for rounds beyond the list. Empty: the training split. A
+    curriculum for tasks the base model never solves at full difficulty"""
 
 
 @dataclass

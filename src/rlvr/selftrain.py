@@ -6,7 +6,8 @@ worked solutions or a teacher's. This needs neither, only the verifier (rejectio
 fine-tuning; STaR, Zelikman et al. 2022, arXiv 2203.14465):
 
     for each of sft.self_rounds rounds:
-        questions   sft.self_questions fresh training questions
+        questions   sft.self_questions fresh training questions (or, with sft.self_levels, fresh
+                    problems at that round's difficulty level: a curriculum, `level_rounds`)
         sample      sft.self_samples completions each, few-shot prompted: sft.self_shots examples in
                     the target format before the question (`few_shot_prompt`)
         judge       the task's verifier and the format check, once per completion (rlvr.judge)
@@ -187,6 +188,40 @@ def question_rounds(examples: list[Example], shots: int, per_round: int, rounds:
     return shot_pool, [[pool[(r * per_round + i) % len(pool)] for i in range(per_round)] for r in range(rounds)]
 
 
+def level_rounds(task: Task, levels: list[int], per_round: int, rounds: int, seed: int) -> list[list[Example]]:
+    """Each round's questions as fresh problems at that round's level (`levels[r]`, the last one
+    repeating), from the task's levels (rlvr.curriculum.task_levels: make_example(rng, level)).
+    Question i of round r comes from its own `random.Random`, so a round is reproducible; a problem
+    that is one of the task's held-out questions is drawn again (never trained on)."""
+    import random
+
+    from rlvr.curriculum import task_levels
+
+    try:
+        levels_of = task_levels(task, seed=seed)
+    except ValueError as e:
+        raise ValueError(f"sft.self_levels: {e}") from None
+    bad = [lv for lv in levels if not levels_of.min_level <= lv <= levels_of.max_level]
+    if bad:
+        raise ValueError(f"sft.self_levels: task '{task.name}' has levels {levels_of.min_level} to "
+                         f"{levels_of.max_level}, got {bad}")
+    make = levels_of.make
+    held_out = {ex.question for ex in task.test_examples()}
+    out = []
+    for r in range(rounds):
+        level, questions = levels[min(r, len(levels) - 1)], []
+        for i in range(per_round):
+            rng = random.Random(seed * 1_000_003 + r * 100_003 + i)
+            ex = make(rng, level)
+            for _ in range(100):
+                if ex.question not in held_out:
+                    break
+                ex = make(rng, level)
+            questions.append(ex)
+        out.append(questions)
+    return out
+
+
 # ------------------------------------------------------------------------ the loop
 
 
@@ -201,6 +236,8 @@ def self_warm_up(policy, tokenizer, task: Task, cfg, *, run_dir: Path, fine_tune
     fmt = PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill)
     shot_pool, rounds = question_rounds(task.train_examples(), s.self_shots, s.self_questions, s.self_rounds,
                                         torch.Generator().manual_seed(cfg.run.seed))
+    if s.self_levels:  # a curriculum: fresh problems at each round's level instead of the training split
+        rounds = level_rounds(task, s.self_levels, s.self_questions, s.self_rounds, cfg.run.seed)
     shots = few_shot_examples(task, shot_pool, s.self_shots, s.self_shot_source)
     params = sampling_params(tokenizer, max_new_tokens=smp.max_completion_length, temperature=smp.temperature,
                              top_p=smp.top_p, top_k=smp.top_k, stop_at_answer=smp.stop_at_answer)
@@ -212,6 +249,8 @@ def self_warm_up(policy, tokenizer, task: Task, cfg, *, run_dir: Path, fine_tune
                                        s.self_samples, cfg.run.seed + r, cfg.eval.batch_size)
         kept = select_accepted(candidates, s.self_max_per_question)
         record = round_record(r, candidates, kept, len(questions))
+        if s.self_levels:
+            record["level"] = s.self_levels[min(r, len(s.self_levels)) - 1]
         _write_candidates(run_dir / "self" / f"round-{r}.jsonl", candidates, kept)
         if kept:
             sampler.release()
@@ -267,7 +306,7 @@ def _write_candidates(path: Path, candidates: list[Candidate], kept: list[Candid
                        for c in candidates])
 
 
-ROUND_COLUMNS = (("round", "round", "{}"), ("questions", "questions", "{}"), ("samples", "samples", "{}"),
+ROUND_COLUMNS = (("round", "round", "{}"), ("level", "level", "{}"), ("questions", "questions", "{}"), ("samples", "samples", "{}"),
                  ("accepted", "accepted", "{}"), ("solved", "solved", "{}"), ("kept", "kept", "{}"),
                  ("accuracy", "accuracy", "{:.1%}"), ("format_rate", "format", "{:.1%}"))
 
