@@ -5,8 +5,8 @@ Issue 20, item 5b. `rlvr run` on countdown with 3 numbers: the base model, then 
 format kept, fine-tuned on, a few rounds), then GRPO; 200 held-out examples, greedy. Target (issue
 20): GRPO +15 points over the warm-up, all of it within 60 minutes.
 
-What the model sees besides the verifier: three few-shot examples in the prompt, never trained on.
-By default they are the three written out below (`HAND_SHOTS`, checked by the verifier here);
+What the model sees besides the verifier: four few-shot examples (two with 2 numbers, two with 3) in the prompt, never trained on.
+By default they are the four written out below (`HAND_SHOTS`, checked by the verifier here);
 `--shots task` uses the task's own solver instead (`sft.self_shot_source: auto`), `--shots answers`
 builds them from question/answer pairs (for countdown the answer column is the target number, not an
 expression: expect nothing to be accepted, which shows what the few-shot examples are for).
@@ -43,11 +43,14 @@ sampling: {max_completion_length: 128, temperature: 1.0}
 sft:
   source: self
   self_rounds: 3
+  # a curriculum: the base model never solves a 3-number problem (0 of 768 samples accepted in a
+  # first try), so rounds 1-2 ask 2-number problems, round 3 the task's 3 numbers
+  self_levels: [1, 1, 2]
   self_questions: 96
   self_samples: 8
-  self_shots: 3
+  self_shots: 4
   self_max_per_question: 2
-  self_eval_n: 200
+  self_eval_n: 100
   epochs: 2
   batch_size: 8
   learning_rate: 1.0e-4
@@ -65,8 +68,9 @@ run: {save_steps: 10}
 """
 
 HAND_SHOTS = [  # (nums, target, reasoning, equation): written by hand, checked below by the verifier
+    ([12, 4], 48, "12 * 4 = 48.", "12 * 4"),
     ([3, 5, 7], 22, "3 * 5 = 15, and 15 + 7 = 22.", "3 * 5 + 7"),
-    ([12, 4, 9], 12, "12 / 4 = 3, and 3 + 9 = 12.", "12 / 4 + 9"),
+    ([35, 9], 26, "35 - 9 = 26.", "35 - 9"),
     ([50, 2, 8], 33, "50 / 2 = 25, and 25 + 8 = 33.", "50 / 2 + 8"),
 ]
 
