@@ -13,13 +13,15 @@ training compute however often they are evaluated. The clock is wall time of thi
 --threads torch threads: run it on a quiet machine (the record keeps the load average, `rlvr env`
 and the process's CPU seconds, which a busy host inflates less than wall time). Demonstrations come
 from the task itself (procedural worked solutions: subtraction, countdown, gsm8k) or from --demos
-PATH.jsonl (e.g. for a reasoning-gym task: a teacher's, or a self warm-up's kept completions).
+PATH.jsonl (e.g. for a reasoning-gym task: a teacher's, or a self warm-up's kept completions), or with
+--demos answers from the task's question/answer pairs (a one-line think part, then the answer).
 Each SFT chunk restarts the warm-up/cosine schedule of `rlvr.sft.sft_train` (continued training on
 fresh data, not one schedule over all of it). GRPO runs grpo.max_steps steps (set it so that they fill the
 budget: ~45 s a step for the main job); points past the budget are plotted, not counted as "within".
 
     .venv/bin/python bench/bench_compute_matched.py --task subtraction --budget-min 30
     .venv/bin/python bench/bench_compute_matched.py --task countdown --budget-min 30 -- task.options='{num_numbers: 3}'
+    .venv/bin/python bench/bench_compute_matched.py --task rg:chain_sum --demos answers --budget-min 15
 
 Writes bench/results/compute_matched_<task>.json and .png (accuracy vs training minutes, both arms).
 """
@@ -75,18 +77,24 @@ def evaluate(policy, tokenizer, task, cfg) -> dict:
 
 
 def demonstrations(task, cfg, path: str | None, count: int) -> list:
-    """`count` demonstrations in a seeded order: the task's own, or a JSONL file's."""
+    """`count` demonstrations in a seeded order: the task's own, a JSONL file's, or (`path` "answers")
+    the training split's question/answer pairs with the self warm-up's short think part (the only
+    demonstrations a task that has answers but no worked solutions, e.g. most of reasoning-gym, gives)."""
     import torch
 
     from rlvr import demos as demo_lib
+    from rlvr.selftrain import shot_from_answer
 
-    if path:
+    if path and path != "answers":
         return demo_lib.load_demos_jsonl(path)[:count]
     examples = task.train_examples()
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.run.seed)).tolist()
-    found = demo_lib.procedural_demos(task, [examples[i] for i in order[:count]])
+    chosen = [examples[i] for i in order[:count]]
+    if path == "answers":
+        return [demo_lib.Demo(e.question, shot_from_answer(e), e.answer, dict(e.metadata), "answers") for e in chosen]
+    found = demo_lib.procedural_demos(task, chosen)
     if not found:
-        sys.exit(f"task {task.name} writes no demonstrations: pass --demos PATH.jsonl")
+        sys.exit(f"task {task.name} writes no demonstrations: pass --demos PATH.jsonl or --demos answers")
     return found
 
 
@@ -183,7 +191,8 @@ def main() -> None:
     ap.add_argument("--warmup-demos", type=int, default=None, help="warm-up demonstrations (default: sft.num_examples)")
     ap.add_argument("--grpo-eval-every", type=int, default=5)
     ap.add_argument("--eval-n", type=int, default=200)
-    ap.add_argument("--demos", default=None, help="demonstrations JSONL (tasks that write none)")
+    ap.add_argument("--demos", default=None, help="demonstrations JSONL, or 'answers': question/answer pairs "
+                    "with a short think part (tasks that write no worked solutions)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-compute-matched"))
     ap.add_argument("--out", default=None, help="record path (default bench/results/compute_matched_<task>.json)")
