@@ -194,7 +194,8 @@ def main() -> None:
     ap.add_argument("--demos", default=None, help="demonstrations JSONL, or 'answers': question/answer pairs "
                     "with a short think part (tasks that write no worked solutions)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--work", default=str(ROOT / "runs" / "bench-compute-matched"))
+    ap.add_argument("--work", default=None, help="scratch directory (default runs/bench-compute-matched/<task>: "
+                    "two tasks can run side by side)")
     ap.add_argument("--out", default=None, help="record path (default bench/results/compute_matched_<task>.json)")
     ap.add_argument("overrides", nargs="*", help="section.option=value")
     args = ap.parse_args()
@@ -208,6 +209,7 @@ def main() -> None:
     shortcuts = [f"{k}={v}" for k, v in (("task.name", args.task), ("model.name", args.model)) if v is not None]
     cfg = load_config(args.config, [*shortcuts, f"eval.n={args.eval_n}", "run.quiet=true", *args.overrides])
     args.warmup_demos = args.warmup_demos or cfg.sft.num_examples
+    args.work = args.work or str(ROOT / "runs" / "bench-compute-matched" / cfg.task.name.replace(":", "_"))
     from rlvr.tasks import get_task
 
     task = get_task(cfg.task.name, **cfg.task.options)
