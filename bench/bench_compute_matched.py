@@ -83,7 +83,7 @@ def demonstrations(task, cfg, path: str | None, count: int) -> list:
     import torch
 
     from rlvr import demos as demo_lib
-    from rlvr.selftrain import shot_from_answer
+    from rlvr.selftrain import few_shot_examples
 
     if path and path != "answers":
         return demo_lib.load_demos_jsonl(path)[:count]
@@ -91,7 +91,8 @@ def demonstrations(task, cfg, path: str | None, count: int) -> list:
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.run.seed)).tolist()
     chosen = [examples[i] for i in order[:count]]
     if path == "answers":
-        return [demo_lib.Demo(e.question, shot_from_answer(e), e.answer, dict(e.metadata), "answers") for e in chosen]
+        return [demo_lib.Demo(e.question, completion, e.answer, dict(e.metadata), "answers")
+                for e, completion in few_shot_examples(task, chosen, len(chosen), "answers")]
     found = demo_lib.procedural_demos(task, chosen)
     if not found:
         sys.exit(f"task {task.name} writes no demonstrations: pass --demos PATH.jsonl or --demos answers")

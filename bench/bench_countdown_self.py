@@ -5,11 +5,12 @@ Issue 20, item 5b. `rlvr run` on countdown with 3 numbers: the base model, then 
 format kept, fine-tuned on, a few rounds), then GRPO; 200 held-out examples, greedy. Target (issue
 20): GRPO +15 points over the warm-up, all of it within 60 minutes.
 
-What the model sees besides the verifier: four few-shot examples (two with 2 numbers, two with 3) in the prompt, never trained on.
-By default they are the four written out below (`HAND_SHOTS`, checked by the verifier here);
-`--shots task` uses the task's own solver instead (`sft.self_shot_source: auto`), `--shots answers`
-builds them from question/answer pairs (for countdown the answer column is the target number, not an
-expression: expect nothing to be accepted, which shows what the few-shot examples are for).
+What the model sees besides the verifier: four few-shot examples (two with 2 numbers, two with 3) in
+the prompt, never trained on. By default they are the four written out below (`HAND_SHOTS`, checked
+by the verifier here); `--shots task` uses the task's own solver instead (`sft.self_shot_source:
+auto`), `--shots answers` builds them from question/answer pairs (for countdown the answer column is
+the target number, not an expression: expect nothing to be accepted, which shows what the few-shot
+examples are for).
 
     .venv/bin/python bench/bench_countdown_self.py                      # the issue's run
     .venv/bin/python bench/bench_countdown_self.py -- grpo.max_steps=30  # overrides after --

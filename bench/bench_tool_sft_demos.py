@@ -28,11 +28,9 @@ KEYS = ("accuracy", "format_rate", "mean_length", "tool_calls", "tool_errors", "
 
 def after_row(run: Path) -> dict | None:
     """The run's final ("after") evaluation row, or None when it has none."""
-    path = run / "eval.jsonl"
-    if not path.is_file():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return next((r for r in reversed(rows) if r.get("stage") == "after"), None)
+    from rlvr.tracking import read_jsonl
+
+    return next((r for r in reversed(read_jsonl(run / "eval.jsonl")) if r.get("stage") == "after"), None)
 
 
 def main() -> None:
