@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ceiling import machine  # bench/ is on the path when a bench runs as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,8 +120,7 @@ def main() -> None:
     rounds = json.loads(sft_summary.read_text()).get("self_rounds") if sft_summary.exists() else None
     record = {"command": cmd, "config": CONFIG, "shots": args.shots, "hand_shots": HAND_SHOTS if args.shots == "hand" else None,
               "exit_code": proc.returncode, "wall_s": wall, "peak_rss_gb": peak_gb, "self_rounds": rounds,
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "load_before": load_before, "load_after": os.getloadavg()},
+              "machine": machine(load_before=load_before, load_after=os.getloadavg()),
               "date": time.strftime("%Y-%m-%d %H:%M")}
     if proc.returncode == 0:
         rows = {r["stage"]: r for r in json.loads((run_dir / "summary.json").read_text())["before_after"]}

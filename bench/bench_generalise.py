@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ceiling import machine  # bench/ is on the path when a bench runs as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,8 +84,7 @@ def main() -> None:
         "rows_0_99": {name: {k: narrow[name].get(k) for k in keep} for name in narrow},
         "curriculum_levels": levels, "seconds": seconds, "wall_s": time.time() - t0,
         "config": args.config, "overrides": args.overrides, "grpo_steps": args.grpo_steps,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "load_before": load_before, "load_after": os.getloadavg()},
+        "machine": machine(load_before=load_before, load_after=os.getloadavg()),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     record["gain_0_999_points"] = 100 * (record["rows_0_999"]["grpo"]["accuracy"] - record["rows_0_999"]["sft"]["accuracy"])

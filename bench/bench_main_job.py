@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ceiling import machine  # bench/ is on the path when a bench runs as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,8 +107,7 @@ def main() -> None:
     record = {
         "command": cmd, "wall_s": wall, "peak_rss_gb": peak_gb, "stages_s": stages, "rows": summary["before_after"],
         "grpo_gain_points": None if gain is None else 100 * gain, "checks": checks,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "load_before": load_before, "load_after": os.getloadavg()},
+        "machine": machine(load_before=load_before, load_after=os.getloadavg()),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     if args.control:

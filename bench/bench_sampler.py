@@ -33,6 +33,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
+from ceiling import machine  # noqa: E402
 from rlvr.models import load_model  # noqa: E402
 from rlvr.sampling import FastSampler, HFSampler, SamplingParams  # noqa: E402
 
@@ -184,17 +185,6 @@ def one_backend(name: str, args) -> dict:
     return out
 
 
-def machine_info() -> dict:
-    """`rlvr env` (the shared venv's), the CPU model, the load average."""
-    import subprocess
-
-    env = subprocess.run([sys.executable, "-m", "rlvr", "env"], capture_output=True, text=True, check=False).stdout
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    return {"rlvr_env": env.strip().splitlines(), "cpu_model": cpu, "cores": os.cpu_count(),
-            "load_average_start": os.getloadavg()}
-
-
 def vllm_comparison(args) -> None:
     """Each backend in its own process (this interpreter: the vLLM environment), one run each."""
     import json
@@ -203,7 +193,7 @@ def vllm_comparison(args) -> None:
     record = {"settings": {"prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens,
                            "temperature": 1.0, "top_p": 0.95, "dtype": args.dtype, "eos": "ignored",
                            "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"], "python": sys.executable},
-              "machine": machine_info(), "results": []}
+              "machine": machine(), "results": []}
     for name in VLLM_BACKENDS:
         cmd = [sys.executable, __file__, "--one", name, "--prompts", str(args.prompts), "--samples",
                str(args.samples), "--new-tokens", str(args.new_tokens), "--dtype", args.dtype]
@@ -212,7 +202,7 @@ def vllm_comparison(args) -> None:
         result = json.loads(line[7:]) if line else {"backend": name, "error": proc.stderr[-2000:]}
         print(json.dumps(result))
         record["results"].append(result)
-    record["machine"]["load_average_end"] = os.getloadavg()
+    record["machine"]["load_after"] = os.getloadavg()
     if args.record:
         with open(args.record, "w") as f:
             json.dump(record, f, indent=2)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ceiling import machine  # bench/ is on the path when a bench runs as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("accuracy", "format_rate", "mean_length", "tool_calls", "tool_errors", "limit_frac")
@@ -42,7 +43,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tool_task_sft_demos.json")
     ap.add_argument("overrides", nargs="*", help="section.option=value, passed to every run")
     args = ap.parse_args()
-    env = subprocess.run([sys.executable, "-m", "rlvr", "env"], capture_output=True, text=True, cwd=ROOT).stdout
     rows = []
     for n in args.demos:
         run = args.work / f"sft-{n}"
@@ -59,8 +59,7 @@ def main() -> None:
         print(f"{n:>4} demos, {sft['steps']} steps: accuracy {row['accuracy']:.1%}, format {row['format_rate']:.1%}, "
               f"{row.get('tool_calls') or 0:.2f} calls/episode, cut {row.get('limit_frac') or 0:.0%}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": rows, "overrides": args.overrides, "rlvr_env": env.strip().splitlines(),
-                                    "cores": os.cpu_count(), "load": os.getloadavg(),
+    args.out.write_text(json.dumps({"rows": rows, "overrides": args.overrides, "machine": machine(),
                                     "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1) + "\n")
     print(f"record {args.out}")
 

