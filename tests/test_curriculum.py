@@ -167,3 +167,21 @@ def test_dynamic_sampling_reports_every_group_to_the_curriculum(tiny_smol):
     assert len(exp.rollouts) == 8  # the last round's 2 groups are kept whatever they are
     assert exp.group_success == [0.0] * 6  # 3 rounds x 2 groups: all of them observed
     assert exp.metrics["signal/zero_std_groups"] == 1.0
+
+
+def test_groups_drawn_before_a_move_do_not_count_for_the_new_level():
+    """Dynamic sampling draws several rounds in one step, all at the step's level, and the trainer
+    observes them together. Window 4, level 3: 8 groups drawn at level 3, all wrong. The first 4
+    close a window (mean 0 < 0.35) -> level 2; the other 4 were drawn at level 3 and must not fill
+    level 2's window (before, they did: level 2 was then "seen" at 0.0, as hard as level 3, and the
+    curriculum refused to come back down to it)."""
+    stream = AdaptiveDifficulty(subtraction(), window=4, start_level=3, min_level=1, max_level=3)
+    for _ in range(8):
+        next(stream)
+    assert stream.observe([0.0] * 8) == 2
+    assert stream.state_dict()["open"] == []  # the 4 level-3 leftovers were dropped
+    assert stream.state_dict()["seen"] == {"3": 0.0}
+    for _ in range(4):
+        next(stream)
+    assert stream.observe([0.5, 0.5, 0.25, 0.75]) == 2  # level 2's own groups: mean 0.5, in the band
+    assert stream.state_dict()["seen"] == {"3": 0.0, "2": 0.5}

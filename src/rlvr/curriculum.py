@@ -150,6 +150,7 @@ class AdaptiveDifficulty:
         self._open: list[float] = []
         self.last_success: float | None = None
         self._seen: dict[int, float] = {}  # level -> mean success of its last window
+        self._drawn: list[int] = []  # the level of each example drawn since the last observe
 
     def __iter__(self):
         return self
@@ -157,19 +158,30 @@ class AdaptiveDifficulty:
     def __next__(self) -> Example:
         rng = random.Random(self.seed * 1_000_003 + self.position)
         self.position += 1
+        self._drawn.append(self.level)
         return self._make(rng, self.level)
 
     def observe(self, group_success_rates: Sequence[float]) -> int:
-        """Add the success rates (in [0, 1]) of groups drawn at the current level; return the level.
+        """Add the success rates (in [0, 1]) of the groups drawn since the last call, one per example
+        drawn, in the order drawn; return the level.
 
         Every `window` groups: level +1 if their mean is above target + band, -1 if below
-        target - band (within [min_level, max_level]); then a fresh window starts. Each level's
+        target - band (within [min_level, max_level]); then a fresh window starts. A window holds
+        groups of one level only: once a window moves the level, the rest of the call's groups (drawn
+        before the move, at the old level: dynamic sampling draws several rounds per step) are not
+        counted towards the new level. (Rates passed without drawing through this stream count at
+        the current level.) Each level's
         last mean is remembered: a move down to a level seen with no higher success (or up to one
         seen with no lower) is not made; then, as at the end of the range, the level goes to the one
         seen nearest the target if it is clearly nearer (by more than band / 2) (lower levels are not always easier for a given model: an SFT model
         trained on 0-99 did worse on 0-9 than on 0-99).
         """
-        for rate in group_success_rates:
+        drawn, self._drawn = self._drawn, []
+        if len(drawn) != len(group_success_rates):
+            drawn = [self.level] * len(group_success_rates)
+        for rate, level in zip(group_success_rates, drawn):
+            if level != self.level:
+                continue  # drawn at a level the stream has since left: it says nothing of this one
             self._open.append(float(rate))
             if len(self._open) < self.window:
                 continue
