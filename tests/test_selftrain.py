@@ -194,3 +194,18 @@ def test_no_accepted_completion_is_a_clear_error(tmp_path):
     ])
     with pytest.raises(SelfWarmUpError, match="sft.self_samples"):
         run_sft(cfg, model=model, tokenizer=tok, task=AcceptAnything())
+
+
+def test_check_arithmetic_drops_right_answers_with_made_up_steps():
+    ex = Example("Using [43, 51, 46] make 38", "38")
+    made_up = "<think>\n43 - 51 = 11, and 11 + 46 = 38.\n</think>\n<answer>43 - 51 + 46</answer>"
+    sound = "<think>\n43 - 51 = -8, and -8 + 46 = 38.\n</think>\n<answer>43 - 51 + 46</answer>"
+    unchecked = "<think>\nadd and subtract\n</think>\n<answer>43 - 51 + 46</answer>"
+    cands = [Candidate(0, ex, made_up, v(1.0, True)), Candidate(0, ex, sound, v(1.0, True)),
+             Candidate(1, ex, unchecked, v(1.0, True))]
+    assert [c.text for c in select_accepted(cands, 2)] == [made_up, sound, unchecked]
+    assert [c.text for c in select_accepted(cands, 2, check_arithmetic=True)] == [sound, unchecked]
+    from rlvr.selftrain import round_record
+
+    rec = round_record(1, cands, select_accepted(cands, 2, check_arithmetic=True), 2)
+    assert (rec["accepted"], rec["false_arithmetic"], rec["kept"]) == (3, 1, 2)

@@ -248,6 +248,10 @@ class SFTConfig:
     make_example(rng, level) (the levels of adaptive difficulty: countdown 1 = two numbers), e.g.
     [1, 1, 2]; the last level repeats for rounds beyond the list. Empty: the training split. A
     curriculum for tasks the base model never solves at full difficulty"""
+    self_check_arithmetic: bool = False
+    """source self: also reject a verified completion whose think part states false arithmetic
+    ("43 - 51 = 11", rlvr.reasoning): keep answers that are right for the stated reason only. A think
+    part with no arithmetic that can be checked is kept"""
 
 
 @dataclass

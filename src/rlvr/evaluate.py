@@ -53,6 +53,10 @@ class EvalResult:
     majority_answer: str | None = None
     chance_baseline: float | None = None
     """accuracy of a uniform guess among the task's fixed answer set (None: no fixed set)"""
+    right_checked: int | None = None
+    """right answers whose think part states arithmetic that rlvr.reasoning can check (None: none does)"""
+    right_false_arithmetic: float | None = None
+    """of those, the share that state a false claim: right for a wrong reason (rlvr.reasoning)"""
 
     def summary(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "records" and v is not None}
@@ -165,7 +169,17 @@ def _aggregate(records: list[dict], k: int, seconds: float, tokens: int) -> Eval
         mean_length=mean([r["length"] for r in records]),
         truncated_frac=mean([float(r["truncated"]) for r in records]),
         n=n, k=k, seconds=seconds, tokens_per_s=tokens / max(seconds, 1e-9), records=records, **tools,
+        **_reasoning_check(records),
     )
+
+
+def _reasoning_check(records: list[dict]) -> dict:
+    """right_checked / right_false_arithmetic over the records (omitted when no right answer states
+    arithmetic that can be checked)."""
+    from rlvr.reasoning import arithmetic_summary
+
+    s = arithmetic_summary(records)
+    return {"right_checked": s.checked, "right_false_arithmetic": s.false_frac} if s.checked else {}
 
 
 def write_jsonl(path: str | Path, records: list[dict]) -> None:
@@ -218,7 +232,18 @@ def format_table(rows: list[dict]) -> str:
         lines.append(line)
     if format_baselines(rows[-1]):
         lines.append(f"baselines: {format_baselines(rows[-1])}")
+    if any(r.get("right_checked") for r in rows):
+        lines.append("right answers whose stated arithmetic is false: " + ", ".join(
+            f"{r['stage']} {false_arithmetic_text(r)}" for r in rows))
     return "\n".join(lines)
+
+
+def false_arithmetic_text(row: dict) -> str:
+    """'98% (44 of 45)': the share of right answers with checkable arithmetic that state a false claim."""
+    if not row.get("right_checked"):
+        return "-"
+    checked = row["right_checked"]
+    return f"{row['right_false_arithmetic']:.0%} ({round(row['right_false_arithmetic'] * checked)} of {checked})"
 
 
 def tool_summary(result: EvalResult) -> str:
@@ -237,4 +262,14 @@ def verdict(rows: list[dict]) -> str:
     note = baseline_note(b)
     return (f"Held-out accuracy {word}: {a['accuracy'] * 100:.1f}% ({a['stage']}) -> "
             f"{b['accuracy'] * 100:.1f}% ({b['stage']}), {delta:+.1f} points on the same {b['n']} examples."
-            + (f" But {note}" if note else ""))
+            + (f" But {note}" if note else "") + reasoning_note(b))
+
+
+def reasoning_note(row: dict) -> str:
+    """A sentence when most of a stage's right answers (that state arithmetic) state a false claim."""
+    false_frac = row.get("right_false_arithmetic")
+    if false_frac is None or false_frac < 0.5:
+        return ""
+    name = row.get("label") or row.get("stage") or "the last evaluation"
+    return (f" In {name}, {false_arithmetic_text(row)} of the right answers that state arithmetic state a false "
+            "claim in their reasoning: right for a wrong reason (rlvr.reasoning).")

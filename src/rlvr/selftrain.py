@@ -12,7 +12,9 @@ fine-tuning; STaR, Zelikman et al. 2022, arXiv 2203.14465):
                     the target format before the question (`few_shot_prompt`)
         judge       the task's verifier and the format check, once per completion (rlvr.judge)
         keep        verified AND formatted (`accepts`), distinct, at most sft.self_max_per_question
-                    per question (`select_accepted`)
+                    per question (`select_accepted`); with sft.self_check_arithmetic, also no false
+                    arithmetic in the think part (rlvr.reasoning: a right answer reached by made-up
+                    steps teaches made-up steps)
         fine-tune   on the kept completions under the ordinary zero-shot prompt (rlvr.sft.sft_train)
         evaluate    held-out accuracy, greedy, zero-shot (sft.self_eval_n examples)
 
@@ -77,19 +79,30 @@ def accepts(verdict: Verdict) -> bool:
     return verdict.formatted and verdict.correct >= 1.0
 
 
+def states_false_arithmetic(candidate: Candidate) -> bool:
+    """The candidate's think part states an arithmetic claim that is false (rlvr.reasoning)."""
+    from rlvr.reasoning import think_arithmetic
+
+    return think_arithmetic(candidate.text) is False
+
+
 def trim_after_answer(text: str) -> str:
     """The completion up to its last `</answer>`: the model learns to stop there."""
     end = text.rfind(ANSWER_CLOSE)
     return text if end < 0 else text[: end + len(ANSWER_CLOSE)]
 
 
-def select_accepted(candidates: list[Candidate], max_per_question: int) -> list[Candidate]:
-    """The accepted candidates (`accepts`), each text once per question, at most `max_per_question`
-    per question, in sampling order."""
+def select_accepted(candidates: list[Candidate], max_per_question: int,
+                    check_arithmetic: bool = False) -> list[Candidate]:
+    """The accepted candidates (`accepts`; with `check_arithmetic`, none that
+    `states_false_arithmetic`), each text once per question, at most `max_per_question` per
+    question, in sampling order."""
     kept, seen, per_question = [], set(), {}
     for c in candidates:
         key = (c.question, trim_after_answer(c.text).strip())
         if not accepts(c.verdict) or key in seen or per_question.get(c.question, 0) >= max_per_question:
+            continue
+        if check_arithmetic and states_false_arithmetic(c):
             continue
         seen.add(key)
         per_question[c.question] = per_question.get(c.question, 0) + 1
@@ -99,12 +112,14 @@ def select_accepted(candidates: list[Candidate], max_per_question: int) -> list[
 
 def round_record(index: int, candidates: list[Candidate], kept: list[Candidate], num_questions: int) -> dict:
     """What a round did: questions tried, completions sampled, formatted, verified, accepted (both),
-    questions with an accepted completion, completions kept."""
-    solved = {c.question for c in candidates if accepts(c.verdict)}
+    questions with an accepted completion, completions kept, and how many accepted ones state false
+    arithmetic in their think part (counted whether or not sft.self_check_arithmetic rejects them)."""
+    accepted = [c for c in candidates if accepts(c.verdict)]
     return {"round": index, "questions": num_questions, "samples": len(candidates),
             "formatted": sum(c.verdict.formatted for c in candidates),
             "verified": sum(c.verdict.correct >= 1.0 for c in candidates),
-            "accepted": sum(accepts(c.verdict) for c in candidates), "solved": len(solved), "kept": len(kept)}
+            "accepted": len(accepted), "false_arithmetic": sum(states_false_arithmetic(c) for c in accepted),
+            "solved": len({c.question for c in accepted}), "kept": len(kept)}
 
 
 # ------------------------------------------------------------------------ few-shot prompts
@@ -247,7 +262,7 @@ def self_warm_up(policy, tokenizer, task: Task, cfg, *, run_dir: Path, fine_tune
         policy.eval()
         candidates = sample_candidates(sampler, tokenizer, task, fmt, shots, questions, params,
                                        s.self_samples, cfg.run.seed + r, cfg.eval.batch_size)
-        kept = select_accepted(candidates, s.self_max_per_question)
+        kept = select_accepted(candidates, s.self_max_per_question, s.self_check_arithmetic)
         record = round_record(r, candidates, kept, len(questions))
         if s.self_levels:
             record["level"] = s.self_levels[min(r, len(s.self_levels)) - 1]
@@ -307,14 +322,17 @@ def _write_candidates(path: Path, candidates: list[Candidate], kept: list[Candid
 
 
 ROUND_COLUMNS = (("round", "round", "{}"), ("level", "level", "{}"), ("questions", "questions", "{}"), ("samples", "samples", "{}"),
-                 ("accepted", "accepted", "{}"), ("solved", "solved", "{}"), ("kept", "kept", "{}"),
+                 ("accepted", "accepted", "{}"), ("false_arithmetic", "bad math", "{}"), ("solved", "solved", "{}"),
+                 ("kept", "kept", "{}"),
                  ("accuracy", "accuracy", "{:.1%}"), ("format_rate", "format", "{:.1%}"))
 
 
 def format_round(record: dict) -> str:
-    """One line: `self round 2: 64 questions, 512 samples, 37 accepted (21 questions), 30 kept; accuracy 12.0%`."""
+    """One line: `self round 2: 64 questions, 512 samples, 37 accepted (21 questions, 5 with false
+    arithmetic), 30 kept; accuracy 12.0%`."""
+    bad = f", {record['false_arithmetic']} with false arithmetic" if record.get("false_arithmetic") else ""
     line = (f"self round {record['round']}: {record['questions']} questions, {record['samples']} samples, "
-            f"{record['accepted']} accepted ({record['solved']} questions), {record['kept']} kept")
+            f"{record['accepted']} accepted ({record['solved']} questions{bad}), {record['kept']} kept")
     if "accuracy" in record:
         line += f"; held-out accuracy {record['accuracy']:.1%}, format {record['format_rate']:.1%}"
     return line
@@ -322,7 +340,7 @@ def format_round(record: dict) -> str:
 
 def format_rounds(rounds: list[dict]) -> str:
     """The rounds as a plain table (questions tried, accepted, accuracy after the round)."""
-    cols = [c for c in ROUND_COLUMNS if any(c[0] in r for r in rounds)]
+    cols = [c for c in ROUND_COLUMNS if any((r.get(c[0]) if c[0] == "false_arithmetic" else c[0] in r) for r in rounds)]
     lines = ["  ".join(f"{title:>9}" for _, title, _ in cols)]
     for r in rounds:
         lines.append("  ".join(f"{fmt.format(r[k]) if k in r else '-':>9}" for k, _, fmt in cols))

@@ -213,6 +213,10 @@ def verdict(rows: list[dict]) -> Verdict:
     if noise is not None and first.get("n") != last.get("n"):
         notes.append(f"The two evaluations used different numbers of examples ({first['n']:g} vs {last['n']:g}).")
     kind, text = _under_majority(kind, text, last, notes)
+    from rlvr.evaluate import reasoning_note
+
+    if reasoning_note(last):
+        notes.append(reasoning_note(last).strip())
     f1, f2 = first.get("format_rate"), last.get("format_rate")
     if isinstance(f1, (int, float)) and isinstance(f2, (int, float)):
         notes.append(f"Format rate went from {100 * f1:.1f}% to {100 * f2:.1f}%.")

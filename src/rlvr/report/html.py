@@ -400,7 +400,8 @@ def _control_section(comparison: ControlComparison | None) -> str:
 
 
 SELF_COLUMNS = (("round", "round"), ("questions", "questions tried"), ("samples", "samples"),
-                ("accepted", "accepted (verified + format)"), ("solved", "questions solved"), ("kept", "kept"),
+                ("accepted", "accepted (verified + format)"), ("false_arithmetic", "of those, false arithmetic"),
+                ("solved", "questions solved"), ("kept", "kept"),
                 ("accuracy", "held-out accuracy after"), ("format_rate", "format rate after"))
 
 
@@ -409,7 +410,8 @@ def _self_rounds(run: Run) -> str:
     rounds = self_rounds(run)
     if not rounds:
         return ""
-    cols = [(k, t) for k, t in SELF_COLUMNS if any(k in r for r in rounds)]
+    # the false-arithmetic column only when some round had any (a task whose reasoning states none shows no 0s)
+    cols = [(k, t) for k, t in SELF_COLUMNS if any((r.get(k) if k == "false_arithmetic" else k in r) for r in rounds)]
     head = "<tr>" + "".join(f"<th>{esc(t)}</th>" for _, t in cols) + "</tr>"
     body = "".join("<tr>" + "".join(f"<td>{_pct(r.get(k)) if k in ('accuracy', 'format_rate') else esc(r.get(k, '–'))}</td>"
                                     for k, _ in cols) + "</tr>" for r in rounds)

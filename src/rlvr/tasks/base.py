@@ -11,6 +11,7 @@ adaptive-difficulty curricula (check with `hasattr`).
 
 from __future__ import annotations
 
+import ast
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -132,6 +133,22 @@ def conversation_example(messages: list[dict], answer: str, metadata: dict[str, 
     users = [m for m in messages if m.get("role") == "user"]
     question = content_text((users[-1] if users else messages[-1]).get("content"))
     return Example(question, answer, metadata, messages=[dict(m) for m in messages])
+
+
+ARITHMETIC_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+
+
+def exact_value(node: ast.AST) -> Fraction:
+    """The exact value of a parsed expression of numbers, + - * / and signs (a decimal literal is
+    read as written: 0.1 is 1/10). ValueError on any other node; ZeroDivisionError on x / 0."""
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return Fraction(str(node.value)) if type(node.value) is float else Fraction(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        v = exact_value(node.operand)
+        return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.BinOp) and type(node.op) in ARITHMETIC_OPS:
+        return arithmetic(ARITHMETIC_OPS[type(node.op)], exact_value(node.left), exact_value(node.right))
+    raise ValueError("only numbers, + - * / and parentheses are allowed")
 
 
 def arithmetic(op: str, left: Fraction, right: Fraction) -> Fraction:

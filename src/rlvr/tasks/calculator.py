@@ -30,11 +30,10 @@ from decimal import Decimal, localcontext
 from fractions import Fraction
 
 from rlvr.prompts import format_completion
-from rlvr.tasks.base import Example, Task, arithmetic, parse_number, split_train_test
+from rlvr.tasks.base import ARITHMETIC_OPS as _AST_OPS, Example, Task, arithmetic, exact_value, parse_number, split_train_test
 from rlvr.tools import format_tool_call, trusted
 
 MAX_EXPRESSION_CHARS = 200
-_AST_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 _ALIASES = {"×": "*", "x": "*", "X": "*", "÷": "/", "−": "-", "–": "-"}
 
 SYSTEM_PROMPT = (
@@ -69,22 +68,11 @@ def evaluate(expression: str) -> Fraction:
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         raise ValueError(f"cannot read {expression!r}: use numbers, + - * / and parentheses") from None
     try:
-        return _value(tree.body)
+        return exact_value(tree.body)
     except ZeroDivisionError:
         raise ValueError("division by zero") from None
     except RecursionError:
         raise ValueError("the expression is nested too deeply") from None
-
-
-def _value(node: ast.AST) -> Fraction:
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return Fraction(repr(node.value)) if type(node.value) is float else Fraction(node.value)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        value = _value(node.operand)
-        return -value if isinstance(node.op, ast.USub) else value
-    if isinstance(node, ast.BinOp) and type(node.op) in _AST_OPS:
-        return arithmetic(_AST_OPS[type(node.op)], _value(node.left), _value(node.right))
-    raise ValueError("only numbers, + - * / and parentheses are allowed")
 
 
 def format_number(value: Fraction) -> str:
@@ -201,7 +189,7 @@ def worked_steps(expression: str) -> str:
 
 def _work(node: ast.AST, lines: list[str]) -> Fraction:
     if not isinstance(node, ast.BinOp):
-        return _value(node)
+        return exact_value(node)
     left, right = _work(node.left, lines), _work(node.right, lines)
     op = _AST_OPS[type(node.op)]
     result = arithmetic(op, left, right)

@@ -22,12 +22,11 @@ from fractions import Fraction
 from collections.abc import Sequence
 
 from rlvr.prompts import format_completion
-from rlvr.tasks.base import Example, Task, arithmetic, split_train_test
+from rlvr.tasks.base import ARITHMETIC_OPS as _OPS, Example, Task, exact_value, split_train_test
 
 HUB_DATASET = "Jiayi-Pan/Countdown-Tasks-3to4"
 MAX_EXPRESSION_CHARS = 200
 _ALLOWED_CHARS = re.compile(r"[\d\s+\-*/().]+")
-_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 
 
 # ------------------------------------------------------------------------------ verifier
@@ -46,7 +45,7 @@ def evaluate_expression(expression: str, nums: Sequence[int]) -> Fraction | None
     if literals != sorted(int(n) for n in nums):  # checked before computing: bounds the values
         return None
     try:
-        return _value(tree.body)
+        return exact_value(tree.body)
     except ZeroDivisionError:
         return None
 
@@ -60,16 +59,6 @@ def _literals(node: ast.AST) -> list[int]:
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         return _literals(node.operand)
     raise ValueError(f"not allowed: {type(node).__name__}")
-
-
-def _value(node: ast.AST) -> Fraction:
-    if isinstance(node, ast.Constant):
-        return Fraction(node.value)
-    if isinstance(node, ast.UnaryOp):
-        v = _value(node.operand)
-        return -v if isinstance(node.op, ast.USub) else v
-    left, right = _value(node.left), _value(node.right)
-    return arithmetic(_OPS[type(node.op)], left, right)
 
 
 def verify_countdown(answer: str | None, nums: Sequence[int], target: int) -> float:
