@@ -93,3 +93,14 @@ def test_an_evaluation_reports_it_and_the_verdict_says_so():
     assert "right for a wrong reason" in verdict([base, after])
     honest = {**after, "right_false_arithmetic": 1 / 3}
     assert "wrong reason" not in verdict([base, honest])  # a minority is not called out
+
+
+def test_the_reports_verdict_notes_right_for_a_wrong_reason():
+    from rlvr.report.data import verdict as report_verdict
+
+    before = {"label": "base", "accuracy": 0.0, "n": 200}
+    after = {"label": "grpo", "accuracy": 0.225, "n": 200, "right_checked": 45, "right_false_arithmetic": 1.0}
+    notes = report_verdict([before, after]).notes
+    assert any("In grpo, 100% (45 of 45)" in n and "wrong reason" in n for n in notes)
+    sound = {**after, "right_false_arithmetic": 0.02}
+    assert not any("wrong reason" in n for n in report_verdict([before, sound]).notes)
