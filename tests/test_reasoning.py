@@ -104,3 +104,20 @@ def test_the_reports_verdict_notes_right_for_a_wrong_reason():
     assert any("In grpo, 100% (45 of 45)" in n and "wrong reason" in n for n in notes)
     sound = {**after, "right_false_arithmetic": 0.02}
     assert not any("wrong reason" in n for n in report_verdict([before, sound]).notes)
+
+
+def test_the_tasks_own_worked_solutions_are_never_called_false():
+    """Every built-in worked solution is right: none may be read as stating a false claim (the
+    subtraction steps put the total on its own line, "tens: 6-3=3\\n= 31": a step, then the total)."""
+    from rlvr.tasks import get_task
+
+    assert claims("tens: 6-3=3\n= 31") == [("6-3=3", True)]
+    for spec, options in (("subtraction", {"n": 200, "high": 1000}), ("countdown", {"num_numbers": 3, "n": 200}),
+                          ("calculator", {"n": 200, "tools": False})):
+        task = get_task(spec, **options)
+        worked = [task.demonstration(ex) for ex in task.train_examples()[:200]]
+        worked = [w for w in worked if w]
+        assert len(worked) >= 100, spec
+        verdicts = [think_arithmetic(w) for w in worked]
+        assert False not in verdicts, (spec, next(w for w, v in zip(worked, verdicts) if v is False))
+        assert sum(v is True for v in verdicts) >= len(worked) // 2, spec  # and they are read, not skipped

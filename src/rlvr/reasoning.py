@@ -31,11 +31,12 @@ from rlvr.tasks.base import exact_value
 
 _NUM = r"-?\d+(?:\.\d+)?"
 _OP = r"[-+*/×÷]"
-_EXPR = rf"{_NUM}(?:\s*{_OP}\s*{_NUM})*"
+_SP = r"[ \t]*"  # a claim stays on one line: "tens: 6-3=3\n= 31" is a step, then the total
+_EXPR = rf"{_NUM}(?:{_SP}{_OP}{_SP}{_NUM})*"
 # a chain "e = e [= e ...]" of number expressions: not glued to a word, a digit or a ")" before it;
 # not followed by more digits or by an operator and a parenthesis (a full stop after it is fine)
-_CHAIN = re.compile(rf"(?<![\w.)])({_EXPR}(?:\s*=\s*{_EXPR})+)(?!\.?\d|\s*{_OP}\s*\()")
-_HAS_OP = re.compile(rf"\d\s*{_OP}")
+_CHAIN = re.compile(rf"(?<![\w.)])({_EXPR}(?:{_SP}={_SP}{_EXPR})+)(?!\.?\d|{_SP}{_OP}{_SP}\()")
+_HAS_OP = re.compile(rf"\d{_SP}{_OP}")
 MAX_CLAIM_CHARS = 300
 
 
@@ -83,7 +84,7 @@ def arithmetic_claims(text: str) -> list[Claim]:
         chain = m.group(1)
         if len(chain) > MAX_CLAIM_CHARS or not _HAS_OP.search(chain):
             continue
-        before = text[:m.start()].rstrip()
+        before = text[:m.start()].rstrip(" \t")
         if before and before[-1] in "+-*/×÷)":
             continue  # the tail of "(2 + 3) * 5 = 25": the left side is not all here
         sides = [side.strip() for side in chain.split("=")]
