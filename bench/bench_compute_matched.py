@@ -23,6 +23,10 @@ budget: ~45 s a step for the main job); points past the budget are plotted, not 
     .venv/bin/python bench/bench_compute_matched.py --task countdown --budget-min 30 -- task.options='{num_numbers: 3}'
     .venv/bin/python bench/bench_compute_matched.py --task rg:chain_sum --demos answers --budget-min 15
 
+Because arm (a) restarts its schedule every chunk, `--single-sft N [N ...]` adds a third curve to an
+existing record (--out): for each N, the base model fine-tuned once on the first N demonstrations (one
+schedule, as the warm-up is), timed and evaluated the same way; the two arms are not re-run.
+
 Writes bench/results/compute_matched_<task>.json and .png (accuracy vs training minutes, both arms).
 """
 
@@ -32,11 +36,11 @@ import argparse
 import copy
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ceiling import machine  # bench/ is on the path when a bench runs as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,12 +63,6 @@ class Clock:
         self.wall, self.cpu = self.wall + wall, self.cpu + cpu
 
 
-def machine() -> dict:
-    env = subprocess.run([sys.executable, "-m", "rlvr", "env"], capture_output=True, text=True, cwd=ROOT).stdout
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "load": os.getloadavg(),
-            "rlvr_env": env.strip().splitlines()}
-
-
 def evaluate(policy, tokenizer, task, cfg) -> dict:
     from rlvr.config import sampler_options
     from rlvr.evaluate import evaluate_config
@@ -73,7 +71,23 @@ def evaluate(policy, tokenizer, task, cfg) -> dict:
     policy.eval()
     res = evaluate_config(make_sampler(cfg.sampling.backend, policy, tokenizer, **sampler_options(cfg)), tokenizer,
                           task, cfg, progress=False)
-    return {"accuracy": res.accuracy, "format_rate": res.format_rate, "majority_baseline": res.majority_baseline}
+    correct = "".join("1" if r["correct"] else "0" for r in sorted(res.records, key=lambda r: r["index"]))
+    return {"accuracy": res.accuracy, "format_rate": res.format_rate, "majority_baseline": res.majority_baseline,
+            "correct": correct}
+
+
+def paired_test(a: str, b: str) -> dict:
+    """Exact McNemar test of two evaluations of the same examples ('1'/'0' per example, same order):
+    the examples only `a` gets right, only `b` gets right, and the two-sided binomial p-value of that
+    split under "equally good" (both arms answer the same held-out questions, so their difference is
+    judged on the questions where they disagree, not on two independent accuracies)."""
+    from math import comb
+
+    only_a = sum(x == "1" and y == "0" for x, y in zip(a, b))
+    only_b = sum(x == "0" and y == "1" for x, y in zip(a, b))
+    n, k = only_a + only_b, min(only_a, only_b)
+    p = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"only_sft": only_a, "only_grpo": only_b, "p_value": p}
 
 
 def demonstrations(task, cfg, path: str | None, count: int) -> list:
@@ -121,6 +135,25 @@ def sft_only(cfg, task, demos, args, log) -> list[dict]:
     return points
 
 
+def single_sft(cfg, task, demos, args, log) -> list[dict]:
+    """Arm (c): for each N of --single-sft, the base model fine-tuned once on the first N demonstrations."""
+    import dataclasses
+
+    from rlvr.models import load_model, prepare_policy
+    from rlvr.sft import sft_train
+
+    points = []
+    for n in args.single_sft:
+        model, tok = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
+        model_cfg = cfg.model if cfg.sft.use_peft is None else dataclasses.replace(cfg.model, use_peft=bool(cfg.sft.use_peft))
+        policy, clock = prepare_policy(model, model_cfg), Clock()
+        with clock:
+            sft_train(policy, tok, task, demos[:n], cfg, run_dir=Path(args.work))
+        points.append({"demos": n, "train_min": clock.wall / 60, "cpu_min": clock.cpu / 60, **evaluate(policy, tok, task, cfg)})
+        log("single-sft", points[-1])
+    return points
+
+
 def warmup_grpo(cfg, task, demos, args, log) -> list[dict]:
     """Arm (b): SFT on the first --warmup-demos demonstrations, then GRPO with evaluations."""
     import dataclasses
@@ -149,12 +182,20 @@ def warmup_grpo(cfg, task, demos, args, log) -> list[dict]:
     spent = 0.0  # evaluation seconds so far, off the clock
     for row in evals:
         spent += row["seconds"]
+        per_example = read_jsonl(Path(grpo.run.output_dir) / "eval" / f"step-{row['step']:06d}.jsonl")
         points.append({"stage": "grpo", "step": row["step"], "train_min": clock.wall / 60 + (row["time"] - t0 - spent) / 60,
                        "accuracy": row["accuracy"], "format_rate": row["format_rate"],
-                       "majority_baseline": row.get("majority_baseline")})
+                       "majority_baseline": row.get("majority_baseline"),
+                       "correct": "".join("1" if r["correct"] else "0" for r in sorted(per_example, key=lambda r: r["index"]))})
         log("grpo", points[-1])
     points[-1]["cpu_min_total"] = clock.cpu / 60 + (time.process_time() - c0) / 60  # evaluations included
     return points
+
+
+def evaluated_n(result: dict) -> int:
+    """The held-out examples actually evaluated: --eval-n, or fewer when the task's test split is smaller."""
+    correct = result["sft_only"][0].get("correct")
+    return len(correct) if correct else result["eval_n"]
 
 
 def plot(result: dict, path: Path) -> None:
@@ -164,16 +205,19 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for arm, style in (("sft_only", "o-"), ("warmup_grpo", "s-")):
-        pts = result[arm]
+    for arm, style in (("sft_only", "o-"), ("warmup_grpo", "s-"), ("sft_single", "^")):
+        pts = result.get(arm) or []
+        if not pts:
+            continue
         ax.plot([p["train_min"] for p in pts], [100 * p["accuracy"] for p in pts], style,
-                label={"sft_only": "SFT only (more demonstrations)", "warmup_grpo": "warm-up, then GRPO"}[arm])
+                label={"sft_only": "SFT only (more demonstrations, in chunks)", "warmup_grpo": "warm-up, then GRPO",
+                       "sft_single": "SFT only, one run of N demonstrations"}[arm])
     majority = result["sft_only"][0].get("majority_baseline")
     if majority:
         ax.axhline(100 * majority, color="grey", ls="--", lw=1, label="majority baseline")
     ax.axvline(result["budget_min"], color="black", ls=":", lw=1, label="budget")
     ax.set(xlabel="training minutes (evaluation excluded)", ylabel="held-out accuracy (%)",
-           title=f"{result['task']}: equal compute, n={result['eval_n']} greedy")
+           title=f"{result['task']}: equal compute, n={evaluated_n(result)} greedy")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -198,6 +242,8 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="scratch directory (default runs/bench-compute-matched/<task>: "
                     "two tasks can run side by side)")
     ap.add_argument("--out", default=None, help="record path (default bench/results/compute_matched_<task>.json)")
+    ap.add_argument("--single-sft", type=int, nargs="+", default=None, metavar="N",
+                    help="add one-run SFT points (N demonstrations each) to the existing record --out")
     ap.add_argument("overrides", nargs="*", help="section.option=value")
     args = ap.parse_args()
 
@@ -217,7 +263,22 @@ def main() -> None:
     demos = demonstrations(task, cfg, args.demos, args.max_demos)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     log = lambda arm, p: print(f"[{arm}] " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"  # noqa: E731
-                                                        for k, v in p.items()), flush=True)
+                                                        for k, v in p.items() if k != "correct"), flush=True)
+    out = Path(args.out or ROOT / "bench" / "results" / f"compute_matched_{cfg.task.name.replace(':', '_')}.json")
+    if args.single_sft:
+        result = json.loads(out.read_text())
+        t0 = time.time()
+        result["sft_single"] = single_sft(cfg, task, demos, args, log)
+        result["sft_single_run"] = {"overrides": args.overrides, "wall_s": time.time() - t0, "machine": machine(),
+                                    "date": time.strftime("%Y-%m-%d %H:%M")}
+        grpo = [p for p in result["warmup_grpo"] if p["train_min"] <= args.budget_min][-1]
+        for p in result["sft_single"]:
+            p["vs_last_grpo_within_budget"] = paired_test(p["correct"], grpo["correct"])
+            print(f"SFT once on {p['demos']} demonstrations: {p['accuracy']:.1%} in {p['train_min']:.1f} min; GRPO's last "
+                  f"point within the budget {grpo['accuracy']:.1%}; McNemar p = {p['vs_last_grpo_within_budget']['p_value']:.3f}")
+        out.write_text(json.dumps(result, indent=1, default=str))
+        plot(result, out.with_suffix(".png"))
+        return
     t0 = time.time()
     result = {"task": cfg.task.name, "task_options": cfg.task.options, "model": cfg.model.name, "eval_n": args.eval_n,
               "budget_min": args.budget_min, "sft_chunk": args.sft_chunk, "warmup_demos": args.warmup_demos,
@@ -226,15 +287,24 @@ def main() -> None:
     result["warmup_grpo"] = warmup_grpo(cfg, task, demos, args, log)
     best = {arm: max((p["accuracy"] for p in result[arm] if p["train_min"] <= args.budget_min), default=None)
             for arm in ("sft_only", "warmup_grpo")}
+    # what a user with this budget gets without choosing a checkpoint on the test set: each arm's last
+    # evaluation within the budget, compared question by question
+    last = {arm: [p for p in result[arm] if p["train_min"] <= args.budget_min][-1] for arm in ("sft_only", "warmup_grpo")}
+    if all(p.get("correct") for p in last.values()):
+        result["last_within_budget"] = {"sft_only": last["sft_only"]["accuracy"], "warmup_grpo": last["warmup_grpo"]["accuracy"],
+                                        **paired_test(last["sft_only"]["correct"], last["warmup_grpo"]["correct"])}
     result.update(best_within_budget=best, wall_s=time.time() - t0, load_after=os.getloadavg(),
                   date=time.strftime("%Y-%m-%d %H:%M"),
                   grpo_wins=best["warmup_grpo"] is not None and best["sft_only"] is not None
                   and best["warmup_grpo"] > best["sft_only"])
-    out = Path(args.out or ROOT / "bench" / "results" / f"compute_matched_{cfg.task.name.replace(':', '_')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str))
     plot(result, out.with_suffix(".png"))
     pct = lambda x: "-" if x is None else f"{x:.1%}"  # noqa: E731
+    if "last_within_budget" in result:
+        lw = result["last_within_budget"]
+        print(f"last evaluation within the budget: SFT only {pct(lw['sft_only'])}, warm-up + GRPO {pct(lw['warmup_grpo'])}; "
+              f"right only for SFT {lw['only_sft']}, only for GRPO {lw['only_grpo']}, McNemar p = {lw['p_value']:.3f}")
     print(f"best held-out accuracy within {args.budget_min:g} training minutes: SFT only {pct(best['sft_only'])}, "
           f"warm-up + GRPO {pct(best['warmup_grpo'])}; record {out}, plot {out.with_suffix('.png')}")
 
