@@ -121,3 +121,15 @@ def test_the_tasks_own_worked_solutions_are_never_called_false():
         verdicts = [think_arithmetic(w) for w in worked]
         assert False not in verdicts, (spec, next(w for w, v in zip(worked, verdicts) if v is False))
         assert sum(v is True for v in verdicts) >= len(worked) // 2, spec  # and they are read, not skipped
+
+
+def test_a_long_hostile_completion_is_read_in_linear_time():
+    """Model output is untrusted: 50,000 characters of "1+1+..." took 65 s when the claim pattern ran
+    over the whole text (each start position re-read the rest); runs of claim characters bound it."""
+    import time
+
+    for hostile in ("1+" * 25000, "-1-" * 15000, "12.5*" * 10000):
+        t0 = time.perf_counter()
+        assert arithmetic_claims(f"<think>{hostile}</think>") == []
+        assert time.perf_counter() - t0 < 2.0
+    assert len(arithmetic_claims("3 + 4 = 7, " * 2000)) == 2000
