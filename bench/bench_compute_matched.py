@@ -71,9 +71,29 @@ def evaluate(policy, tokenizer, task, cfg) -> dict:
     policy.eval()
     res = evaluate_config(make_sampler(cfg.sampling.backend, policy, tokenizer, **sampler_options(cfg)), tokenizer,
                           task, cfg, progress=False)
-    correct = "".join("1" if r["correct"] else "0" for r in sorted(res.records, key=lambda r: r["index"]))
     return {"accuracy": res.accuracy, "format_rate": res.format_rate, "majority_baseline": res.majority_baseline,
-            "correct": correct}
+            "correct": correct_bits(res.records)}
+
+
+def correct_bits(records: list[dict]) -> str:
+    """'1'/'0' per held-out example, in example order: what `paired_test` compares."""
+    return "".join("1" if r["correct"] else "0" for r in sorted(records, key=lambda r: r["index"]))
+
+
+def fresh_policy(cfg):
+    """(policy, tokenizer): the base model, prepared for SFT as the config says (full or LoRA)."""
+    import dataclasses
+
+    from rlvr.models import load_model, prepare_policy
+
+    model, tok = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
+    model_cfg = cfg.model if cfg.sft.use_peft is None else dataclasses.replace(cfg.model, use_peft=bool(cfg.sft.use_peft))
+    return prepare_policy(model, model_cfg), tok
+
+
+def last_within(points: list[dict], budget_min: float) -> dict:
+    """An arm's last evaluation within the budget: what a user gets without choosing a checkpoint on the test set."""
+    return [p for p in points if p["train_min"] <= budget_min][-1]
 
 
 def paired_test(a: str, b: str) -> dict:
@@ -115,14 +135,9 @@ def demonstrations(task, cfg, path: str | None, count: int) -> list:
 
 def sft_only(cfg, task, demos, args, log) -> list[dict]:
     """Arm (a): chunks of fresh demonstrations until the budget is spent."""
-    import dataclasses
-
-    from rlvr.models import load_model, prepare_policy
     from rlvr.sft import sft_train
 
-    model, tok = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
-    model_cfg = cfg.model if cfg.sft.use_peft is None else dataclasses.replace(cfg.model, use_peft=bool(cfg.sft.use_peft))
-    policy, clock = prepare_policy(model, model_cfg), Clock()
+    (policy, tok), clock = fresh_policy(cfg), Clock()
     points = [{"demos": 0, "train_min": 0.0, "cpu_min": 0.0, **evaluate(policy, tok, task, cfg)}]
     for start in range(0, len(demos), args.sft_chunk):
         if clock.wall >= args.budget_min * 60:
@@ -137,16 +152,11 @@ def sft_only(cfg, task, demos, args, log) -> list[dict]:
 
 def single_sft(cfg, task, demos, args, log) -> list[dict]:
     """Arm (c): for each N of --single-sft, the base model fine-tuned once on the first N demonstrations."""
-    import dataclasses
-
-    from rlvr.models import load_model, prepare_policy
     from rlvr.sft import sft_train
 
     points = []
     for n in args.single_sft:
-        model, tok = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
-        model_cfg = cfg.model if cfg.sft.use_peft is None else dataclasses.replace(cfg.model, use_peft=bool(cfg.sft.use_peft))
-        policy, clock = prepare_policy(model, model_cfg), Clock()
+        (policy, tok), clock = fresh_policy(cfg), Clock()
         with clock:
             sft_train(policy, tok, task, demos[:n], cfg, run_dir=Path(args.work))
         points.append({"demos": n, "train_min": clock.wall / 60, "cpu_min": clock.cpu / 60, **evaluate(policy, tok, task, cfg)})
@@ -156,17 +166,14 @@ def single_sft(cfg, task, demos, args, log) -> list[dict]:
 
 def warmup_grpo(cfg, task, demos, args, log) -> list[dict]:
     """Arm (b): SFT on the first --warmup-demos demonstrations, then GRPO with evaluations."""
-    import dataclasses
     import shutil
 
-    from rlvr.models import load_model, merged_copy, prepare_policy
+    from rlvr.models import merged_copy
     from rlvr.sft import sft_train
     from rlvr.tracking import read_jsonl
     from rlvr.trainer import train
 
-    model, tok = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
-    model_cfg = cfg.model if cfg.sft.use_peft is None else dataclasses.replace(cfg.model, use_peft=bool(cfg.sft.use_peft))
-    policy, clock = prepare_policy(model, model_cfg), Clock()
+    (policy, tok), clock = fresh_policy(cfg), Clock()
     with clock:
         sft_train(policy, tok, task, demos[:args.warmup_demos], cfg, run_dir=Path(args.work))
     points = [{"stage": "warm-up", "demos": args.warmup_demos, "train_min": clock.wall / 60, "cpu_min": clock.cpu / 60,
@@ -186,7 +193,7 @@ def warmup_grpo(cfg, task, demos, args, log) -> list[dict]:
         points.append({"stage": "grpo", "step": row["step"], "train_min": clock.wall / 60 + (row["time"] - t0 - spent) / 60,
                        "accuracy": row["accuracy"], "format_rate": row["format_rate"],
                        "majority_baseline": row.get("majority_baseline"),
-                       "correct": "".join("1" if r["correct"] else "0" for r in sorted(per_example, key=lambda r: r["index"]))})
+                       "correct": correct_bits(per_example)})
         log("grpo", points[-1])
     points[-1]["cpu_min_total"] = clock.cpu / 60 + (time.process_time() - c0) / 60  # evaluations included
     return points
@@ -271,7 +278,7 @@ def main() -> None:
         result["sft_single"] = single_sft(cfg, task, demos, args, log)
         result["sft_single_run"] = {"overrides": args.overrides, "wall_s": time.time() - t0, "machine": machine(),
                                     "date": time.strftime("%Y-%m-%d %H:%M")}
-        grpo = [p for p in result["warmup_grpo"] if p["train_min"] <= args.budget_min][-1]
+        grpo = last_within(result["warmup_grpo"], args.budget_min)
         for p in result["sft_single"]:
             p["vs_last_grpo_within_budget"] = paired_test(p["correct"], grpo["correct"])
             print(f"SFT once on {p['demos']} demonstrations: {p['accuracy']:.1%} in {p['train_min']:.1f} min; GRPO's last "
@@ -287,9 +294,7 @@ def main() -> None:
     result["warmup_grpo"] = warmup_grpo(cfg, task, demos, args, log)
     best = {arm: max((p["accuracy"] for p in result[arm] if p["train_min"] <= args.budget_min), default=None)
             for arm in ("sft_only", "warmup_grpo")}
-    # what a user with this budget gets without choosing a checkpoint on the test set: each arm's last
-    # evaluation within the budget, compared question by question
-    last = {arm: [p for p in result[arm] if p["train_min"] <= args.budget_min][-1] for arm in ("sft_only", "warmup_grpo")}
+    last = {arm: last_within(result[arm], args.budget_min) for arm in ("sft_only", "warmup_grpo")}  # question by question
     if all(p.get("correct") for p in last.values()):
         result["last_within_budget"] = {"sft_only": last["sft_only"]["accuracy"], "warmup_grpo": last["warmup_grpo"]["accuracy"],
                                         **paired_test(last["sft_only"]["correct"], last["warmup_grpo"]["correct"])}

@@ -174,7 +174,7 @@ def eval_cmd(
     if format_baselines(row):
         typer.echo(f"  baselines: {format_baselines(row)}" + (f"  ({baseline_note(row)})" if baseline_note(row) else ""))
     if row.get("right_checked"):
-        from rlvr.evaluate import false_arithmetic_text
+        from rlvr.reasoning import false_arithmetic_text
 
         typer.echo(f"  reasoning: {false_arithmetic_text(row)} of the right answers that state arithmetic state a "
                    "false claim (right for a wrong reason; rlvr.reasoning)")

@@ -19,6 +19,7 @@ import torch
 from rlvr.environments import SingleTurn
 from rlvr.baselines import baseline_note, format_baselines, task_baselines
 from rlvr.judge import judge
+from rlvr.reasoning import arithmetic_summary, false_arithmetic_text, reasoning_note
 from rlvr.rollout import PromptFormat, sampling_params
 from rlvr.tasks.base import Example, Task
 
@@ -176,8 +177,6 @@ def _aggregate(records: list[dict], k: int, seconds: float, tokens: int) -> Eval
 def _reasoning_check(records: list[dict]) -> dict:
     """right_checked / right_false_arithmetic over the records (omitted when no right answer states
     arithmetic that can be checked)."""
-    from rlvr.reasoning import arithmetic_summary
-
     s = arithmetic_summary(records)
     return {"right_checked": s.checked, "right_false_arithmetic": s.false_frac} if s.checked else {}
 
@@ -238,14 +237,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def false_arithmetic_text(row: dict) -> str:
-    """'98% (44 of 45)': the share of right answers with checkable arithmetic that state a false claim."""
-    if not row.get("right_checked"):
-        return "-"
-    checked = row["right_checked"]
-    return f"{row['right_false_arithmetic']:.0%} ({round(row['right_false_arithmetic'] * checked)} of {checked})"
-
-
 def tool_summary(result: EvalResult) -> str:
     """One line on a tool task's episodes: tool calls and errors per episode, episodes cut by a limit."""
     return (f"tools: {result.tool_calls:.2f} calls per episode, {result.tool_errors:.2f} errors per episode, "
@@ -263,13 +254,3 @@ def verdict(rows: list[dict]) -> str:
     return (f"Held-out accuracy {word}: {a['accuracy'] * 100:.1f}% ({a['stage']}) -> "
             f"{b['accuracy'] * 100:.1f}% ({b['stage']}), {delta:+.1f} points on the same {b['n']} examples."
             + (f" But {note}" if note else "") + reasoning_note(b))
-
-
-def reasoning_note(row: dict) -> str:
-    """A sentence when most of a stage's right answers (that state arithmetic) state a false claim."""
-    false_frac = row.get("right_false_arithmetic")
-    if false_frac is None or false_frac < 0.5:
-        return ""
-    name = row.get("label") or row.get("stage") or "the last evaluation"
-    return (f" In {name}, {false_arithmetic_text(row)} of the right answers that state arithmetic state a false "
-            "claim in their reasoning: right for a wrong reason (rlvr.reasoning).")

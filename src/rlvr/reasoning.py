@@ -14,6 +14,7 @@ are not read: a think part with no claim this can read is "not checked" (None), 
 
     think_arithmetic(completion)  -> True (all claims true) / False (one is false) / None
     arithmetic_summary(records)   -> the share of right answers whose reasoning states a false claim
+    false_arithmetic_text(row), reasoning_note(row)  -> that share in words, for tables and verdicts
 
 Pure functions: `rlvr eval` prints the share, the report shows it, and `sft.self_check_arithmetic`
 uses `think_arithmetic` to keep only self warm-up completions whose arithmetic holds.
@@ -96,7 +97,7 @@ def _claims_in(text: str, start: int, end: int) -> list[Claim]:
     claims = []
     for m in _CHAIN.finditer(text, start, end):
         chain = m.group(1)
-        if len(chain) > MAX_CLAIM_CHARS or not _HAS_OP.search(chain):
+        if not _HAS_OP.search(chain):
             continue
         before = text[max(0, m.start() - MAX_CLAIM_CHARS):m.start()].rstrip(" \t")
         if before and before[-1] in "+-*/×÷)":
@@ -144,3 +145,21 @@ def arithmetic_summary(records: list[dict]) -> ArithmeticSummary:
     right = [r for r in records if r["correct"] >= 1.0]
     verdicts = [think_arithmetic(r.get("completion") or "") for r in right]
     return ArithmeticSummary(len(right), sum(v is not None for v in verdicts), sum(v is False for v in verdicts))
+
+
+def false_arithmetic_text(row: dict) -> str:
+    """'98% (44 of 45)': the share of right answers with checkable arithmetic that state a false claim."""
+    if not row.get("right_checked"):
+        return "-"
+    checked = row["right_checked"]
+    return f"{row['right_false_arithmetic']:.0%} ({round(row['right_false_arithmetic'] * checked)} of {checked})"
+
+
+def reasoning_note(row: dict) -> str:
+    """A sentence when most of a stage's right answers (that state arithmetic) state a false claim."""
+    false_frac = row.get("right_false_arithmetic")
+    if false_frac is None or false_frac < 0.5:
+        return ""
+    name = row.get("label") or row.get("stage") or "the last evaluation"
+    return (f" In {name}, {false_arithmetic_text(row)} of the right answers that state arithmetic state a false "
+            "claim in their reasoning: right for a wrong reason (rlvr.reasoning).")

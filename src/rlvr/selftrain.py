@@ -338,9 +338,15 @@ def format_round(record: dict) -> str:
     return line
 
 
+def round_column_shown(rounds: list[dict], key: str) -> bool:
+    """A round record's field is a column (here and in the report) when some round has it; the count
+    of false arithmetic only when some round had any (a task whose reasoning states none shows no 0s)."""
+    return any(r.get(key) if key == "false_arithmetic" else key in r for r in rounds)
+
+
 def format_rounds(rounds: list[dict]) -> str:
     """The rounds as a plain table (questions tried, accepted, accuracy after the round)."""
-    cols = [c for c in ROUND_COLUMNS if any((r.get(c[0]) if c[0] == "false_arithmetic" else c[0] in r) for r in rounds)]
+    cols = [c for c in ROUND_COLUMNS if round_column_shown(rounds, c[0])]
     lines = ["  ".join(f"{title:>9}" for _, title, _ in cols)]
     for r in rounds:
         lines.append("  ".join(f"{fmt.format(r[k]) if k in r else '-':>9}" for k, _, fmt in cols))

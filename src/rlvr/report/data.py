@@ -213,7 +213,7 @@ def verdict(rows: list[dict]) -> Verdict:
     if noise is not None and first.get("n") != last.get("n"):
         notes.append(f"The two evaluations used different numbers of examples ({first['n']:g} vs {last['n']:g}).")
     kind, text = _under_majority(kind, text, last, notes)
-    from rlvr.evaluate import reasoning_note
+    from rlvr.reasoning import reasoning_note
 
     if reasoning_note(last):
         notes.append(reasoning_note(last).strip())

@@ -410,8 +410,9 @@ def _self_rounds(run: Run) -> str:
     rounds = self_rounds(run)
     if not rounds:
         return ""
-    # the false-arithmetic column only when some round had any (a task whose reasoning states none shows no 0s)
-    cols = [(k, t) for k, t in SELF_COLUMNS if any((r.get(k) if k == "false_arithmetic" else k in r) for r in rounds)]
+    from rlvr.selftrain import round_column_shown
+
+    cols = [(k, t) for k, t in SELF_COLUMNS if round_column_shown(rounds, k)]
     head = "<tr>" + "".join(f"<th>{esc(t)}</th>" for _, t in cols) + "</tr>"
     body = "".join("<tr>" + "".join(f"<td>{_pct(r.get(k)) if k in ('accuracy', 'format_rate') else esc(r.get(k, '–'))}</td>"
                                     for k, _ in cols) + "</tr>" for r in rounds)
