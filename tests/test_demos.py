@@ -186,6 +186,22 @@ def test_load_demos_jsonl_strings_and_chat_messages(tmp_path):
     assert second.completion == "<think>3+3</think><answer>6</answer>" and second.ground_truth == ""
 
 
+def test_a_completion_with_tool_messages_is_a_trajectory(tmp_path):
+    """A message-list completion holding tool messages keeps them (`Demo.messages`, trained on the
+    assistant turns only) instead of joining the assistant texts; it survives a record round trip."""
+    turns = [{"role": "assistant", "content": "<tool_call>{}</tool_call>"}, {"role": "tool", "content": "22"},
+             {"role": "assistant", "content": "<think>22</think><answer>22</answer>"}]
+    path = tmp_path / "tools.jsonl"
+    path.write_text(json.dumps({"prompt": "3*5+7?", "completion": turns, "answer": "22"}) + "\n"
+                    + json.dumps({"prompt": "x?", "completion": [{"role": "tool", "content": "1"}]}) + "\n")
+    with pytest.raises(DemoFileError, match=r"tools\.jsonl:2: a multi-turn completion needs assistant turns"):
+        load_demos_jsonl(path)
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    (demo,) = load_demos_jsonl(path)
+    assert demo.messages == turns and demo.completion == turns[-1]["content"]
+    assert read_demos_jsonl(write_demos_jsonl(tmp_path / "again.jsonl", [demo])) == [demo]
+
+
 def test_load_demos_jsonl_other_column_names(tmp_path):
     path = tmp_path / "mine.jsonl"
     path.write_text(json.dumps({"q": "x?", "a": "<answer>1</answer>"}) + "\n")

@@ -86,12 +86,15 @@ class Demo:
     the prompt, assistant / tool / assistant; `completion` is then its last turn"""
 
     def to_record(self) -> dict[str, Any]:
-        """The JSON form: {"question", "completion", "answer", "metadata", "source"[, "prompt_messages"]}."""
+        """The JSON form: {"question", "completion", "answer", "metadata", "source"} and, when set,
+        "prompt_messages" and "messages"."""
         record: dict[str, Any] = {"question": self.question, "completion": self.completion,
                                   "answer": self.ground_truth, "metadata": self.metadata,
                                   "source": self.source}
         if self.prompt_messages is not None:
             record["prompt_messages"] = self.prompt_messages
+        if self.messages is not None:
+            record["messages"] = self.messages
         return record
 
     @classmethod
@@ -107,7 +110,8 @@ class Demo:
         return cls(question=question, completion=record["completion"],
                    ground_truth="" if answer is None else str(answer),
                    metadata=dict(record.get("metadata") or {}),
-                   source=record.get("source", "jsonl"), prompt_messages=messages)
+                   source=record.get("source", "jsonl"), prompt_messages=messages,
+                   messages=record.get("messages"))
 
 
 def write_demos_jsonl(path: str | os.PathLike, demos: Sequence[Demo]) -> Path:
@@ -161,7 +165,8 @@ def load_demos_jsonl(path: str | os.PathLike, *, prompt_key: str = "prompt",
     """A user's JSONL of (prompt, completion) pairs, one object per line.
 
     A prompt is a string (the user turn) or a list of chat messages; a completion is a string or
-    a list of messages (TRL's conversational form: the assistant contents are joined). The answer
+    a list of messages (TRL's conversational form: the assistant contents are joined; a list with
+    tool messages is a multi-turn trajectory, trained on its assistant turns only). The answer
     column is optional; every other key goes into `metadata`. Errors name the file and line.
     """
     path = Path(path)
@@ -174,11 +179,11 @@ def load_demos_jsonl(path: str | os.PathLike, *, prompt_key: str = "prompt",
                 raise DemoFileError(f"{where}: missing key {key!r} (keys on this line: {present}); "
                                     f"name the right column with {option}=")
         question, messages = _prompt_value(record[prompt_key], where)
-        completion = _completion_value(record[completion_key], where)
+        completion, trajectory = _completion_value(record[completion_key], where)
         answer = record.get(answer_key)
         metadata = {k: v for k, v in record.items() if k not in (prompt_key, completion_key, answer_key)}
         demos.append(Demo(question, completion, "" if answer is None else str(answer), metadata,
-                          "jsonl", messages))
+                          "jsonl", messages, trajectory))
     if not demos:
         raise DemoFileError(f"{path}: no demonstrations in the file")
     unformatted = sum(extract_answer(d.completion) is None for d in demos)
@@ -200,15 +205,24 @@ def _prompt_value(value: Any, where: str) -> tuple[str, list[dict[str, Any]] | N
                         "with a user turn ({'role': 'user', 'content': ...})")
 
 
-def _completion_value(value: Any, where: str) -> str:
-    """The completion text from a string, a message or a list of messages (assistant turns joined)."""
+def _completion_value(value: Any, where: str) -> tuple[str, list[dict[str, Any]] | None]:
+    """(completion text, trajectory or None) from a string, a message or a list of messages. Assistant
+    messages only: their contents joined (TRL's conversational form). A list that also holds tool
+    (or user) messages is a multi-turn trajectory, kept whole (`Demo.messages`: the SFT warm-up trains
+    on the assistant turns only); its completion is the last assistant turn."""
     if isinstance(value, dict):
         value = [value]
-    if isinstance(value, list) and all(isinstance(m, dict) for m in value):
-        value = "".join(str(m.get("content") or "") for m in value
-                        if m.get("role", "assistant") == "assistant")
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        roles = [m.get("role", "assistant") for m in value]
+        if set(roles) != {"assistant"}:
+            if "assistant" not in roles or any(not isinstance(m.get("content"), str) for m in value):
+                raise DemoFileError(f"{where}: a multi-turn completion needs assistant turns and a string "
+                                    "'content' in every message")
+            trajectory = [{**m, "role": r} for m, r in zip(value, roles)]
+            return [m for m in trajectory if m["role"] == "assistant"][-1]["content"], trajectory
+        value = "".join(str(m.get("content") or "") for m in value)
     if isinstance(value, str) and value.strip():
-        return value
+        return value, None
     raise DemoFileError(f"{where}: the completion must be a non-empty string or assistant message(s)")
 
 
