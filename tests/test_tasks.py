@@ -155,6 +155,26 @@ def test_countdown_demonstrations():
     assert solve([1, 1], 5) is None
 
 
+def test_countdown_with_the_calculator_tool():
+    """tools=True: the same questions, the calculator offered (a multi-turn episode), and worked
+    trajectories: the solver's equation computed by the real calculator, then answered and verified."""
+    from rlvr.environments import ToolEnvironment, environment_for
+    from rlvr.tasks.calculator import calculator
+
+    plain, tools = get_task("countdown", n=60, seed=3), get_task("countdown", n=60, seed=3, tools=True)
+    assert [e.question for e in plain.train_examples()] == [e.question for e in tools.train_examples()]
+    assert not getattr(plain, "tools", None) and tools.tools == [calculator]
+    assert isinstance(environment_for(tools), ToolEnvironment) and "calculator" in tools.system_prompt
+    for ex in tools.train_examples():
+        assert tools.demonstration(ex) is None
+        call, result, final = tools.demonstration_messages(ex)
+        assert [call["role"], result["role"], final["role"]] == ["assistant", "tool", "assistant"]
+        assert "<tool_call>" in call["content"] and result["content"] == str(ex.metadata["target"])
+        assert tools.verify(extract_answer(final["content"]), ex) == 1.0
+    ex = plain.train_examples()[0]
+    assert plain.demonstration_messages(ex) == [{"role": "assistant", "content": plain.demonstration(ex)}]
+
+
 def test_countdown_hub_fails_clearly_offline():
     code = "from rlvr.tasks import get_task; get_task('countdown', source='hub', n=10)"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

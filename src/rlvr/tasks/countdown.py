@@ -11,6 +11,12 @@ the trainer (USERS.md #16): here `**`, names, calls and attributes are refused, 
 200 characters are refused before parsing.
 
 Metadata columns: `nums` (list[int]), `target` (int), `solution` (str, generated problems only).
+
+`tools=True` offers the calculator tool (rlvr.tasks.calculator) and makes the episode multi-turn:
+the model may compute a candidate equation before it answers (a 135M model states false
+arithmetic in nearly every countdown answer it gets right: bench/results/reasoning_check.json).
+Its demonstrations are then trajectories (`demonstration_messages`: the solver's equation
+computed, then answered).
 """
 
 from __future__ import annotations
@@ -23,10 +29,17 @@ from collections.abc import Sequence
 
 from rlvr.prompts import format_completion
 from rlvr.tasks.base import ARITHMETIC_OPS as _OPS, Example, Task, exact_value, split_train_test
+from rlvr.tools import format_tool_call
 
 HUB_DATASET = "Jiayi-Pan/Countdown-Tasks-3to4"
 MAX_EXPRESSION_CHARS = 200
 _ALLOWED_CHARS = re.compile(r"[\d\s+\-*/().]+")
+TOOL_SYSTEM_PROMPT = (
+    "You are a careful assistant with a calculator. Use the calculator to compute an equation before "
+    "you answer; if it does not give the target, try another. Think briefly inside <think> </think> and "
+    "give only the equation inside <answer> </answer>."
+)
+"""the tools variant's instructions; the tool and the call format are added by `rlvr.tools`"""
 
 
 # ------------------------------------------------------------------------------ verifier
@@ -195,11 +208,17 @@ class CountdownTask(Task):
         max_number: int = 99,
         max_target: int = 100,
         source: str = "generate",
+        tools: bool = False,
     ):
         lo, hi = (num_numbers, num_numbers) if isinstance(num_numbers, int) else tuple(num_numbers)
         if not 2 <= lo <= hi:
             raise ValueError(f"num_numbers must be an int >= 2 or a (low, high) range, got {num_numbers}")
         self.num_numbers, self.max_number, self.max_target = (lo, hi), max_number, max_target
+        self.use_tools = bool(tools)
+        if self.use_tools:
+            from rlvr.tasks.calculator import calculator
+
+            self.tools, self.system_prompt = [calculator], TOOL_SYSTEM_PROMPT
         if source == "generate":
             rng = random.Random(seed)
             examples = [self.make_example(rng) for _ in range(n)]
@@ -235,8 +254,30 @@ class CountdownTask(Task):
         return verify_countdown(answer, example.metadata["nums"], example.metadata["target"])
 
     def demonstration(self, example: Example) -> str | None:
+        """The solver's worked solution; None with tools (see `demonstration_messages`)."""
+        if self.use_tools:
+            return None
         found = countdown_steps(example.metadata["nums"], example.metadata["target"])
         return None if found is None else format_completion(*found)
+
+    def demonstration_messages(self, example: Example) -> list[dict] | None:
+        """With tools: the solver's equation computed with the calculator, then answered. Without:
+        the single assistant turn of `demonstration`. None when the solver finds nothing."""
+        if not self.use_tools:
+            text = self.demonstration(example)
+            return None if text is None else [{"role": "assistant", "content": text}]
+        found = solve(example.metadata["nums"], example.metadata["target"])
+        if found is None:
+            return None
+        from rlvr.tasks.calculator import calculator
+
+        target = example.metadata["target"]
+        return [
+            {"role": "assistant", "content": "<think>\nI compute " + found + " with the calculator.\n</think>\n"
+             + format_tool_call("calculator", {"expression": found})},
+            {"role": "tool", "name": "calculator", "content": calculator(found)},
+            {"role": "assistant", "content": format_completion(f"{found} = {target}, the target.", found)},
+        ]
 
 
 def make_countdown_example(nums: Sequence[int], target: int, solution: str | None = None) -> Example:
