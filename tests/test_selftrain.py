@@ -209,3 +209,116 @@ def test_check_arithmetic_drops_right_answers_with_made_up_steps():
 
     rec = round_record(1, cands, select_accepted(cands, 2, check_arithmetic=True), 2)
     assert (rec["accepted"], rec["false_arithmetic"], rec["kept"]) == (3, 1, 2)
+
+
+# ------------------------------------------------------------------------------ multi-turn tasks
+
+
+def test_trajectory_shots_are_shown_as_episodes_are(smol_tokenizer):
+    """A tool task's shots are trajectories (call, result, answer): in the chat prompt as assistant and
+    tool turns after the tools' description; in the plain one as an episode renders a tool result."""
+    from rlvr.tasks import get_task
+
+    task = get_task("countdown", num_numbers=3, n=40, n_test=10, tools=True)
+    pool = task.train_examples()
+    shots = few_shot_examples(task, pool[:2], 2, "auto", multi_turn=True)
+    assert all(isinstance(c, list) and [m["role"] for m in c] == ["assistant", "tool", "assistant"] for _, c in shots)
+    assert few_shot_examples(task, pool[:1], 1, "auto")[0][1] == shot_from_answer(pool[0])  # single-turn: no trajectory
+    chat = few_shot_prompt(smol_tokenizer, task, PromptFormat(), shots, pool[5])
+    result = shots[0][1][1]["content"]
+    assert chat.index("<tools>") < chat.index(pool[0].question) < chat.index(f"<|im_start|>tool\n{result}<|im_end|>")
+    assert chat.index(shots[1][1][2]["content"]) < chat.index(pool[5].question) and chat.endswith("<|im_start|>assistant\n")
+    plain = few_shot_prompt(None, task, PromptFormat(chat=False), shots, pool[5])
+    assert f"</tool_call>\nResult: {result}\nAnswer: <think>" in plain
+    assert plain.endswith(f"Question: {pool[5].question}\nAnswer: ")
+
+
+def test_an_episode_cut_by_a_limit_is_never_kept():
+    ex = Example("q", "7")
+    done = [{"role": "assistant", "content": "?"}, {"role": "tool", "content": "7"},
+            {"role": "assistant", "content": "<think>\nok\n</think>\n<answer>7</answer>"}]
+    cut = Candidate(0, ex, done[-1]["content"], v(1.0, True), done, limit="turns")
+    same = Candidate(0, ex, done[-1]["content"] + " junk", v(1.0, True), [*done[:2], {**done[2], "content": done[2]["content"] + " junk"}])
+    kept = select_accepted([cut, same, Candidate(0, ex, done[-1]["content"], v(1.0, True), done)], 4)
+    assert kept == [same]  # the limit-cut one dropped; the third is `same` once trimmed after the answer
+    from rlvr.selftrain import to_demos
+
+    (demo,) = to_demos(kept)
+    assert demo.messages == done and demo.completion == done[-1]["content"]
+
+
+class PeekEnv:
+    """TRL-style environment: the secret digit (the example's answer) is told by `peek` only."""
+
+    def reset(self, answer, **kwargs) -> None:
+        self.secret = answer
+
+    def peek(self) -> str:
+        """Tell the secret.
+
+        Returns:
+            The secret digit.
+        """
+        return self.secret
+
+
+class PeekTask(DigitTask):
+    """A multi-turn toy: "?" calls `peek` (the char vocabulary has no braces); the verifier accepts
+    any answer, so the format alone decides what is kept."""
+
+    name = "peek"
+
+    def train_examples(self):
+        return [Example(question="s", answer=d) for d in "3579" * 8]
+
+    def test_examples(self):
+        return self.train_examples()[:4]
+
+    def verify(self, answer, example):
+        return 1.0
+
+    def environment(self, system_prompt):
+        from rlvr.environments import TRLEnvironment
+        from rlvr.tools import ToolCall
+
+        env = TRLEnvironment(PeekEnv, self, system_prompt="", describe_tools=False,
+                             parse=lambda text: [ToolCall("peek", {}, "?")] if "?" in text else [])
+        env.stop_strings = ("?",)
+        return env
+
+
+def test_self_warm_up_of_a_tool_task_keeps_whole_verified_episodes(tmp_path):
+    """A tiny model taught to call the tool ("?") and then write the format, sampled at temperature 1:
+    the warm-up samples episodes (the tool really runs: its message is the example's secret), keeps
+    the formatted ones not cut by a limit, and fine-tunes on them as trajectories."""
+    from rlvr.models import prepare_policy
+    from rlvr.sft import run_sft, sft_train
+
+    model, tok = char_model(0)
+    base = ["run.quiet=true", "model.use_peft=false", "task.system_prompt=", "sft.batch_size=8", "run.seed=0",
+            "sft.warmup_ratio=0", "task.max_tool_calling_iterations=2", "sampling.max_completion_length=80"]
+    policy = prepare_policy(model, load_config(None, base).model)
+    teach = [Demo("s", "<think>\nok\n</think>\n<answer>7</answer>", d, {}, "procedural",
+                  messages=[{"role": "assistant", "content": "?"}, {"role": "tool", "content": d},
+                            {"role": "assistant", "content": "<think>\nok\n</think>\n<answer>7</answer>"}])
+             for d in "3579" * 80]
+    sft_train(policy, tok, PeekTask(), teach, load_config(None, [*base, "sft.learning_rate=1e-2", "sft.epochs=3"]),
+              run_dir=Path("."))
+    cfg = load_config(None, [*base, f"run.output_dir={tmp_path / 'self'}", "sft.source=self", "sft.self_rounds=1",
+                             "sft.self_questions=6", "sft.self_samples=8", "sft.self_shots=0",
+                             "sft.self_max_per_question=8", "sft.self_eval_n=0", "sft.learning_rate=1e-3", "eval.n=0"])
+    result, _ = run_sft(cfg, model=policy, tokenizer=tok, task=PeekTask())
+    rows = [json.loads(line) for line in (tmp_path / "self" / "self" / "round-1.jsonl").read_text().splitlines()]
+    assert len(rows) == 48 and all("conversation" in r for r in rows)
+    called = [r for r in rows if r["tool_calls"]]
+    assert called, "the test needs episodes that call the tool"
+    for r in called:  # the environment ran: each tool message is the example's secret
+        tool_messages = [m["content"] for m in r["conversation"] if m["role"] == "tool"]
+        assert tool_messages and set(tool_messages) == {r["ground_truth"]}
+    kept = [r for r in rows if r["kept"]]
+    assert kept and all(r["format"] and r["limit"] is None for r in kept)
+    assert any(r["tool_calls"] for r in kept), "some kept episode is a trajectory with the tool in it"
+    assert 0 < sum(r["format"] and r["limit"] is None for r in rows) < len(rows) or any(r["limit"] for r in rows)
+    assert result.num_demos == len(kept) and result.steps == math.ceil(len(kept) / 8)
+    (record,) = json.loads((tmp_path / "self" / "sft_summary.json").read_text())["self_rounds"]
+    assert record["with_tool_call"] == len(called) and record["cut_by_limit"] == sum(r["limit"] is not None for r in rows)

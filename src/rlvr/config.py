@@ -238,7 +238,9 @@ class SFTConfig:
     self_shot_source: str = "auto"
     """source self: where the few-shot examples come from: auto (the task's worked solutions when it has
     them, else its question/answer pairs with a short think part), answers (always the latter), or a
-    .jsonl path of demonstrations (e.g. a handful written by hand); they are never trained on"""
+    .jsonl path of demonstrations (e.g. a handful written by hand); they are never trained on. For a
+    task with tools a shot is a whole trajectory (the task's `demonstration_messages`, or a .jsonl
+    completion given as a message list with tool messages)"""
     self_max_per_question: int = 2
     """source self: distinct accepted completions kept per question (easy questions do not crowd out the rest)"""
     self_eval_n: int = 200

@@ -18,6 +18,13 @@ fine-tuning; STaR, Zelikman et al. 2022, arXiv 2203.14465):
         fine-tune   on the kept completions under the ordinary zero-shot prompt (rlvr.sft.sft_train)
         evaluate    held-out accuracy, greedy, zero-shot (sft.self_eval_n examples)
 
+A multi-turn task (one with tools, or its own environment) samples whole episodes
+(rlvr.episodes.run_episodes, the same limits as GRPO's) after the few-shot prompt, whose shots are
+then trajectories too (call, result, answer: the task's `demonstration_messages`, or a .jsonl
+whose completions are message lists); the judge reads the final turn, an episode cut by a limit is
+never kept, and a kept episode is fine-tuned on as the trajectory it was (the environment's
+messages carry no loss).
+
 Where it departs from STaR: no rationalization (STaR shows the answer as a hint for the questions
 the model failed; a completion written towards a given answer teaches reaching it without the
 reasoning that finds it, so only what the model found itself is kept); each round continues
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +46,10 @@ from pathlib import Path
 import torch
 
 from rlvr.demos import Demo
+from rlvr.environments import SingleTurn
+from rlvr.episodes import environment_suffix, run_episodes
 from rlvr.judge import Verdict, judge
-from rlvr.prompts import ANSWER_CLOSE, build_messages, format_completion, render_prompt
+from rlvr.prompts import ANSWER_CLOSE, format_completion, render_prompt
 from rlvr.rollout import PromptFormat, sampling_params
 from rlvr.tasks.base import Example, Task
 
@@ -56,8 +66,21 @@ class Candidate:
     """index of its question within the round"""
     example: Example
     text: str
-    """the completion, prefill included"""
+    """the completion (a multi-turn episode's final turn), prefill included"""
     verdict: Verdict
+    messages: list[dict] | None = None
+    """a multi-turn episode: its whole trajectory after the prompt (assistant, tool, ..., assistant)"""
+    limit: str | None = None
+    """the episode limit that cut it (rlvr.episodes), if any: such an episode is never kept"""
+    tool_calls: int = 0
+
+    @functools.cached_property
+    def false_arithmetic(self) -> bool:
+        """Its think part states a false arithmetic claim (rlvr.reasoning); read once, asked twice (the
+        selection with sft.self_check_arithmetic, the round's count)."""
+        from rlvr.reasoning import think_arithmetic
+
+        return think_arithmetic(self.text) is False
 
 
 @dataclass
@@ -81,9 +104,7 @@ def accepts(verdict: Verdict) -> bool:
 
 def states_false_arithmetic(candidate: Candidate) -> bool:
     """The candidate's think part states an arithmetic claim that is false (rlvr.reasoning)."""
-    from rlvr.reasoning import think_arithmetic
-
-    return think_arithmetic(candidate.text) is False
+    return candidate.false_arithmetic
 
 
 def trim_after_answer(text: str) -> str:
@@ -92,15 +113,28 @@ def trim_after_answer(text: str) -> str:
     return text if end < 0 else text[: end + len(ANSWER_CLOSE)]
 
 
+def trajectory(candidate: Candidate) -> list[dict] | None:
+    """A multi-turn candidate's messages with the final turn trimmed after the answer; None for a
+    single-turn one."""
+    if candidate.messages is None:
+        return None
+    last = candidate.messages[-1]
+    return [*candidate.messages[:-1], {**last, "content": trim_after_answer(last["content"])}]
+
+
 def select_accepted(candidates: list[Candidate], max_per_question: int,
                     check_arithmetic: bool = False) -> list[Candidate]:
-    """The accepted candidates (`accepts`; with `check_arithmetic`, none that
-    `states_false_arithmetic`), each text once per question, at most `max_per_question` per
-    question, in sampling order."""
+    """The accepted candidates (`accepts`; not cut by an episode limit; with `check_arithmetic`,
+    none that `states_false_arithmetic`), each text (a multi-turn one: each trajectory) once per
+    question, at most `max_per_question` per question, in sampling order."""
     kept, seen, per_question = [], set(), {}
     for c in candidates:
-        key = (c.question, trim_after_answer(c.text).strip())
-        if not accepts(c.verdict) or key in seen or per_question.get(c.question, 0) >= max_per_question:
+        turns = trajectory(c)
+        text = trim_after_answer(c.text).strip() if turns is None else tuple(
+            (m["role"], m["content"].strip()) for m in turns)
+        key = (c.question, text)
+        if (not accepts(c.verdict) or c.limit is not None or key in seen
+                or per_question.get(c.question, 0) >= max_per_question):
             continue
         if check_arithmetic and states_false_arithmetic(c):
             continue
@@ -113,13 +147,18 @@ def select_accepted(candidates: list[Candidate], max_per_question: int,
 def round_record(index: int, candidates: list[Candidate], kept: list[Candidate], num_questions: int) -> dict:
     """What a round did: questions tried, completions sampled, formatted, verified, accepted (both),
     questions with an accepted completion, completions kept, and how many accepted ones state false
-    arithmetic in their think part (counted whether or not sft.self_check_arithmetic rejects them)."""
+    arithmetic in their think part (counted whether or not sft.self_check_arithmetic rejects them);
+    for a multi-turn task also the episodes that called a tool and those cut by a limit."""
     accepted = [c for c in candidates if accepts(c.verdict)]
-    return {"round": index, "questions": num_questions, "samples": len(candidates),
-            "formatted": sum(c.verdict.formatted for c in candidates),
-            "verified": sum(c.verdict.correct >= 1.0 for c in candidates),
-            "accepted": len(accepted), "false_arithmetic": sum(states_false_arithmetic(c) for c in accepted),
-            "solved": len({c.question for c in accepted}), "kept": len(kept)}
+    record = {"round": index, "questions": num_questions, "samples": len(candidates),
+              "formatted": sum(c.verdict.formatted for c in candidates),
+              "verified": sum(c.verdict.correct >= 1.0 for c in candidates),
+              "accepted": len(accepted), "false_arithmetic": sum(states_false_arithmetic(c) for c in accepted),
+              "solved": len({c.question for c in accepted}), "kept": len(kept)}
+    if any(c.messages is not None for c in candidates):
+        record.update(with_tool_call=sum(c.tool_calls > 0 for c in candidates),
+                      cut_by_limit=sum(c.limit is not None for c in candidates))
+    return record
 
 
 # ------------------------------------------------------------------------ few-shot prompts
@@ -131,38 +170,67 @@ def shot_from_answer(example: Example) -> str:
                              example.answer)
 
 
-def few_shot_examples(task: Task, candidates: list[Example], n: int, source: str) -> list[tuple[Example, str]]:
+def few_shot_examples(task: Task, candidates: list[Example], n: int, source: str,
+                      multi_turn: bool = False) -> list[tuple[Example, str | list[dict]]]:
     """`n` (example, completion) pairs in the target format: `source` auto (the task's worked
     solution where it has one, else `shot_from_answer`), answers (always `shot_from_answer`) or a
-    .jsonl path of demonstrations (the first n; `candidates` unused)."""
+    .jsonl path of demonstrations (the first n; `candidates` unused). With `multi_turn` (a task with
+    tools), a shot may be a trajectory instead of a completion: a list of messages (assistant, tool,
+    ..., assistant), from the task's `demonstration_messages` or the .jsonl's message-list completions."""
     if source.endswith(".jsonl"):
         from rlvr.demos import load_demos_jsonl
 
         demos = load_demos_jsonl(source)[:n]
-        return [(Example(d.question, d.ground_truth, dict(d.metadata)), d.completion) for d in demos]
+        return [(Example(d.question, d.ground_truth, dict(d.metadata)),
+                 d.messages if multi_turn and d.messages else d.completion) for d in demos]
     if source not in ("auto", "answers"):
         raise ValueError(f"sft.self_shot_source must be auto, answers or a .jsonl path, got {source!r}")
     shots = []
     for ex in candidates[:n]:
-        worked = task.demonstration(ex) if source == "auto" else None
+        worked = None
+        if source == "auto" and multi_turn and callable(getattr(task, "demonstration_messages", None)):
+            worked = task.demonstration_messages(ex)
+        elif source == "auto":
+            worked = task.demonstration(ex)
         shots.append((ex, worked or shot_from_answer(ex)))
     return shots
 
 
-def few_shot_prompt(tokenizer, task: Task, fmt: PromptFormat, shots: list[tuple[Example, str]],
+def shot_turns(shot: str | list[dict]) -> list[dict]:
+    """A shot's messages after its question: the trajectory, or the completion as one assistant turn."""
+    return list(shot) if isinstance(shot, list) else [{"role": "assistant", "content": shot}]
+
+
+def few_shot_prompt(tokenizer, task: Task, fmt: PromptFormat, shots: list[tuple[Example, str | list[dict]]],
                     example: Example) -> str:
-    """The prompt: the system prompt, each shot as a user turn and its assistant completion, then the
-    question (chat template), or the same as "Question: ... Answer: ..." blocks (plain template)."""
-    messages = build_messages(task, example, system_prompt=fmt.system_prompt)
+    """The prompt: the environment's system message (with the tools, if any), each shot as a user
+    turn and its assistant completion (or whole trajectory), then the question (chat template), or
+    the same as "Question: ... Answer: ..." blocks (plain template; a tool result as an episode
+    shows it, `rlvr.episodes.environment_suffix`)."""
+    messages = fmt.environment(task).reset(example)
     system, question = messages[:-1], messages[-1]
     chat = fmt.uses_chat(tokenizer)
     if chat:
-        turns = [m for ex, c in shots for m in ({"role": "user", "content": task.user_message(ex)},
-                                                {"role": "assistant", "content": c})]
+        turns = [m for ex, c in shots for m in ({"role": "user", "content": task.user_message(ex)}, *shot_turns(c))]
         return render_prompt(tokenizer, [*system, *turns, question], chat=True, prefill=fmt.prefill)
-    blocks = "".join(f"Question: {task.user_message(ex)}\nAnswer: {c}\n\n" for ex, c in shots)
+    blocks = "".join(f"Question: {task.user_message(ex)}\nAnswer: {_plain_turns(shot_turns(c))}\n\n" for ex, c in shots)
     head = f"{system[0]['content']}\n\n" if system else ""  # as rlvr.prompts.PLAIN_TEMPLATE
     return f"{head}{blocks}Question: {question['content']}\nAnswer: {fmt.prefill}"
+
+
+def _plain_turns(turns: list[dict]) -> str:
+    """A trajectory in the plain template: assistant texts, the environment's messages between them
+    as an episode renders them ("\nResult: ...\nAnswer: ")."""
+    out, pending = "", []
+    for m in turns:
+        if m["role"] != "assistant":
+            pending.append(m)
+            continue
+        if pending:
+            out += environment_suffix(None, pending, chat=False)
+            pending = []
+        out += m["content"]
+    return out
 
 
 # ------------------------------------------------------------------------ one round
@@ -174,12 +242,22 @@ def sample_candidates(sampler, tokenizer, task: Task, fmt: PromptFormat, shots, 
     with its own generator seeded from `seed`, so batching does not change what it samples."""
     seeds = torch.randint(0, 2**62, (len(questions),), generator=torch.Generator().manual_seed(seed)).tolist()
     per_call = max(1, batch_size // num_samples)
+    env = fmt.environment(task)
     out: list[Candidate] = []
     for start in range(0, len(questions), per_call):
         batch = questions[start:start + per_call]
         ids = [tokenizer(few_shot_prompt(tokenizer, task, fmt, shots, ex), add_special_tokens=False)["input_ids"]
                for ex in batch]
         gens = [torch.Generator().manual_seed(s) for s in seeds[start:start + per_call]]
+        if not isinstance(env, SingleTurn):  # episodes, few-shot prompted; the trajectory is what is kept
+            episodes = run_episodes(sampler, tokenizer, env, batch, gens, num_samples, params,
+                                    chat=fmt.uses_chat(tokenizer), prefill=fmt.prefill, prompt_ids=ids,
+                                    first_messages=[env.reset(ex) for ex in batch], limits=fmt.limits)
+            for ep in episodes:
+                text = fmt.prefill + ep.text
+                out.append(Candidate(start + ep.prompt_index, ep.example, text, judge(task, text, ep.example),
+                                     ep.conversation(), ep.limit, ep.tool_calls))
+            continue
         for o in sampler.generate(ids, params, num_samples=num_samples, generator=gens):
             ex = batch[o.prompt_index]
             text = fmt.prefill + tokenizer.decode(o.token_ids, skip_special_tokens=True)
@@ -189,8 +267,8 @@ def sample_candidates(sampler, tokenizer, task: Task, fmt: PromptFormat, shots, 
 
 def to_demos(kept: list[Candidate]) -> list[Demo]:
     """The kept completions as demonstrations for `sft_train` (trimmed after the answer)."""
-    return [Demo(c.example.question, trim_after_answer(c.text), c.example.answer, dict(c.example.metadata), "self")
-            for c in kept]
+    return [Demo(c.example.question, trim_after_answer(c.text), c.example.answer, dict(c.example.metadata), "self",
+                 messages=trajectory(c)) for c in kept]
 
 
 def question_rounds(examples: list[Example], shots: int, per_round: int, rounds: int,
@@ -248,12 +326,13 @@ def self_warm_up(policy, tokenizer, task: Task, cfg, *, run_dir: Path, fine_tune
     from rlvr.sampling import make_sampler
 
     s, smp = cfg.sft, cfg.sampling
-    fmt = PromptFormat(cfg.task.chat, cfg.task.system_prompt, cfg.task.prefill)
+    fmt = PromptFormat.from_config(cfg.task)
     shot_pool, rounds = question_rounds(task.train_examples(), s.self_shots, s.self_questions, s.self_rounds,
                                         torch.Generator().manual_seed(cfg.run.seed))
     if s.self_levels:  # a curriculum: fresh problems at each round's level instead of the training split
         rounds = level_rounds(task, s.self_levels, s.self_questions, s.self_rounds, cfg.run.seed)
-    shots = few_shot_examples(task, shot_pool, s.self_shots, s.self_shot_source)
+    shots = few_shot_examples(task, shot_pool, s.self_shots, s.self_shot_source,
+                              multi_turn=not isinstance(fmt.environment(task), SingleTurn))
     params = sampling_params(tokenizer, max_new_tokens=smp.max_completion_length, temperature=smp.temperature,
                              top_p=smp.top_p, top_k=smp.top_k, stop_at_answer=smp.stop_at_answer)
     sampler = make_sampler(smp.backend, policy, tokenizer, **sampler_options(cfg))
@@ -315,10 +394,15 @@ def _write_candidates(path: Path, candidates: list[Candidate], kept: list[Candid
     from rlvr.evaluate import write_jsonl
 
     kept_ids = {id(c) for c in kept}
-    write_jsonl(path, [{"question": c.question, "prompt": c.example.question, "completion": c.text,
-                        "answer": c.verdict.answer, "ground_truth": c.example.answer, "correct": c.verdict.correct,
-                        "format": c.verdict.formatted, "accepted": accepts(c.verdict), "kept": id(c) in kept_ids}
-                       for c in candidates])
+    rows = []
+    for c in candidates:
+        row = {"question": c.question, "prompt": c.example.question, "completion": c.text,
+               "answer": c.verdict.answer, "ground_truth": c.example.answer, "correct": c.verdict.correct,
+               "format": c.verdict.formatted, "accepted": accepts(c.verdict), "kept": id(c) in kept_ids}
+        if c.messages is not None:
+            row.update(conversation=c.messages, tool_calls=c.tool_calls, limit=c.limit)
+        rows.append(row)
+    write_jsonl(path, rows)
 
 
 ROUND_COLUMNS = (("round", "round", "{}"), ("level", "level", "{}"), ("questions", "questions", "{}"), ("samples", "samples", "{}"),
