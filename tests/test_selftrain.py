@@ -322,3 +322,8 @@ def test_self_warm_up_of_a_tool_task_keeps_whole_verified_episodes(tmp_path):
     assert result.num_demos == len(kept) and result.steps == math.ceil(len(kept) / 8)
     (record,) = json.loads((tmp_path / "self" / "sft_summary.json").read_text())["self_rounds"]
     assert record["with_tool_call"] == len(called) and record["cut_by_limit"] == sum(r["limit"] is not None for r in rows)
+    from rlvr.report import write_report
+    from rlvr.selftrain import format_round, format_rounds
+
+    assert f"{len(called)} calling a tool" in format_round(record) and "tool call" in format_rounds([record])
+    assert "episodes calling a tool" in write_report(tmp_path / "self").read_text()

@@ -406,6 +406,7 @@ def _write_candidates(path: Path, candidates: list[Candidate], kept: list[Candid
 
 
 ROUND_COLUMNS = (("round", "round", "{}"), ("level", "level", "{}"), ("questions", "questions", "{}"), ("samples", "samples", "{}"),
+                 ("with_tool_call", "tool call", "{}"), ("cut_by_limit", "cut", "{}"),
                  ("accepted", "accepted", "{}"), ("false_arithmetic", "bad math", "{}"), ("solved", "solved", "{}"),
                  ("kept", "kept", "{}"),
                  ("accuracy", "accuracy", "{:.1%}"), ("format_rate", "format", "{:.1%}"))
@@ -415,7 +416,9 @@ def format_round(record: dict) -> str:
     """One line: `self round 2: 64 questions, 512 samples, 37 accepted (21 questions, 5 with false
     arithmetic), 30 kept; accuracy 12.0%`."""
     bad = f", {record['false_arithmetic']} with false arithmetic" if record.get("false_arithmetic") else ""
-    line = (f"self round {record['round']}: {record['questions']} questions, {record['samples']} samples, "
+    episodes = (f" ({record['with_tool_call']} calling a tool, {record['cut_by_limit']} cut by a limit)"
+                if "with_tool_call" in record else "")
+    line = (f"self round {record['round']}: {record['questions']} questions, {record['samples']} samples{episodes}, "
             f"{record['accepted']} accepted ({record['solved']} questions{bad}), {record['kept']} kept")
     if "accuracy" in record:
         line += f"; held-out accuracy {record['accuracy']:.1%}, format {record['format_rate']:.1%}"

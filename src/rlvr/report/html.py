@@ -400,6 +400,7 @@ def _control_section(comparison: ControlComparison | None) -> str:
 
 
 SELF_COLUMNS = (("round", "round"), ("questions", "questions tried"), ("samples", "samples"),
+                ("with_tool_call", "episodes calling a tool"), ("cut_by_limit", "episodes cut by a limit"),
                 ("accepted", "accepted (verified + format)"), ("false_arithmetic", "of those, false arithmetic"),
                 ("solved", "questions solved"), ("kept", "kept"),
                 ("accuracy", "held-out accuracy after"), ("format_rate", "format rate after"))
