@@ -35,7 +35,6 @@ from typing import Any, Callable
 
 import torch
 
-from rlvr import prompts as prompt_lib
 from rlvr.environments import Environment, fresh_environment
 from rlvr.sampling.base import Completion, SamplingParams
 from rlvr.tasks.base import Example

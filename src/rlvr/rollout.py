@@ -34,7 +34,7 @@ from rlvr.curriculum import group_success_rates
 from rlvr.environments import Environment, SingleTurn, environment_for
 from rlvr.episodes import Episode, Limits, episode_stats, run_episodes
 from rlvr.judge import Verdict, judge
-from rlvr.sampling.base import Completion, SamplingParams
+from rlvr.sampling.base import SamplingParams
 from rlvr.tasks.base import Example, Task
 
 
