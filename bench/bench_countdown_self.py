@@ -14,6 +14,12 @@ examples are for).
 
     .venv/bin/python bench/bench_countdown_self.py                      # the issue's run
     .venv/bin/python bench/bench_countdown_self.py -- grpo.max_steps=30  # overrides after --
+    .venv/bin/python bench/bench_countdown_self.py --tools               # with the calculator tool
+
+`--tools`: the same task with the calculator tool (`task.options.tools: true`, multi-turn
+episodes): the model may compute an equation before it answers and try another when the result is
+not the target. Its four hand-written shots are trajectories (`HAND_TOOL_SHOTS`: two try once, two
+try twice), and the record goes to bench/results/countdown_self_tools.json.
 
 Record: bench/results/countdown_self.json (rows, self-warm-up rounds, stage seconds, machine).
 """
@@ -77,6 +83,65 @@ HAND_SHOTS = [  # (nums, target, reasoning, equation): written by hand, checked 
 ]
 
 
+TOOLS_CONFIG_CHANGES = {  # the --tools run: what differs from CONFIG
+    "options: {num_numbers: 3, n: 5000, n_test: 200}": "options: {num_numbers: 3, n: 5000, n_test: 200, tools: true}\n"
+    "  # up to three calculator calls, then the answer\n  max_tool_calling_iterations: 3",
+    "max_completion_length: 128": "max_completion_length: 320",
+}
+
+HAND_TOOL_SHOTS = [  # (nums, target, [equation tried, ...]): the last try is right; checked below
+    ([12, 4], 48, ["12 * 4"]),
+    ([3, 5, 7], 22, ["3 + 5 + 7", "3 * 5 + 7"]),
+    ([35, 9], 26, ["35 + 9", "35 - 9"]),
+    ([50, 2, 8], 33, ["50 / 2 + 8"]),
+]
+
+
+def tool_trajectory(nums: list[int], target: int, tries: list[str]) -> list[dict]:
+    """A countdown episode with the calculator: each try computed, a wrong result said to be wrong,
+    the right one answered."""
+    from rlvr.prompts import format_completion
+    from rlvr.tasks.calculator import calculator
+    from rlvr.tools import format_tool_call
+
+    messages, why = [], f"Try {tries[0]}."
+    for expression in tries:
+        result = calculator(expression)
+        messages += [{"role": "assistant", "content": f"<think>\n{why}\n</think>\n"
+                      + format_tool_call("calculator", {"expression": expression})},
+                     {"role": "tool", "name": "calculator", "content": result}]
+        why = f"{result} is not {target}. Try another."
+        if result != str(target):
+            continue
+        messages.append({"role": "assistant", "content": format_completion(f"{expression} = {target}, the target.",
+                                                                           expression)})
+        return messages
+    raise AssertionError(f"no try reaches {target}: {tries}")
+
+
+def write_hand_tool_shots(path: Path) -> Path:
+    """HAND_TOOL_SHOTS as a demonstrations JSONL whose completions are trajectories (message lists),
+    each answer checked by the verifier."""
+    from rlvr.tasks.countdown import make_countdown_example, verify_countdown
+
+    lines = []
+    for nums, target, tries in HAND_TOOL_SHOTS:
+        assert verify_countdown(tries[-1], nums, target) == 1.0, tries
+        ex = make_countdown_example(nums, target)
+        lines.append(json.dumps({"prompt": ex.question, "completion": tool_trajectory(nums, target, tries),
+                                 "answer": ex.answer, **ex.metadata}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tools_config() -> str:
+    text = CONFIG.replace("(bench_countdown_self.py)", "(bench_countdown_self.py --tools: with the calculator)")
+    for old, new in TOOLS_CONFIG_CHANGES.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
 def write_hand_shots(path: Path) -> Path:
     """HAND_SHOTS as a demonstrations JSONL (prompt, completion, answer; sft.self_shot_source), each
     checked by the verifier."""
@@ -93,22 +158,41 @@ def write_hand_shots(path: Path) -> Path:
     return path
 
 
+def sampled_rounds(run_dir: Path) -> list[dict] | None:
+    """What each self-warm-up round sampled, from RUN/self/round-R.jsonl: for a run that stopped
+    before its summary (the warm-up accepted nothing, or it was stopped by hand)."""
+    out = []
+    for path in sorted((run_dir / "self").glob("round-*.jsonl")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        out.append({"round": int(path.stem.split("-")[1]), "questions": len({r["question"] for r in rows}),
+                    "samples": len(rows), "formatted": sum(bool(r["format"]) for r in rows),
+                    "verified": sum(r["correct"] >= 1.0 for r in rows), "accepted": sum(r["accepted"] for r in rows),
+                    "kept": sum(r["kept"] for r in rows), "with_tool_call": sum(bool(r.get("tool_calls")) for r in rows),
+                    "cut_by_limit": sum(r.get("limit") is not None for r in rows), "from_round_file": True})
+    return out or None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run-dir", default=str(ROOT / "runs" / "bench-countdown-self"))
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "countdown_self.json"))
+    ap.add_argument("--run-dir", default=None, help="default runs/bench-countdown-self[-tools]")
+    ap.add_argument("--out", default=None, help="default bench/results/countdown_self[_tools].json")
     ap.add_argument("--shots", choices=["hand", "task", "answers"], default="hand")
+    ap.add_argument("--tools", action="store_true", help="countdown with the calculator tool (multi-turn)")
     ap.add_argument("--budget-min", type=float, default=60.0, help="the target's wall-time budget")
     ap.add_argument("overrides", nargs="*", help="section.option=value, passed to rlvr run")
     args = ap.parse_args()
+    suffix = "_tools" if args.tools else ""
+    args.run_dir = args.run_dir or str(ROOT / "runs" / f"bench-countdown-self{suffix.replace('_', '-')}")
+    args.out = args.out or str(ROOT / "bench" / "results" / f"countdown_self{suffix}.json")
 
     run_dir = Path(args.run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     config = run_dir.parent / f"{run_dir.name}.yaml"
-    config.write_text(CONFIG)
-    shots = {"hand": str(write_hand_shots(run_dir.parent / f"{run_dir.name}-shots.jsonl")), "task": "auto",
-             "answers": "answers"}[args.shots]
+    config_text = tools_config() if args.tools else CONFIG
+    config.write_text(config_text)
+    hand = (write_hand_tool_shots if args.tools else write_hand_shots)(run_dir.parent / f"{run_dir.name}-shots.jsonl")
+    shots = {"hand": str(hand), "task": "auto", "answers": "answers"}[args.shots]
     cmd = [sys.executable, "-m", "rlvr", "run", "--config", str(config), "-o", str(run_dir),
            f"sft.self_shot_source={shots}", *args.overrides]
     print("$", " ".join(cmd), flush=True)
@@ -117,8 +201,9 @@ def main() -> None:
     wall = time.time() - t0
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 2 ** 30
     sft_summary = run_dir / "sft" / "sft_summary.json"
-    rounds = json.loads(sft_summary.read_text()).get("self_rounds") if sft_summary.exists() else None
-    record = {"command": cmd, "config": CONFIG, "shots": args.shots, "hand_shots": HAND_SHOTS if args.shots == "hand" else None,
+    rounds = json.loads(sft_summary.read_text()).get("self_rounds") if sft_summary.exists() else sampled_rounds(run_dir)
+    hand_shots = (HAND_TOOL_SHOTS if args.tools else HAND_SHOTS) if args.shots == "hand" else None
+    record = {"command": cmd, "config": config_text, "shots": args.shots, "tools": args.tools, "hand_shots": hand_shots,
               "exit_code": proc.returncode, "wall_s": wall, "peak_rss_gb": peak_gb, "self_rounds": rounds,
               "machine": machine(load_before=load_before, load_after=os.getloadavg()),
               "date": time.strftime("%Y-%m-%d %H:%M")}

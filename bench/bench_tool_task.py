@@ -6,6 +6,10 @@ model and of the trained one, so the record shows what the tool is worth:
 
     .venv/bin/python bench/bench_tool_task.py [--record bench/results/tool_task.json] [-- overrides]
 
+With `-- sft.source=self ...` the warm-up is the self warm-up (rlvr.selftrain: the model's own
+verified episodes, few-shot prompted with the task's trajectories, instead of procedural
+demonstrations); the record's `sft` holds the warm-up's source, demonstrations, steps and rounds.
+
 Prints and records accuracy (greedy, 200 held-out), tool calls per episode, tool errors and episodes
 cut by a limit, for the base model, after SFT and after GRPO; the no-tool accuracies; wall seconds
 per stage and the peak RSS of the job; the machine (`rlvr env`) and its load.
@@ -58,8 +62,10 @@ def main() -> None:
     no_tool = {"base": no_tool_eval("smollm2-135m", args.run_dir / "eval-no-tool-base", args.n),
                "grpo": no_tool_eval(str(args.run_dir), args.run_dir / "eval-no-tool-grpo", args.n)}
     keys = ("accuracy", "format_rate", "mean_length", "tool_calls", "tool_errors", "limit_frac", "seconds")
+    sft_summary = json.loads((args.run_dir / "sft" / "sft_summary.json").read_text())
     record = {
         "command": cmd, "wall_s": wall, "no_tool_eval_s": time.time() - t1, "peak_rss_gb": peak_gb,
+        "sft": {k: sft_summary.get(k) for k in ("source", "num_demos", "steps", "seconds", "self_rounds")},
         "rows": {s: {k: r.get(k) for k in keys} for s, r in rows.items()},
         "no_tool": {s: {k: r.get(k) for k in ("accuracy", "format_rate", "mean_length")} for s, r in no_tool.items()},
         "grpo_gain_points": 100 * (rows["grpo"]["accuracy"] - rows["sft"]["accuracy"]) if {"grpo", "sft"} <= rows.keys() else None,
