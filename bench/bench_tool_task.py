@@ -5,6 +5,7 @@ asks the same 200 held-out questions *without* the tool (`calculator` with tools
 model and of the trained one, so the record shows what the tool is worth:
 
     .venv/bin/python bench/bench_tool_task.py [--record bench/results/tool_task.json] [-- overrides]
+    .venv/bin/python bench/bench_tool_task.py --partial --run-dir RUN --record R.json  # a run stopped by hand
 
 With `-- sft.source=self ...` the warm-up is the self warm-up (rlvr.selftrain: the model's own
 verified episodes, few-shot prompted with the task's trajectories, instead of procedural
@@ -40,13 +41,38 @@ def no_tool_eval(model: str, out: Path, n: int) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+def partial_record(run_dir: Path) -> dict:
+    """The record of a run stopped by hand during GRPO, from what its directory holds: the base
+    evaluation, the warm-up's summary, GRPO's evaluations (before = after the warm-up, then every
+    eval.every steps) and its per-step sampled accuracy and tool calls. Nothing is run."""
+    keys = ("accuracy", "format_rate", "mean_length", "tool_calls", "tool_errors", "limit_frac", "seconds")
+    base = json.loads((run_dir / "eval" / "base_summary.json").read_text())
+    evals = [json.loads(line) for line in (run_dir / "grpo" / "eval.jsonl").read_text().splitlines() if line.strip()]
+    steps = [json.loads(line) for line in (run_dir / "grpo" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    sft_summary = json.loads((run_dir / "sft" / "sft_summary.json").read_text())
+    return {"stopped_by_hand": f"after GRPO step {steps[-1]['step'] if steps else 0}; this record is read from {run_dir}",
+            "sft": {k: sft_summary.get(k) for k in ("source", "num_demos", "steps", "seconds", "self_rounds")},
+            "rows": {"base": {k: base.get(k) for k in keys},
+                     **{("sft" if e["stage"] == "before" else e["stage"]): {k: e.get(k) for k in keys} for e in evals}},
+            "grpo_steps": [{k: m.get(k) for k in ("step", "reward/accuracy/mean", "episode/tool_calls_mean",
+                                                  "episode/limit_frac")} for m in steps],
+            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--record", type=Path, default=ROOT / "bench" / "results" / "tool_task.json")
     ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "bench-calculator")
     ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--partial", action="store_true",
+                    help="write the record of a run stopped by hand from --run-dir (runs nothing)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    if args.partial:
+        record = partial_record(args.run_dir)
+        args.record.write_text(json.dumps(record, indent=1) + "\n")
+        print(json.dumps(record["rows"], indent=1), f"\nrecord: {args.record}")
+        return
     shutil.rmtree(args.run_dir, ignore_errors=True)
     load_before = os.getloadavg()
     cmd = [sys.executable, "-m", "rlvr", "run", "--config", str(ROOT / "configs" / "calculator.yaml"),
