@@ -58,6 +58,50 @@ class DigitTask(Task):
         return float(answer is not None and answer.strip() == example.answer)
 
 
+class SecretEnv:
+    """TRL-style environment (environment_factory): the secret digit is the example's answer, and
+    only the `peek` tool tells it."""
+
+    def reset(self, answer, **kwargs) -> None:
+        self.secret = answer
+
+    def peek(self) -> str:
+        """Tell the secret.
+
+        Returns:
+            The secret digit.
+        """
+        return self.secret
+
+
+def question_mark_call(text: str) -> list:
+    """The char vocabulary has no braces: in the toy, a "?" is a call of `peek`."""
+    from rlvr.tools import ToolCall
+
+    return [ToolCall("peek", {}, "?")] if "?" in text else []
+
+
+class SecretTask(Task):
+    name = "secret"
+    system_prompt = ""
+
+    def train_examples(self):
+        return [Example(question="s", answer=d) for d in "3579" * 16]
+
+    def test_examples(self):
+        return self.train_examples()[:8]
+
+    def verify(self, answer, example):
+        return float(answer is not None and answer.strip() == example.answer)
+
+    def environment(self, system_prompt):
+        from rlvr.environments import TRLEnvironment
+
+        env = TRLEnvironment(SecretEnv, self, system_prompt="", parse=question_mark_call, describe_tools=False)
+        env.stop_strings = ("?",)
+        return env
+
+
 @pytest.fixture
 def tiny_char():
     return char_model()

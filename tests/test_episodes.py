@@ -8,16 +8,15 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT, char_model, char_tokenizer
+from conftest import ROOT, SecretTask, char_model, char_tokenizer
 from rlvr.buffer import collate
-from rlvr.environments import SingleTurn, Step, TRLEnvironment
+from rlvr.environments import SingleTurn, Step
 from rlvr.episodes import Limits, environment_suffix, run_episodes
 from rlvr.policy import naive_completion_logprobs
-from rlvr.rollout import PromptFormat, build_reward_fns, collect_experience, sampling_params
+from rlvr.rollout import PromptFormat, sampling_params
 from rlvr.sampling import FastSampler, HFSampler
 from rlvr.sampling.base import Completion, SamplingParams
 from rlvr.tasks.base import Example, Task
-from rlvr.tools import ToolCall
 
 
 class ScriptedSampler:
@@ -190,46 +189,6 @@ def test_single_turn_takes_one_generate_call_with_the_old_arguments():
 
 
 # ------------------------------------------------------------------ a tiny model learns to call a tool
-
-class SecretEnv:
-    """TRL-style environment (environment_factory): the secret digit is the example's answer, and
-    only the `peek` tool tells it."""
-
-    def reset(self, answer, **kwargs) -> None:
-        self.secret = answer
-
-    def peek(self) -> str:
-        """Tell the secret.
-
-        Returns:
-            The secret digit.
-        """
-        return self.secret
-
-
-def question_mark_call(text: str) -> list[ToolCall]:
-    """The char vocabulary has no braces: in the toy, a "?" is a call of `peek`."""
-    return [ToolCall("peek", {}, "?")] if "?" in text else []
-
-
-class SecretTask(Task):
-    name = "secret"
-    system_prompt = ""
-
-    def train_examples(self):
-        return [Example(question="s", answer=d) for d in "3579" * 16]
-
-    def test_examples(self):
-        return self.train_examples()[:8]
-
-    def verify(self, answer, example):
-        return float(answer is not None and answer.strip() == example.answer)
-
-    def environment(self, system_prompt):
-        env = TRLEnvironment(SecretEnv, self, system_prompt="", parse=question_mark_call, describe_tools=False)
-        env.stop_strings = ("?",)
-        return env
-
 
 def test_the_tool_task_learns_on_a_tiny_model(tmp_path):
     """The secret (3, 5, 7 or 9) is only in the tool's answer, and the reward (tests/toy_tool_rewards.py)

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import DigitTask, char_model
+from conftest import DigitTask, SecretTask, char_model
 
 from rlvr.config import load_config
 from rlvr.demos import Demo
@@ -247,44 +247,12 @@ def test_an_episode_cut_by_a_limit_is_never_kept():
     assert demo.messages == done and demo.completion == done[-1]["content"]
 
 
-class PeekEnv:
-    """TRL-style environment: the secret digit (the example's answer) is told by `peek` only."""
-
-    def reset(self, answer, **kwargs) -> None:
-        self.secret = answer
-
-    def peek(self) -> str:
-        """Tell the secret.
-
-        Returns:
-            The secret digit.
-        """
-        return self.secret
-
-
-class PeekTask(DigitTask):
-    """A multi-turn toy: "?" calls `peek` (the char vocabulary has no braces); the verifier accepts
+class PeekTask(SecretTask):
+    """The multi-turn toy (a "?" calls `peek`, which tells the secret) with a verifier that accepts
     any answer, so the format alone decides what is kept."""
-
-    name = "peek"
-
-    def train_examples(self):
-        return [Example(question="s", answer=d) for d in "3579" * 8]
-
-    def test_examples(self):
-        return self.train_examples()[:4]
 
     def verify(self, answer, example):
         return 1.0
-
-    def environment(self, system_prompt):
-        from rlvr.environments import TRLEnvironment
-        from rlvr.tools import ToolCall
-
-        env = TRLEnvironment(PeekEnv, self, system_prompt="", describe_tools=False,
-                             parse=lambda text: [ToolCall("peek", {}, "?")] if "?" in text else [])
-        env.stop_strings = ("?",)
-        return env
 
 
 def test_self_warm_up_of_a_tool_task_keeps_whole_verified_episodes(tmp_path):
