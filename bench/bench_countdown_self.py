@@ -15,6 +15,7 @@ examples are for).
     .venv/bin/python bench/bench_countdown_self.py                      # the issue's run
     .venv/bin/python bench/bench_countdown_self.py -- grpo.max_steps=30  # overrides after --
     .venv/bin/python bench/bench_countdown_self.py --tools               # with the calculator tool
+    .venv/bin/python bench/bench_countdown_self.py --partial --run-dir RUN --out R.json  # a run stopped by hand
 
 `--tools`: the same task with the calculator tool (`task.options.tools: true`, multi-turn
 episodes): the model may compute an equation before it answers and try another when the result is
@@ -172,6 +173,31 @@ def sampled_rounds(run_dir: Path) -> list[dict] | None:
     return out or None
 
 
+def partial_record(run_dir: Path, budget_min: float) -> dict:
+    """The record of a run stopped by hand during GRPO, from what its directory holds: the base
+    evaluation, the warm-up's rounds, GRPO's evaluations (before = after the warm-up, then every
+    eval.every steps) and each step's sampled accuracy; wall time from the directory's files. Nothing
+    is run."""
+    keys = ("accuracy", "format_rate", "mean_length", "n", "seconds")
+    base = json.loads((run_dir / "eval" / "base_summary.json").read_text())
+    evals = [json.loads(line) for line in (run_dir / "grpo" / "eval.jsonl").read_text().splitlines() if line.strip()]
+    steps = [json.loads(line) for line in (run_dir / "grpo" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    sft = json.loads((run_dir / "sft" / "sft_summary.json").read_text())
+    first = (run_dir / "config.yaml").stat().st_mtime
+    last = max(f.stat().st_mtime for f in run_dir.rglob("*") if f.is_file())
+    rows = {"base": {k: base.get(k) for k in keys},
+            **{("sft" if e["stage"] == "before" else e["stage"]): {k: e.get(k) for k in keys} for e in evals}}
+    last_eval = evals[-1] if len(evals) > 1 else None
+    gain = None if last_eval is None else 100 * (last_eval["accuracy"] - evals[0]["accuracy"])
+    return {"stopped_by_hand": f"after GRPO step {steps[-1]['step'] if steps else 0}; this record is read from {run_dir}",
+            "config": (run_dir / "config.yaml").read_text(), "self_rounds": sft.get("self_rounds"), "rows": rows,
+            "grpo_steps": [{"step": m["step"], "sampled_accuracy": m.get("reward/accuracy/mean")} for m in steps],
+            "wall_s_to_last_file": last - first, "grpo_gain_points_last_eval": gain,
+            "checks": {f"wall <= {budget_min:g} min (to the last file)": last - first <= budget_min * 60,
+                       "GRPO >= +15 points over the self warm-up (last evaluation)": gain is not None and gain >= 15},
+            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", default=None, help="default runs/bench-countdown-self[-tools]")
@@ -179,8 +205,17 @@ def main() -> None:
     ap.add_argument("--shots", choices=["hand", "task", "answers"], default="hand")
     ap.add_argument("--tools", action="store_true", help="countdown with the calculator tool (multi-turn)")
     ap.add_argument("--budget-min", type=float, default=60.0, help="the target's wall-time budget")
+    ap.add_argument("--partial", action="store_true",
+                    help="write the record of a run stopped by hand from --run-dir (runs nothing)")
     ap.add_argument("overrides", nargs="*", help="section.option=value, passed to rlvr run")
     args = ap.parse_args()
+    if args.partial:
+        if not (args.run_dir and args.out):
+            sys.exit("--partial needs --run-dir and --out")
+        record = partial_record(Path(args.run_dir), args.budget_min)
+        Path(args.out).write_text(json.dumps(record, indent=1, default=str))
+        print(json.dumps(record["rows"], indent=1), json.dumps(record["checks"]), f"\nrecord: {args.out}")
+        return
     suffix = "_tools" if args.tools else ""
     args.run_dir = args.run_dir or str(ROOT / "runs" / f"bench-countdown-self{suffix.replace('_', '-')}")
     args.out = args.out or str(ROOT / "bench" / "results" / f"countdown_self{suffix}.json")
