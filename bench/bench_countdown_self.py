@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from ceiling import machine  # bench/ is on the path when a bench runs as a script
+from ceiling import machine, stopped_run  # bench/ is on the path when a bench runs as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,15 +102,12 @@ def tool_trajectory(nums: list[int], target: int, tries: list[str]) -> list[dict
     """A countdown episode with the calculator: each try computed, a wrong result said to be wrong,
     the right one answered."""
     from rlvr.prompts import format_completion
-    from rlvr.tasks.calculator import calculator
-    from rlvr.tools import format_tool_call
+    from rlvr.tasks.calculator import calculator_turns
 
     messages, why = [], f"Try {tries[0]}."
     for expression in tries:
-        result = calculator(expression)
-        messages += [{"role": "assistant", "content": f"<think>\n{why}\n</think>\n"
-                      + format_tool_call("calculator", {"expression": expression})},
-                     {"role": "tool", "name": "calculator", "content": result}]
+        messages += calculator_turns(expression, why)
+        result = messages[-1]["content"]
         why = f"{result} is not {target}. Try another."
         if result != str(target):
             continue
@@ -160,16 +157,23 @@ def write_hand_shots(path: Path) -> Path:
 
 
 def sampled_rounds(run_dir: Path) -> list[dict] | None:
-    """What each self-warm-up round sampled, from RUN/self/round-R.jsonl: for a run that stopped
-    before its summary (the warm-up accepted nothing, or it was stopped by hand)."""
+    """What each self-warm-up round sampled, from RUN/sft/self/round-R.jsonl, counted as the run counts it
+    (`rlvr.selftrain.round_record`): for a run that stopped before its summary (the warm-up accepted
+    nothing, or it was stopped by hand)."""
+    from rlvr.judge import Verdict
+    from rlvr.selftrain import Candidate, round_record
+    from rlvr.tasks.base import Example
+    from rlvr.tracking import read_jsonl
+
     out = []
-    for path in sorted((run_dir / "self").glob("round-*.jsonl")):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        out.append({"round": int(path.stem.split("-")[1]), "questions": len({r["question"] for r in rows}),
-                    "samples": len(rows), "formatted": sum(bool(r["format"]) for r in rows),
-                    "verified": sum(r["correct"] >= 1.0 for r in rows), "accepted": sum(r["accepted"] for r in rows),
-                    "kept": sum(r["kept"] for r in rows), "with_tool_call": sum(bool(r.get("tool_calls")) for r in rows),
-                    "cut_by_limit": sum(r.get("limit") is not None for r in rows), "from_round_file": True})
+    for path in sorted((run_dir / "sft" / "self").glob("round-*.jsonl")):
+        rows = read_jsonl(path)
+        cands = [Candidate(r["question"], Example(r["prompt"], r["ground_truth"]), r["completion"],
+                           Verdict(r["answer"], r["correct"], r["format"]), r.get("conversation"), r.get("limit"),
+                           r.get("tool_calls", 0)) for r in rows]
+        record = round_record(int(path.stem.split("-")[1]), cands, [c for c, r in zip(cands, rows) if r["kept"]],
+                              len({r["question"] for r in rows}))
+        out.append({**record, "from_round_file": True})
     return out or None
 
 
@@ -178,17 +182,11 @@ def partial_record(run_dir: Path, budget_min: float) -> dict:
     evaluation, the warm-up's rounds, GRPO's evaluations (before = after the warm-up, then every
     eval.every steps) and each step's sampled accuracy; wall time from the directory's files. Nothing
     is run."""
-    keys = ("accuracy", "format_rate", "mean_length", "n", "seconds")
-    base = json.loads((run_dir / "eval" / "base_summary.json").read_text())
-    evals = [json.loads(line) for line in (run_dir / "grpo" / "eval.jsonl").read_text().splitlines() if line.strip()]
-    steps = [json.loads(line) for line in (run_dir / "grpo" / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    sft = json.loads((run_dir / "sft" / "sft_summary.json").read_text())
+    rows, steps, sft = stopped_run(run_dir, ("accuracy", "format_rate", "mean_length", "n", "seconds"))
     first = (run_dir / "config.yaml").stat().st_mtime
     last = max(f.stat().st_mtime for f in run_dir.rglob("*") if f.is_file())
-    rows = {"base": {k: base.get(k) for k in keys},
-            **{("sft" if e["stage"] == "before" else e["stage"]): {k: e.get(k) for k in keys} for e in evals}}
-    last_eval = evals[-1] if len(evals) > 1 else None
-    gain = None if last_eval is None else 100 * (last_eval["accuracy"] - evals[0]["accuracy"])
+    grpo = [r for stage, r in rows.items() if stage != "base"]  # sft (GRPO's start), then its evaluations
+    gain = 100 * (grpo[-1]["accuracy"] - grpo[0]["accuracy"]) if len(grpo) > 1 else None
     return {"stopped_by_hand": f"after GRPO step {steps[-1]['step'] if steps else 0}; this record is read from {run_dir}",
             "config": (run_dir / "config.yaml").read_text(), "self_rounds": sft.get("self_rounds"), "rows": rows,
             "grpo_steps": [{"step": m["step"], "sampled_accuracy": m.get("reward/accuracy/mean")} for m in steps],

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from ceiling import machine  # bench/ is on the path when a bench runs as a script
+from ceiling import machine, stopped_run  # bench/ is on the path when a bench runs as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,14 +46,10 @@ def partial_record(run_dir: Path) -> dict:
     evaluation, the warm-up's summary, GRPO's evaluations (before = after the warm-up, then every
     eval.every steps) and its per-step sampled accuracy and tool calls. Nothing is run."""
     keys = ("accuracy", "format_rate", "mean_length", "tool_calls", "tool_errors", "limit_frac", "seconds")
-    base = json.loads((run_dir / "eval" / "base_summary.json").read_text())
-    evals = [json.loads(line) for line in (run_dir / "grpo" / "eval.jsonl").read_text().splitlines() if line.strip()]
-    steps = [json.loads(line) for line in (run_dir / "grpo" / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    sft_summary = json.loads((run_dir / "sft" / "sft_summary.json").read_text())
+    rows, steps, sft_summary = stopped_run(run_dir, keys)
     return {"stopped_by_hand": f"after GRPO step {steps[-1]['step'] if steps else 0}; this record is read from {run_dir}",
             "sft": {k: sft_summary.get(k) for k in ("source", "num_demos", "steps", "seconds", "self_rounds")},
-            "rows": {"base": {k: base.get(k) for k in keys},
-                     **{("sft" if e["stage"] == "before" else e["stage"]): {k: e.get(k) for k in keys} for e in evals}},
+            "rows": rows,
             "grpo_steps": [{k: m.get(k) for k in ("step", "reward/accuracy/mean", "episode/tool_calls_mean",
                                                   "episode/limit_frac")} for m in steps],
             "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}

@@ -1,10 +1,13 @@
-"""What the bench/ scripts share: the fp32 matmul ceiling they report against, and the machine record."""
+"""What the bench/ scripts share: the fp32 matmul ceiling they report against, the machine record,
+and the reading of a run stopped by hand."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
+from pathlib import Path
 
 
 def machine(**load) -> dict:
@@ -18,6 +21,19 @@ def machine(**load) -> dict:
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout.strip().splitlines()
     cpu = next((line.split(None, 1)[1] for line in env if line.startswith("cpu ")), platform.processor() or platform.machine())
     return {"cpu": cpu, "cores": os.cpu_count(), "rlvr_env": env, "load": os.getloadavg(), **load}
+
+
+def stopped_run(run_dir: Path, keys: tuple[str, ...]) -> tuple[dict, list[dict], dict]:
+    """What the directory of an `rlvr run` stopped by hand during GRPO holds: its evaluations as rows
+    (`keys` of each: base, sft = GRPO's "before", then "step N"), GRPO's per-step metrics, and the
+    warm-up's summary (sft_summary.json)."""
+    from rlvr.tracking import read_jsonl as lines
+
+    base = json.loads((run_dir / "eval" / "base_summary.json").read_text())
+    rows = {"base": {k: base.get(k) for k in keys},
+            **{("sft" if e["stage"] == "before" else e["stage"]): {k: e.get(k) for k in keys}
+               for e in lines(run_dir / "grpo" / "eval.jsonl")}}
+    return rows, lines(run_dir / "grpo" / "metrics.jsonl"), json.loads((run_dir / "sft" / "sft_summary.json").read_text())
 
 
 def matmul_gflops(n: int = 2048, seconds: float = 3.0) -> float:

@@ -141,18 +141,25 @@ def read_demos_jsonl(path: str | os.PathLike) -> list[Demo]:
 # Procedural and user-supplied demonstrations
 
 
+def worked_solution(task: Task, example: Example, *, trajectory: bool = True) -> str | list[dict] | None:
+    """The task's worked solution: its `demonstration` text, else (a tool task, when `trajectory`) its
+    `demonstration_messages`, the whole trajectory; None when it has neither. The one rule for the
+    SFT warm-up's procedural demonstrations and the self warm-up's few-shot examples."""
+    text = task.demonstration(example)
+    if text is not None or not trajectory or not callable(getattr(task, "demonstration_messages", None)):
+        return text
+    return task.demonstration_messages(example) or None
+
+
 def procedural_demos(task: Task, examples: Sequence[Example]) -> list[Demo]:
-    """The task's own worked solutions (`task.demonstration`, else a multi-turn
-    `task.demonstration_messages`); examples without one are skipped."""
+    """The task's own worked solutions (`worked_solution`); examples without one are skipped."""
     demos = []
     for example in examples:
-        completion, messages = task.demonstration(example), None
-        if completion is None and callable(getattr(task, "demonstration_messages", None)):
-            messages = task.demonstration_messages(example) or None  # a tool task: the whole trajectory
-            completion = messages[-1]["content"] if messages else None
-        if completion is None:
+        worked = worked_solution(task, example)
+        if worked is None:
             continue
-        demos.append(Demo(example.question, completion, example.answer,
+        messages = worked if isinstance(worked, list) else None
+        demos.append(Demo(example.question, messages[-1]["content"] if messages else worked, example.answer,
                           dict(example.metadata), "procedural", messages=messages))
     if examples and not demos:
         log.warning("task %r has no procedural demonstrations; use a teacher or a JSONL file",

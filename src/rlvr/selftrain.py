@@ -185,15 +185,10 @@ def few_shot_examples(task: Task, candidates: list[Example], n: int, source: str
                  d.messages if multi_turn and d.messages else d.completion) for d in demos]
     if source not in ("auto", "answers"):
         raise ValueError(f"sft.self_shot_source must be auto, answers or a .jsonl path, got {source!r}")
-    shots = []
-    for ex in candidates[:n]:
-        worked = None
-        if source == "auto" and multi_turn and callable(getattr(task, "demonstration_messages", None)):
-            worked = task.demonstration_messages(ex)
-        elif source == "auto":
-            worked = task.demonstration(ex)
-        shots.append((ex, worked or shot_from_answer(ex)))
-    return shots
+    from rlvr.demos import worked_solution
+
+    return [(ex, (worked_solution(task, ex, trajectory=multi_turn) if source == "auto" else None)
+             or shot_from_answer(ex)) for ex in candidates[:n]]
 
 
 def shot_turns(shot: str | list[dict]) -> list[dict]:
@@ -202,12 +197,13 @@ def shot_turns(shot: str | list[dict]) -> list[dict]:
 
 
 def few_shot_prompt(tokenizer, task: Task, fmt: PromptFormat, shots: list[tuple[Example, str | list[dict]]],
-                    example: Example) -> str:
+                    example: Example, messages: list[dict] | None = None) -> str:
     """The prompt: the environment's system message (with the tools, if any), each shot as a user
     turn and its assistant completion (or whole trajectory), then the question (chat template), or
     the same as "Question: ... Answer: ..." blocks (plain template; a tool result as an episode
-    shows it, `rlvr.episodes.environment_suffix`)."""
-    messages = fmt.environment(task).reset(example)
+    shows it, `rlvr.episodes.environment_suffix`). `messages`: the environment's first messages for
+    `example`, when the caller has them."""
+    messages = messages or fmt.environment(task).reset(example)
     system, question = messages[:-1], messages[-1]
     chat = fmt.uses_chat(tokenizer)
     if chat:
@@ -246,13 +242,14 @@ def sample_candidates(sampler, tokenizer, task: Task, fmt: PromptFormat, shots, 
     out: list[Candidate] = []
     for start in range(0, len(questions), per_call):
         batch = questions[start:start + per_call]
-        ids = [tokenizer(few_shot_prompt(tokenizer, task, fmt, shots, ex), add_special_tokens=False)["input_ids"]
-               for ex in batch]
+        first = [env.reset(ex) for ex in batch]
+        ids = [tokenizer(few_shot_prompt(tokenizer, task, fmt, shots, ex, m), add_special_tokens=False)["input_ids"]
+               for ex, m in zip(batch, first)]
         gens = [torch.Generator().manual_seed(s) for s in seeds[start:start + per_call]]
         if not isinstance(env, SingleTurn):  # episodes, few-shot prompted; the trajectory is what is kept
             episodes = run_episodes(sampler, tokenizer, env, batch, gens, num_samples, params,
                                     chat=fmt.uses_chat(tokenizer), prefill=fmt.prefill, prompt_ids=ids,
-                                    first_messages=[env.reset(ex) for ex in batch], limits=fmt.limits)
+                                    first_messages=first, limits=fmt.limits)
             for ep in episodes:
                 text = fmt.prefill + ep.text
                 out.append(Candidate(start + ep.prompt_index, ep.example, text, judge(task, text, ep.example),

@@ -161,13 +161,18 @@ class CalculatorTask(Task):
         expression, answer = example.metadata["expression"], example.answer
         if not self.use_tools:
             return [{"role": "assistant", "content": self.demonstration(example)}]
-        call = format_tool_call("calculator", {"expression": expression})
-        return [
-            {"role": "assistant", "content": f"<think>\nI use the calculator for {expression}.\n</think>\n{call}"},
-            {"role": "tool", "name": "calculator", "content": calculator(expression)},
-            {"role": "assistant", "content": format_completion(f"The calculator says {expression} = {answer}.",
-                                                               answer)},
-        ]
+        return [*calculator_turns(expression, f"I use the calculator for {expression}."),
+                {"role": "assistant", "content": format_completion(f"The calculator says {expression} = {answer}.",
+                                                                   answer)}]
+
+
+def calculator_turns(expression: str, think: str) -> list[dict]:
+    """Two messages of a written trajectory: an assistant turn that thinks `think` and calls the
+    calculator on `expression`, and the tool's real answer (the calculator and countdown tasks'
+    demonstrations, the countdown bench's hand-written shots)."""
+    call = format_tool_call("calculator", {"expression": expression})
+    return [{"role": "assistant", "content": f"<think>\n{think}\n</think>\n{call}"},
+            {"role": "tool", "name": "calculator", "content": calculator(expression)}]
 
 
 def _small_divisor(value: int, digits: int, rng: random.Random) -> int | None:

@@ -29,7 +29,6 @@ from collections.abc import Sequence
 
 from rlvr.prompts import format_completion
 from rlvr.tasks.base import ARITHMETIC_OPS as _OPS, Example, Task, exact_value, split_train_test
-from rlvr.tools import format_tool_call
 
 HUB_DATASET = "Jiayi-Pan/Countdown-Tasks-3to4"
 MAX_EXPRESSION_CHARS = 200
@@ -269,15 +268,11 @@ class CountdownTask(Task):
         found = solve(example.metadata["nums"], example.metadata["target"])
         if found is None:
             return None
-        from rlvr.tasks.calculator import calculator
+        from rlvr.tasks.calculator import calculator_turns
 
         target = example.metadata["target"]
-        return [
-            {"role": "assistant", "content": "<think>\nI compute " + found + " with the calculator.\n</think>\n"
-             + format_tool_call("calculator", {"expression": found})},
-            {"role": "tool", "name": "calculator", "content": calculator(found)},
-            {"role": "assistant", "content": format_completion(f"{found} = {target}, the target.", found)},
-        ]
+        return [*calculator_turns(found, f"I compute {found} with the calculator."),
+                {"role": "assistant", "content": format_completion(f"{found} = {target}, the target.", found)}]
 
 
 def make_countdown_example(nums: Sequence[int], target: int, solution: str | None = None) -> Example:
