@@ -313,5 +313,48 @@ def test_a_frozen_process_times_out_instead_of_hanging(tmp_path, char_dir):
     err = run.stderr()
     print(f"rank 0 ended {seconds:.1f}s after rank 1 froze; exit code {code}")
     assert code != 0 and seconds < 60
-    assert "DistributedError: process 0 of 2" in err and "another process probably died or timed out" in err
+    assert "DistributedError: process 0 of 2" in err and "another process probably died or timed out" in err, err[-3000:]
     assert latest_checkpoint(out) is not None
+
+
+PEER_LEAVES_BEFORE_A_FORWARD = """
+import os, sys
+sys.path.insert(0, {tests!r})
+import torch
+from conftest import char_model
+from rlvr.distributed import DistributedError, setup_distributed
+
+dist = setup_distributed()
+model, tok = char_model(seed=0)
+dist.prepare(model)
+ids = torch.tensor([tok("say 12")["input_ids"]])
+
+def step():
+    dist.backward(dist.completion_logprobs(model, ids, torch.ones_like(ids), 2).sum())
+
+step()
+if dist.rank == 1:
+    os._exit(0)  # gone before the second step; a success to the launcher, so rank 0 is not killed
+try:
+    step()
+    print("rank 0: no error")
+except DistributedError as err:
+    print(f"rank 0: DistributedError: {{err}}")
+except RuntimeError as err:
+    print(f"rank 0: {{type(err).__name__}}: {{err}}")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_collective_inside_the_ddp_forward_fails_as_a_distributed_error(tmp_path):
+    """DDP's forward is a collective too (after the first backward it broadcasts its rebuilt gradient
+    buckets from rank 0): a peer lost there is rlvr's DistributedError, as in a gather or a backward.
+    Before, it was torch's bare RuntimeError (shown as such by the launcher): the likely cause of the
+    frozen-process test above failing once under load, when the freeze landed there."""
+    script = tmp_path / "worker.py"
+    script.write_text(PEER_LEAVES_BEFORE_A_FORWARD.format(tests=str(ROOT / "tests")))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script)], capture_output=True, text=True, timeout=110, cwd=ROOT,
+                          env={**os.environ, **ENV, "RLVR_DIST_TIMEOUT": "20"})
+    line = next((x for x in done.stdout.splitlines() if x.startswith("rank 0:")), done.stdout + done.stderr[-2000:])
+    assert line.startswith("rank 0: DistributedError: process 0 of 2: the forward failed"), line

@@ -273,12 +273,16 @@ class Dist:
                                        generator, by_group)
 
     def completion_logprobs(self, policy, *args, **kwargs):
-        """`rlvr.policy.completion_logprobs`, through DDP when there is more than one process."""
+        """`rlvr.policy.completion_logprobs`, through DDP (or FSDP) when there is more than one process.
+
+        The wrapped forward is a collective too: DDP broadcasts its rebuilt gradient buckets from
+        rank 0 at the first synchronised forward after the first backward, FSDP all-gathers each
+        block's weights; a frozen peer times out there as anywhere else."""
         if self.wrapped is None:
             from rlvr.policy import completion_logprobs
 
             return completion_logprobs(policy, *args, **kwargs)
-        return self.wrapped(*args, **kwargs)
+        return self._collective("the forward", lambda: self.wrapped(*args, **kwargs))
 
     def sync(self, last: bool):
         """Context for one micro-batch: gradients are averaged over processes only after the last.
@@ -310,7 +314,8 @@ class Dist:
         if self.accelerator is None:
             return torch.nn.utils.clip_grad_norm_(params, max_norm)
         if self.fsdp:  # sharded gradients: torch sums the shards' norms over processes (a DTensor)
-            return torch.nn.utils.clip_grad_norm_(params, max_norm).full_tensor()
+            return self._collective("the gradient norm",
+                                    lambda: torch.nn.utils.clip_grad_norm_(params, max_norm).full_tensor())
         return self.accelerator.clip_grad_norm_(params, max_norm)
 
     # -- FSDP: sharding, and the full weights when something needs them -----------------------
