@@ -16,11 +16,20 @@ examples are for).
     .venv/bin/python bench/bench_countdown_self.py -- grpo.max_steps=30  # overrides after --
     .venv/bin/python bench/bench_countdown_self.py --tools               # with the calculator tool
     .venv/bin/python bench/bench_countdown_self.py --partial --run-dir RUN --out R.json  # a run stopped by hand
+    .venv/bin/python bench/bench_countdown_self.py --control random-reward --warm-up-from RUN -- OVERRIDES
 
 `--tools`: the same task with the calculator tool (`task.options.tools: true`, multi-turn
 episodes): the model may compute an equation before it answers and try another when the result is
 not the target. Its four hand-written shots are trajectories (`HAND_TOOL_SHOTS`: two try once, two
 try twice), and the record goes to bench/results/countdown_self_tools.json.
+
+`--control random-reward` (or format-only): the same pipeline with the reward replaced (`rlvr run
+--control`), to tell a gain the verifier taught from one any reward of that shape gives. The warm-up
+does not use the reward (it keeps what the verifier accepts), so with `--warm-up-from RUN` (a
+finished run of the same config and overrides) the control takes RUN's base evaluation and warm-up
+model and runs only GRPO (`rlvr run --resume` skips finished stages); the record checks that GRPO
+starts from the same accuracy and puts the control's change beside the real run's
+(`rlvr.report.compare_to_control`). Record: bench/results/countdown_self_control_<name>.json.
 
 Record: bench/results/countdown_self.json (rows, self-warm-up rounds, stage seconds, machine).
 """
@@ -37,7 +46,7 @@ import sys
 import time
 from pathlib import Path
 
-from ceiling import machine, stopped_run  # bench/ is on the path when a bench runs as a script
+from ceiling import compare_with_real, machine, stopped_run  # bench/ is on the path when a bench runs as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -196,6 +205,25 @@ def partial_record(run_dir: Path, budget_min: float) -> dict:
             "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
+def reuse_warm_up(source: Path, run_dir: Path, config: Path, overrides: list[str]) -> None:
+    """Copy a finished run's base evaluation and warm-up (eval/, sft/) into `run_dir`, after checking
+    that `source` ran the same config as the control will, but for what a control changes (the
+    reward, run.control), the run directory and the path of the few-shot file (written the same)."""
+    from rlvr.config import load_config
+
+    if not (source / "sft" / "final" / "merged" / "config.json").exists() or not (source / "eval" / "base_summary.json").exists():
+        sys.exit(f"--warm-up-from {source}: no finished warm-up there (sft/final/merged, eval/base_summary.json)")
+    ours = load_config(config, [f"run.output_dir={run_dir}", *overrides]).to_dict()
+    theirs = load_config(source / "config.yaml").to_dict()
+    for cfg in (ours, theirs):
+        cfg["task"].pop("rewards"), cfg["run"].pop("control"), cfg["run"].pop("output_dir"), cfg["sft"].pop("self_shot_source")
+    if ours != theirs:
+        diff = sorted(f"{s}.{k}" for s in ours for k in ours[s] if ours[s].get(k) != theirs.get(s, {}).get(k))
+        sys.exit(f"--warm-up-from {source}: it ran another config ({', '.join(diff)} differ); pass the same overrides")
+    for stage in ("eval", "sft"):
+        shutil.copytree(source / stage, run_dir / stage)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", default=None, help="default runs/bench-countdown-self[-tools]")
@@ -205,8 +233,15 @@ def main() -> None:
     ap.add_argument("--budget-min", type=float, default=60.0, help="the target's wall-time budget")
     ap.add_argument("--partial", action="store_true",
                     help="write the record of a run stopped by hand from --run-dir (runs nothing)")
+    ap.add_argument("--control", choices=["random-reward", "format-only"], default=None,
+                    help="a control run: the reward replaced (rlvr run --control); record countdown_self[_tools]_control_NAME.json")
+    ap.add_argument("--warm-up-from", default=None,
+                    help="with --control: take the base evaluation and warm-up from this finished run of the same config")
+    ap.add_argument("--real", default=None, help="with --control: the real run's record (default the real run's --out)")
     ap.add_argument("overrides", nargs="*", help="section.option=value, passed to rlvr run")
     args = ap.parse_args()
+    if args.warm_up_from and not args.control:
+        sys.exit("--warm-up-from is for a control run (--control): a real run makes its own warm-up")
     if args.partial:
         if not (args.run_dir and args.out):
             sys.exit("--partial needs --run-dir and --out")
@@ -215,6 +250,8 @@ def main() -> None:
         print(json.dumps(record["rows"], indent=1), json.dumps(record["checks"]), f"\nrecord: {args.out}")
         return
     suffix = "_tools" if args.tools else ""
+    real = Path(args.real or ROOT / "bench" / "results" / f"countdown_self{suffix}.json")
+    suffix += f"_control_{args.control}" if args.control else ""
     args.run_dir = args.run_dir or str(ROOT / "runs" / f"bench-countdown-self{suffix.replace('_', '-')}")
     args.out = args.out or str(ROOT / "bench" / "results" / f"countdown_self{suffix}.json")
 
@@ -226,8 +263,13 @@ def main() -> None:
     config.write_text(config_text)
     hand = (write_hand_tool_shots if args.tools else write_hand_shots)(run_dir.parent / f"{run_dir.name}-shots.jsonl")
     shots = {"hand": str(hand), "task": "auto", "answers": "answers"}[args.shots]
-    cmd = [sys.executable, "-m", "rlvr", "run", "--config", str(config), "-o", str(run_dir),
-           f"sft.self_shot_source={shots}", *args.overrides]
+    overrides = [f"sft.self_shot_source={shots}", *args.overrides]
+    cmd = [sys.executable, "-m", "rlvr", "run", "--config", str(config), "-o", str(run_dir), *overrides]
+    if args.control:
+        cmd[4:4] = ["--control", args.control]
+    if args.warm_up_from:
+        reuse_warm_up(Path(args.warm_up_from), run_dir, config, overrides)
+        cmd.append("--resume")
     print("$", " ".join(cmd), flush=True)
     load_before, t0 = os.getloadavg(), time.time()
     proc = subprocess.run(cmd, cwd=ROOT)
@@ -240,12 +282,19 @@ def main() -> None:
               "exit_code": proc.returncode, "wall_s": wall, "peak_rss_gb": peak_gb, "self_rounds": rounds,
               "machine": machine(load_before=load_before, load_after=os.getloadavg()),
               "date": time.strftime("%Y-%m-%d %H:%M")}
+    if args.warm_up_from:
+        record["warm_up_from"] = args.warm_up_from  # its wall time is GRPO's and the evaluations' only
     if proc.returncode == 0:
         rows = {r["stage"]: r for r in json.loads((run_dir / "summary.json").read_text())["before_after"]}
         gain = rows["grpo"]["accuracy"] - rows["sft"]["accuracy"] if {"grpo", "sft"} <= rows.keys() else None
         record.update(rows=list(rows.values()), grpo_gain_points=None if gain is None else 100 * gain,
                       checks={f"wall <= {args.budget_min:g} min": wall <= args.budget_min * 60,
                               "GRPO >= +15 points over the self warm-up": gain is not None and gain >= 0.15})
+        if args.control:  # a control is not expected to gain; what counts is its change beside the real one
+            record.update(control=args.control, vs_real=compare_with_real(list(rows.values()), real, args.control))
+            start = next((r for r in (record["vs_real"] or {}).get("rows", [])[:1]), None)
+            record["checks"] = {"GRPO starts from the real run's warm-up accuracy":
+                                start is not None and abs(start["before"] - rows["sft"]["accuracy"]) < 1e-9}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=1, default=str))
     if proc.returncode != 0:
@@ -259,6 +308,8 @@ def main() -> None:
     print(f"wall {wall / 60:.1f} min, peak RSS {peak_gb:.2f} GB")
     for name, ok in record["checks"].items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    if record.get("vs_real"):
+        print(record["vs_real"]["text"], *record["vs_real"]["notes"], sep="\n")
     print(f"record: {args.out}")
 
 

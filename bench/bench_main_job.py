@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from ceiling import machine  # bench/ is on the path when a bench runs as a script
+from ceiling import compare_with_real, machine  # bench/ is on the path when a bench runs as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,18 +54,6 @@ def stage_seconds(run_dir: Path) -> dict:
         out.update(evals)
         out["grpo train"] = record["wall_time_s"] - sum(evals.values())  # the GRPO stage less its two evals
     return out
-
-
-def compare_with_real(control_rows: list[dict], real_record: Path, control: str) -> dict | None:
-    """The control's GRPO change beside the real job's (its record's rows), labelled."""
-    from rlvr.report.data import compare_to_control
-
-    if not real_record.exists():
-        return None
-    real_rows = json.loads(real_record.read_text())["rows"]
-    label = lambda rows: [{"label": r["stage"], **r} for r in rows]  # noqa: E731
-    c = compare_to_control(label(real_rows), label(control_rows), control)
-    return {"real_record": str(real_record), "kind": c.kind, "text": c.text, "rows": c.rows, "notes": c.notes}
 
 
 def main() -> None:

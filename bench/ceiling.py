@@ -1,5 +1,5 @@
 """What the bench/ scripts share: the fp32 matmul ceiling they report against, the machine record,
-and the reading of a run stopped by hand."""
+the reading of a run stopped by hand, and a control run's comparison with the real run."""
 
 from __future__ import annotations
 
@@ -34,6 +34,19 @@ def stopped_run(run_dir: Path, keys: tuple[str, ...]) -> tuple[dict, list[dict],
             **{("sft" if e["stage"] == "before" else e["stage"]): {k: e.get(k) for k in keys}
                for e in lines(run_dir / "grpo" / "eval.jsonl")}}
     return rows, lines(run_dir / "grpo" / "metrics.jsonl"), json.loads((run_dir / "sft" / "sft_summary.json").read_text())
+
+
+def compare_with_real(control_rows: list[dict], real_record: Path, control: str) -> dict | None:
+    """A control run's GRPO change beside the real run's (the "rows" of the real run's bench record),
+    labelled by `rlvr.report.compare_to_control`; None when the real record is missing."""
+    from rlvr.report.data import compare_to_control
+
+    if not real_record.exists():
+        return None
+    real_rows = json.loads(real_record.read_text())["rows"]
+    label = lambda rows: [{"label": r["stage"], **r} for r in rows]  # noqa: E731
+    c = compare_to_control(label(real_rows), label(control_rows), control)
+    return {"real_record": str(real_record), "kind": c.kind, "text": c.text, "rows": c.rows, "notes": c.notes}
 
 
 def matmul_gflops(n: int = 2048, seconds: float = 3.0) -> float:
