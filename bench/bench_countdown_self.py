@@ -210,9 +210,10 @@ def reuse_warm_up(source: Path, run_dir: Path, config: Path, overrides: list[str
     that `source` ran the same config as the control will, but for what a control changes (the
     reward, run.control), the run directory and the path of the few-shot file (written the same)."""
     from rlvr.config import load_config
+    from rlvr.pipeline import FINISHED, finished
 
-    if not (source / "sft" / "final" / "merged" / "config.json").exists() or not (source / "eval" / "base_summary.json").exists():
-        sys.exit(f"--warm-up-from {source}: no finished warm-up there (sft/final/merged, eval/base_summary.json)")
+    if not all(finished(source, stage) for stage in FINISHED):
+        sys.exit(f"--warm-up-from {source}: no finished warm-up there ({', '.join(FINISHED.values())})")
     ours = load_config(config, [f"run.output_dir={run_dir}", *overrides]).to_dict()
     theirs = load_config(source / "config.yaml").to_dict()
     for cfg in (ours, theirs):
@@ -220,7 +221,7 @@ def reuse_warm_up(source: Path, run_dir: Path, config: Path, overrides: list[str
     if ours != theirs:
         diff = sorted(f"{s}.{k}" for s in ours for k in ours[s] if ours[s].get(k) != theirs.get(s, {}).get(k))
         sys.exit(f"--warm-up-from {source}: it ran another config ({', '.join(diff)} differ); pass the same overrides")
-    for stage in ("eval", "sft"):
+    for stage in FINISHED:
         shutil.copytree(source / stage, run_dir / stage)
 
 
@@ -292,9 +293,8 @@ def main() -> None:
                               "GRPO >= +15 points over the self warm-up": gain is not None and gain >= 0.15})
         if args.control:  # a control is not expected to gain; what counts is its change beside the real one
             record.update(control=args.control, vs_real=compare_with_real(list(rows.values()), real, args.control))
-            start = next((r for r in (record["vs_real"] or {}).get("rows", [])[:1]), None)
             record["checks"] = {"GRPO starts from the real run's warm-up accuracy":
-                                start is not None and abs(start["before"] - rows["sft"]["accuracy"]) < 1e-9}
+                                bool(record["vs_real"] and record["vs_real"]["same_start"])}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=1, default=str))
     if proc.returncode != 0:

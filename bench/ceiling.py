@@ -46,7 +46,8 @@ def compare_with_real(control_rows: list[dict], real_record: Path, control: str)
     real_rows = json.loads(real_record.read_text())["rows"]
     label = lambda rows: [{"label": r["stage"], **r} for r in rows]  # noqa: E731
     c = compare_to_control(label(real_rows), label(control_rows), control)
-    return {"real_record": str(real_record), "kind": c.kind, "text": c.text, "rows": c.rows, "notes": c.notes}
+    return {"real_record": str(real_record), "kind": c.kind, "text": c.text, "rows": c.rows, "notes": c.notes,
+            "same_start": c.same_start}
 
 
 def matmul_gflops(n: int = 2048, seconds: float = 3.0) -> float:

@@ -22,6 +22,15 @@ from rlvr.config import Config
 from rlvr.evaluate import format_table, verdict
 
 
+FINISHED = {"eval": "eval/base_summary.json", "sft": "sft/final/merged/config.json"}
+"""stage -> the file a finished stage leaves in the run directory (what `--resume` skips on)"""
+
+
+def finished(run_dir: Path, stage: str) -> bool:
+    """Whether `stage` (eval: the base model's evaluation, sft: the warm-up) finished in `run_dir`."""
+    return (Path(run_dir) / FINISHED[stage]).exists()
+
+
 def _stage_config(cfg: Config, run_dir: Path, name: str) -> Config:
     sub = copy.deepcopy(cfg)
     sub.run.output_dir = str(run_dir / name)
@@ -61,8 +70,8 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> list[dict]:
     rows: list[dict] = []
 
     # 1. The base model, on the held-out examples.
-    base_summary = run_dir / "eval" / "base_summary.json"
-    if resume and base_summary.exists():
+    base_summary = run_dir / FINISHED["eval"]
+    if resume and finished(run_dir, "eval"):
         rows.append(json.loads(base_summary.read_text()))
     else:
         result = evaluate_config(make_sampler(cfg.sampling.backend, model, tokenizer, **sampler_options(cfg)), tokenizer, task, cfg,
@@ -75,7 +84,7 @@ def run_pipeline(cfg: Config, *, resume: bool = False) -> list[dict]:
     # 2. The SFT warm-up (skipped when disabled or already done).
     sft_dir = run_dir / "sft"
     if cfg.sft.enabled:
-        if resume and (sft_dir / "final" / "merged" / "config.json").exists():
+        if resume and finished(run_dir, "sft"):
             model, tokenizer = load_model(str(sft_dir / "final" / "merged"), device=cfg.model.device,
                                           dtype=cfg.model.dtype)
         else:

@@ -266,6 +266,16 @@ class ControlComparison:
     """{"label", "before", "after", "change"} for the run and its control (fractions; change in points)"""
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def same_start(self) -> bool:
+        """Whether the run and its control start from the same accuracy (the same config and seed
+        start from the same model; else their changes compare only with care)."""
+        return _same_start(self.rows)
+
+
+def _same_start(rows: list[dict]) -> bool:
+    return len(rows) == 2 and abs(rows[0]["before"] - rows[1]["before"]) <= 1e-9
+
 
 def last_stage(rows: list[dict]) -> tuple[dict, dict] | None:
     """The rows before and after the last stage (GRPO: `after SFT -> after GRPO` in a pipeline,
@@ -287,7 +297,7 @@ def compare_to_control(run_rows: list[dict], control_rows: list[dict], control: 
     rows = [{"label": f"this run ({b['label']} → {a['label']})", "before": b["accuracy"], "after": a["accuracy"], "change": gain},
             {"label": f"control: {name}", "before": cb["accuracy"], "after": ca["accuracy"], "change": cgain}]
     notes = []
-    if abs(b["accuracy"] - cb["accuracy"]) > 1e-9:
+    if not _same_start(rows):
         notes.append(f"The two start from different accuracies ({100 * b['accuracy']:.1f}% vs {100 * cb['accuracy']:.1f}%): "
                      "compare the changes with care (the same config and seed start from the same model).")
     control_gains = cgain > (_noise_points(cb, ca) or 0.0) and cgain > 0
